@@ -1,0 +1,82 @@
+//! The endpoints llmux answers itself: `/health` and `/v1/models`.
+
+use bytes::Bytes;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::Response;
+use serde_json::{json, Value};
+
+use crate::body::ResponseBody;
+use crate::error::Error;
+use crate::state::Shared;
+
+/// `GET /health`: the active model and every model's state and queue
+/// depth, in config order.
+pub fn health(shared: &Shared) -> Response<ResponseBody> {
+    let active = shared.active_model().map(|m| shared.slots[m].config.name.as_str());
+    let models: Vec<Value> = shared
+        .slots
+        .iter()
+        .map(|s| json!({ "id": s.config.name, "state": s.state().as_str(), "queued": s.waiting() }))
+        .collect();
+    let status = if shared.shutdown.is_started() { "shutting_down" } else { "ok" };
+    json_response(&json!({ "status": status, "active": active, "models": models }))
+}
+
+/// `GET /v1/models`: OpenAI's list shape, in config order.
+pub fn list_models(shared: &Shared) -> Response<ResponseBody> {
+    let data: Vec<Value> = shared.slots.iter().map(|s| model_object(&s.config.name)).collect();
+    json_response(&json!({ "object": "list", "data": data }))
+}
+
+/// `GET /v1/models/{id}`: one model, or 404.
+pub fn one_model(shared: &Shared, encoded_id: &str) -> Result<Response<ResponseBody>, Error> {
+    let id = percent_decode(encoded_id);
+    match shared.lookup(&id) {
+        Some(m) => Ok(json_response(&model_object(&shared.slots[m].config.name))),
+        None => Err(Error::unknown_model(&id)),
+    }
+}
+
+fn model_object(name: &str) -> Value {
+    json!({ "id": name, "object": "model", "created": 0, "owned_by": "llmux" })
+}
+
+fn json_response(value: &Value) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::full(Bytes::from(value.to_string())));
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// Decodes `%XX` escapes (model ids may contain `/` or spaces).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_model_ids() {
+        assert_eq!(percent_decode("org%2Fmodel%20x"), "org/model x");
+        assert_eq!(percent_decode("plain/with/slash"), "plain/with/slash");
+        assert_eq!(percent_decode("bad%2"), "bad%2");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+}

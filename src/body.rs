@@ -1,0 +1,113 @@
+//! Request bodies in (bounded, buffered once) and response bodies out.
+//!
+//! A request body is read whole, because its `model` may be its last key;
+//! it is read into one buffer sized from `Content-Length`, or handed on
+//! without a copy when it arrives as one chunk. A response body from a
+//! backend is streamed frame by frame as the backend writes it, and carries
+//! the request's [`InFlight`] guard, so the model counts as busy until the
+//! last byte is sent or the client goes away (dropping the body drops the
+//! upstream response, which closes that backend connection and so cancels
+//! the generation).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use crate::error::Error;
+use crate::routing::InFlight;
+
+/// Reads `body` whole, failing with 413 past `limit` bytes.
+pub async fn read_request_body(mut body: Incoming, content_length: Option<u64>, limit: u64) -> Result<Bytes, Error> {
+    let mut first: Option<Bytes> = None;
+    let mut rest: Option<BytesMut> = None;
+    let mut total: u64 = 0;
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        let frame = frame.map_err(|e| Error::invalid_body(format!("could not read the request body: {e}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        total += data.len() as u64;
+        if total > limit {
+            return Err(Error::body_too_large(limit));
+        }
+        match (&mut first, &mut rest) {
+            (None, None) => first = Some(data),
+            (Some(head), None) => {
+                let capacity = content_length.unwrap_or(total).max(total).min(limit);
+                let mut buf = BytesMut::with_capacity(usize::try_from(capacity).unwrap_or(usize::MAX));
+                buf.extend_from_slice(head);
+                buf.extend_from_slice(&data);
+                first = None;
+                rest = Some(buf);
+            }
+            (_, Some(buf)) => buf.extend_from_slice(&data),
+        }
+    }
+    Ok(match (first, rest) {
+        (_, Some(buf)) => buf.freeze(),
+        (Some(one), None) => one,
+        (None, None) => Bytes::new(),
+    })
+}
+
+/// The body of every response llmux sends.
+pub struct ResponseBody {
+    kind: Kind,
+}
+
+enum Kind {
+    /// A body llmux made itself (errors, `/health`, `/v1/models`).
+    Full(Option<Bytes>),
+    /// A backend's body, streamed; the guard keeps the model busy.
+    Upstream { body: Incoming, in_flight: InFlight },
+}
+
+impl ResponseBody {
+    /// A complete body.
+    pub fn full(bytes: Bytes) -> ResponseBody {
+        ResponseBody { kind: Kind::Full(Some(bytes)) }
+    }
+
+    /// A backend's body, holding `in_flight` until it ends or is dropped.
+    pub fn upstream(body: Incoming, in_flight: InFlight) -> ResponseBody {
+        ResponseBody { kind: Kind::Upstream { body, in_flight } }
+    }
+}
+
+/// A response body's error: the backend's, or a cut by a drain timeout.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.get_mut().kind {
+            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Upstream { in_flight, .. } if in_flight.incarnation().is_cut() => {
+                Poll::Ready(Some(Err("cut: the drain before a model switch timed out".into())))
+            }
+            Kind::Upstream { body, .. } => match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(bytes) => bytes.is_none(),
+            Kind::Upstream { body, .. } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
+            Kind::Full(None) => SizeHint::with_exact(0),
+            Kind::Upstream { body, .. } => body.size_hint(),
+        }
+    }
+}

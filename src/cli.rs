@@ -1,0 +1,94 @@
+//! The command line: `llmux -c FILE [-p PORT] [--check]`.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+/// What the command line asked for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Serve with this config.
+    Run(Options),
+    /// Validate the config and exit.
+    Check(Options),
+    /// Print the version.
+    Version,
+    /// Print the help.
+    Help,
+}
+
+/// Options shared by `Run` and `Check`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Options {
+    /// The config file.
+    pub config: PathBuf,
+    /// Overrides the config's listen port.
+    pub port: Option<u16>,
+}
+
+/// The `--help` text.
+pub const HELP: &str = "\
+llmux: one OpenAI-compatible endpoint in front of several LLM backends
+sharing a GPU; switches between them on demand by the request's `model`.
+
+USAGE:
+    llmux -c <FILE> [-p <PORT>] [--check]
+
+OPTIONS:
+    -c, --config <FILE>  Config file (.yaml, .yml or .json)
+    -p, --port <PORT>    Listen port, overriding the config (0: any free port)
+        --check          Validate the config and exit
+    -V, --version        Print the version
+    -h, --help           Print this help
+
+ENVIRONMENT:
+    RUST_LOG             Log filter (default: info), e.g. RUST_LOG=llmux=debug
+";
+
+/// Parses `args` (without the program name).
+pub fn parse(args: Vec<OsString>) -> Result<Command, String> {
+    let mut args = pico_args::Arguments::from_vec(args);
+    if args.contains(["-h", "--help"]) {
+        return Ok(Command::Help);
+    }
+    if args.contains(["-V", "--version"]) {
+        return Ok(Command::Version);
+    }
+    let check = args.contains("--check");
+    let config: Option<PathBuf> = args
+        .opt_value_from_os_str(["-c", "--config"], |s| Ok::<_, String>(PathBuf::from(s)))
+        .map_err(|e| e.to_string())?;
+    let port: Option<u16> = args.opt_value_from_str(["-p", "--port"]).map_err(|e| format!("--port: {e}"))?;
+    let rest = args.finish();
+    if !rest.is_empty() {
+        return Err(format!("unexpected argument: {}", rest[0].to_string_lossy()));
+    }
+    let config = config.ok_or("missing --config <FILE> (see --help)")?;
+    let options = Options { config, port };
+    Ok(if check { Command::Check(options) } else { Command::Run(options) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(args: &[&str]) -> Result<Command, String> {
+        parse(args.iter().map(OsString::from).collect())
+    }
+
+    #[test]
+    fn parses_the_forms() {
+        let run = Options { config: "c.yaml".into(), port: Some(0) };
+        assert_eq!(parse_str(&["-c", "c.yaml", "-p", "0"]), Ok(Command::Run(run)));
+        let check = Options { config: "c.json".into(), port: None };
+        assert_eq!(parse_str(&["--check", "--config", "c.json"]), Ok(Command::Check(check)));
+        assert_eq!(parse_str(&["--version"]), Ok(Command::Version));
+        assert_eq!(parse_str(&["-h"]), Ok(Command::Help));
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        assert!(parse_str(&[]).is_err());
+        assert!(parse_str(&["-c", "x.yaml", "--port", "70000"]).is_err());
+        assert!(parse_str(&["-c", "x.yaml", "--bogus"]).is_err());
+    }
+}

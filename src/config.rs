@@ -1,0 +1,388 @@
+//! The configuration file: parsed (YAML or JSON, chosen by extension),
+//! validated, and turned into a [`Config`] that the rest of llmux reads.
+//!
+//! Parsing happens in two steps. Serde reads the file into `Raw*` structs
+//! that reject unknown keys (so a typo is an error naming the key and line,
+//! never a silently ignored setting); [`validate`] then checks what serde
+//! cannot (duplicate ports, empty hooks, no models) and fills in defaults.
+//! Models keep the order they have in the file: `/v1/models` lists them in
+//! that order and adoption at start-up prefers the first.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Models in file order; a model's index here is its id everywhere.
+    pub models: Vec<ModelConfig>,
+    /// Switching policy.
+    pub policy: Policy,
+    /// Address to listen on.
+    pub host: IpAddr,
+    /// Port to listen on; 0 picks a free one (printed at start).
+    pub port: u16,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: u64,
+    /// How long shutdown waits for in-flight requests and a running hook.
+    pub shutdown_grace: Duration,
+    /// Idle timeout of pooled upstream connections.
+    pub upstream_idle_timeout: Duration,
+    /// Directory hooks run in: the config file's directory.
+    pub base_dir: PathBuf,
+}
+
+/// One model: its backend port and its three hooks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelConfig {
+    /// The name clients send as `model`.
+    pub name: String,
+    /// Backend port on 127.0.0.1.
+    pub port: u16,
+    /// Hook that makes the backend ready to serve.
+    pub wake: Hook,
+    /// Hook that frees the GPU.
+    pub sleep: Hook,
+    /// Hook that exits 0 when the backend is up.
+    pub alive: Hook,
+}
+
+/// A hook: a script run with `sh -c`, bounded by a timeout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hook {
+    /// The script, run as `sh -c SCRIPT`.
+    pub script: String,
+    /// Killed (with its whole process group) after this long.
+    pub timeout: Duration,
+}
+
+/// What happens when a sleep hook fails while the model still answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnSleepFailure {
+    /// The switch fails; the old model stays active.
+    Abort,
+    /// The switch goes on and wakes the new model anyway.
+    Continue,
+}
+
+/// The switching policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// How long a request may wait for its model; `None` waits forever.
+    pub request_timeout: Option<Duration>,
+    /// Wait for the active model's in-flight requests before sleeping it.
+    pub drain_before_switch: bool,
+    /// How long a drain may take; `None` waits for every request.
+    pub drain_timeout: Option<Duration>,
+    /// A model stays active at least this long once published.
+    pub min_active: Duration,
+    /// What a failed sleep hook does to a switch.
+    pub on_sleep_failure: OnSleepFailure,
+}
+
+/// A configuration that could not be loaded, with a message naming the key.
+#[derive(Debug)]
+pub struct ConfigError(String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+const DEFAULT_PORT: u16 = 3000;
+const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
+const DEFAULT_WAKE_TIMEOUT_SECS: u64 = 600;
+const DEFAULT_SLEEP_TIMEOUT_SECS: u64 = 120;
+const DEFAULT_ALIVE_TIMEOUT_SECS: u64 = 10;
+const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 30;
+const DEFAULT_UPSTREAM_IDLE_SECS: u64 = 4;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    models: Option<RawModels>,
+    #[serde(default)]
+    policy: RawPolicy,
+    host: Option<IpAddr>,
+    port: Option<u16>,
+    max_body_bytes: Option<u64>,
+    shutdown_grace_secs: Option<u64>,
+    upstream_idle_timeout_secs: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    port: u16,
+    wake: String,
+    sleep: String,
+    alive: String,
+    wake_timeout_secs: Option<u64>,
+    sleep_timeout_secs: Option<u64>,
+    alive_timeout_secs: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    request_timeout_secs: Option<u64>,
+    drain_before_switch: Option<bool>,
+    drain_timeout_secs: Option<u64>,
+    min_active_secs: Option<u64>,
+    on_sleep_failure: Option<OnSleepFailure>,
+    wake_timeout_secs: Option<u64>,
+    sleep_timeout_secs: Option<u64>,
+    alive_timeout_secs: Option<u64>,
+}
+
+/// `models:` as an ordered list of (name, model), rejecting duplicate names.
+struct RawModels(Vec<(String, RawModel)>);
+
+impl<'de> Deserialize<'de> for RawModels {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct OrderedModels;
+        impl<'de> Visitor<'de> for OrderedModels {
+            type Value = RawModels;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map from model name to model")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawModels, A::Error> {
+                let mut models: Vec<(String, RawModel)> = Vec::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    if models.iter().any(|(n, _)| *n == name) {
+                        return Err(de::Error::custom(format!("duplicate model `{name}`")));
+                    }
+                    let model = map.next_value()?;
+                    models.push((name, model));
+                }
+                Ok(RawModels(models))
+            }
+        }
+        d.deserialize_map(OrderedModels)
+    }
+}
+
+impl Config {
+    /// Reads and validates the file at `path`; YAML for `.yaml`/`.yml`,
+    /// JSON for `.json`, anything else is an error.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| err(format!("{}: cannot read: {e}", path.display())))?;
+        let base_dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let base_dir = base_dir.canonicalize().unwrap_or(base_dir);
+        let format = Format::from_path(path)?;
+        Config::parse(&text, format, base_dir).map_err(|e| err(format!("{}: {e}", path.display())))
+    }
+
+    /// Parses and validates `text`; hooks will run in `base_dir`.
+    pub fn parse(text: &str, format: Format, base_dir: PathBuf) -> Result<Config, ConfigError> {
+        let raw: RawConfig = match format {
+            Format::Yaml => serde_yaml::from_str(text).map_err(|e| err(e.to_string()))?,
+            Format::Json => serde_json::from_str(text).map_err(|e| err(e.to_string()))?,
+        };
+        validate(raw, base_dir)
+    }
+
+    /// The index of the model called `name`, if configured.
+    pub fn model_index(&self, name: &str) -> Option<usize> {
+        self.models.iter().position(|m| m.name == name)
+    }
+}
+
+/// A config file's format, chosen by its extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `.yaml` or `.yml`.
+    Yaml,
+    /// `.json`.
+    Json,
+}
+
+impl Format {
+    /// The format for `path`'s extension.
+    pub fn from_path(path: &Path) -> Result<Format, ConfigError> {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("yaml" | "yml") => Ok(Format::Yaml),
+            Some("json") => Ok(Format::Json),
+            _ => Err(err(format!(
+                "{}: unknown config format: the file name must end in .yaml, .yml or .json",
+                path.display()
+            ))),
+        }
+    }
+}
+
+fn validate(raw: RawConfig, base_dir: PathBuf) -> Result<Config, ConfigError> {
+    let policy = validate_policy(&raw.policy)?;
+    let raw_models = raw.models.map(|m| m.0).unwrap_or_default();
+    if raw_models.is_empty() {
+        return Err(err("models: at least one model must be configured"));
+    }
+    let mut ports = HashSet::new();
+    let mut models = Vec::with_capacity(raw_models.len());
+    for (name, m) in raw_models {
+        models.push(validate_model(name, m, &raw.policy, &mut ports, &models)?);
+    }
+    let max_body_bytes = raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+    if max_body_bytes == 0 {
+        return Err(err("max_body_bytes: must be at least 1"));
+    }
+    let idle = raw.upstream_idle_timeout_secs.unwrap_or(DEFAULT_UPSTREAM_IDLE_SECS);
+    Ok(Config {
+        models,
+        policy,
+        host: raw.host.unwrap_or(IpAddr::from([0, 0, 0, 0])),
+        port: raw.port.unwrap_or(DEFAULT_PORT),
+        max_body_bytes,
+        shutdown_grace: secs(raw.shutdown_grace_secs.unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECS)),
+        upstream_idle_timeout: secs(idle),
+        base_dir,
+    })
+}
+
+fn validate_policy(p: &RawPolicy) -> Result<Policy, ConfigError> {
+    for (key, value) in [
+        ("wake_timeout_secs", p.wake_timeout_secs),
+        ("sleep_timeout_secs", p.sleep_timeout_secs),
+        ("alive_timeout_secs", p.alive_timeout_secs),
+    ] {
+        if value == Some(0) {
+            return Err(err(format!("policy.{key}: must be at least 1")));
+        }
+    }
+    Ok(Policy {
+        request_timeout: p.request_timeout_secs.map(secs),
+        drain_before_switch: p.drain_before_switch.unwrap_or(true),
+        drain_timeout: p.drain_timeout_secs.map(secs),
+        min_active: secs(p.min_active_secs.unwrap_or(0)),
+        on_sleep_failure: p.on_sleep_failure.unwrap_or(OnSleepFailure::Abort),
+    })
+}
+
+fn validate_model(
+    name: String,
+    m: RawModel,
+    policy: &RawPolicy,
+    ports: &mut HashSet<u16>,
+    earlier: &[ModelConfig],
+) -> Result<ModelConfig, ConfigError> {
+    if name.trim().is_empty() || name.chars().any(char::is_control) {
+        return Err(err(format!("models.{name:?}: a model name must be non-empty text")));
+    }
+    if m.port == 0 {
+        return Err(err(format!("models.{name}.port: must not be 0")));
+    }
+    if !ports.insert(m.port) {
+        let other = earlier.iter().find(|o| o.port == m.port).map_or("", |o| o.name.as_str());
+        return Err(err(format!("models.{name}.port: port {} is already used by model `{other}`", m.port)));
+    }
+    let hook = |kind: &str, script: String, own: Option<u64>, default: Option<u64>, fallback| {
+        if script.trim().is_empty() {
+            return Err(err(format!("models.{name}.{kind}: the hook must not be empty")));
+        }
+        let timeout = own.or(default).unwrap_or(fallback);
+        if timeout == 0 {
+            return Err(err(format!("models.{name}.{kind}_timeout_secs: must be at least 1")));
+        }
+        Ok(Hook { script, timeout: secs(timeout) })
+    };
+    Ok(ModelConfig {
+        wake: hook("wake", m.wake, m.wake_timeout_secs, policy.wake_timeout_secs, DEFAULT_WAKE_TIMEOUT_SECS)?,
+        sleep: hook("sleep", m.sleep, m.sleep_timeout_secs, policy.sleep_timeout_secs, DEFAULT_SLEEP_TIMEOUT_SECS)?,
+        alive: hook("alive", m.alive, m.alive_timeout_secs, policy.alive_timeout_secs, DEFAULT_ALIVE_TIMEOUT_SECS)?,
+        port: m.port,
+        name,
+    })
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn yaml(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Format::Yaml, PathBuf::from("."))
+    }
+
+    const TWO: &str = "models:\n  b:\n    port: 8002\n    wake: w\n    sleep: s\n    alive: a\n  a:\n    port: 8001\n    wake: w\n    sleep: s\n    alive: a\n";
+
+    #[test]
+    fn keeps_model_order_and_defaults() {
+        let c = yaml(TWO).expect("valid");
+        let names: Vec<_> = c.models.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["b", "a"]);
+        assert_eq!(c.port, 3000);
+        assert!(c.policy.drain_before_switch);
+        assert_eq!(c.policy.request_timeout, None);
+        assert_eq!(c.models[0].wake.timeout, Duration::from_secs(600));
+        assert_eq!(c.models[0].sleep.timeout, Duration::from_secs(120));
+        assert_eq!(c.models[0].alive.timeout, Duration::from_secs(10));
+        assert_eq!(c.max_body_bytes, 64 << 20);
+    }
+
+    #[test]
+    fn rejects_unknown_key_with_its_name_and_line() {
+        let e = yaml(&format!("{TWO}polcy: {{}}\n")).expect_err("unknown key");
+        let msg = e.to_string();
+        assert!(msg.contains("polcy") && msg.contains("line"), "{msg}");
+    }
+
+    #[test]
+    fn rejects_what_serde_cannot() {
+        let cases = [
+            ("models: {}\n", "at least one model"),
+            ("port: 1\n", "at least one model"),
+            (
+                "models:\n  a: {port: 1, wake: w, sleep: s, alive: a}\n  b: {port: 1, wake: w, sleep: s, alive: a}\n",
+                "models.b.port",
+            ),
+            ("models:\n  a: {port: 0, wake: w, sleep: s, alive: a}\n", "models.a.port"),
+            ("models:\n  a: {port: 1, wake: ' ', sleep: s, alive: a}\n", "models.a.wake"),
+            (
+                "models:\n  a: {port: 1, wake: w, sleep: s, alive: a}\n  a: {port: 2, wake: w, sleep: s, alive: a}\n",
+                "duplicate model",
+            ),
+        ];
+        for (text, needle) in cases {
+            let msg = yaml(text).expect_err(text).to_string();
+            assert!(msg.contains(needle), "{text:?} gave {msg:?}");
+        }
+    }
+
+    #[test]
+    fn parses_json_in_order() {
+        let text = r#"{"models": {"z": {"port": 9, "wake": "w", "sleep": "s", "alive": "a"},
+                      "y": {"port": 8, "wake": "w", "sleep": "s", "alive": "a"}},
+                      "policy": {"request_timeout_secs": 5, "on_sleep_failure": "continue"}}"#;
+        let c = Config::parse(text, Format::Json, PathBuf::from(".")).expect("valid");
+        assert_eq!(c.models[0].name, "z");
+        assert_eq!(c.policy.request_timeout, Some(Duration::from_secs(5)));
+        assert_eq!(c.policy.on_sleep_failure, OnSleepFailure::Continue);
+    }
+
+    #[test]
+    fn format_follows_extension() {
+        assert_eq!(Format::from_path(Path::new("a.yml")).ok(), Some(Format::Yaml));
+        assert_eq!(Format::from_path(Path::new("a.json")).ok(), Some(Format::Json));
+        assert!(Format::from_path(Path::new("a.toml")).is_err());
+    }
+}

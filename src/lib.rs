@@ -1,0 +1,170 @@
+//! llmux: one OpenAI-compatible endpoint in front of several model
+//! backends that share one GPU, switching between them on demand.
+//!
+//! # A request's path
+//!
+//! 1. [`server`] accepts the connection (HTTP/1.1 or h2c) and hands each
+//!    request to [`service::handle`].
+//! 2. [`service`] answers `/health` and `/v1/models` itself ([`api`]);
+//!    anything else has its body read whole ([`body`]), bounded by
+//!    `max_body_bytes`, and its top-level `model` found by a simd-json
+//!    scan ([`model`]).
+//! 3. [`switcher::admit`] admits it. If its model is the active one, that
+//!    is [`routing::try_admit`]: one `ArcSwap` load and two atomics, no
+//!    lock, no channel, no allocation. Otherwise the request queues for its
+//!    model and raises the switch task.
+//! 4. [`proxy`] forwards it to `127.0.0.1:<port>` over the pooled client of
+//!    the model's current [`routing::Incarnation`]; the response streams
+//!    back frame by frame, its body holding the request's
+//!    [`routing::InFlight`] guard until the last byte or a disconnect.
+//! 5. Any failure is an [`error::Error`], which knows who is at fault and
+//!    becomes OpenAI's error JSON in one place.
+//!
+//! # Switching
+//!
+//! The switch task ([`switcher::run`]) is the only code that runs hooks
+//! ([`hooks`]). Woken by a miss, it asks the [`policy`] which queued model
+//! to serve, drains the active model (its incarnation stops admitting, then
+//! its in-flight count reaches zero), runs its sleep hook, runs the wake
+//! hook of the next model, publishes it in a new [`routing::Routing`]
+//! snapshot and wakes its waiters. [`state`] documents who reads and
+//! writes each piece of shared state.
+//!
+//! ```text
+//!  client ──► server ──► service ──► model scan ──► admit ──► proxy ──► backend
+//!                                                    │  ▲
+//!                                   miss: queue,     │  │ publish (ArcSwap)
+//!                                   notify ─────────►switch task ──► hooks (sh -c)
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod hooks;
+pub mod model;
+pub mod policy;
+pub mod proxy;
+pub mod routing;
+pub mod server;
+pub mod service;
+pub mod state;
+pub mod switcher;
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::process::ExitCode;
+
+pub use config::Config;
+pub use server::{Exit, Server};
+
+/// Runs the command line `args` (without the program name); what the
+/// binary's `main` does.
+pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
+    let options = match cli::parse(args) {
+        Ok(cli::Command::Help) => return print_and_exit(cli::HELP),
+        Ok(cli::Command::Version) => return print_and_exit(&format!("llmux {}\n", env!("CARGO_PKG_VERSION"))),
+        Ok(cli::Command::Check(options)) => return check(&options),
+        Ok(cli::Command::Run(options)) => options,
+        Err(e) => {
+            eprintln!("llmux: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = match load(&options) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("llmux: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("llmux: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let exit = runtime.block_on(serve_until_signal(config));
+    // Hooks still running are killed as their tasks are dropped here.
+    drop(runtime);
+    exit
+}
+
+fn print_and_exit(text: &str) -> ExitCode {
+    print!("{text}");
+    ExitCode::SUCCESS
+}
+
+fn load(options: &cli::Options) -> Result<Config, config::ConfigError> {
+    let mut config = Config::load(&options.config)?;
+    if let Some(port) = options.port {
+        config.port = port;
+    }
+    Ok(config)
+}
+
+fn check(options: &cli::Options) -> ExitCode {
+    match load(options) {
+        Ok(config) => {
+            println!("{}: ok ({} models)", options.config.display(), config.models.len());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("llmux: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+async fn serve_until_signal(config: Config) -> ExitCode {
+    let server = match Server::bind(config).await {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("llmux: cannot listen: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match server.local_addr() {
+        Ok(addr) => {
+            // The first stdout line, so scripts and tests can find the port.
+            let mut out = std::io::stdout();
+            let _ = writeln!(out, "listening on {addr}");
+            let _ = out.flush();
+            tracing::info!(%addr, "listening");
+        }
+        Err(e) => tracing::warn!("cannot read the bound address: {e}"),
+    }
+    let exit = server.serve(shutdown_signal()).await;
+    if exit.clean {
+        tracing::info!("shut down cleanly");
+        ExitCode::SUCCESS
+    } else {
+        tracing::warn!("shut down with requests or hooks cut short");
+        ExitCode::FAILURE
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::warn!("cannot install signal handlers; stop llmux with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

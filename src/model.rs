@@ -1,0 +1,337 @@
+//! Finding the top-level `model` of a request body.
+//!
+//! The body is validated and indexed by simd-json's tape builder, which
+//! records every value as a flat node without building a DOM; the scan then
+//! steps over the top-level keys only, jumping over nested objects and
+//! arrays by their node count, so a `"model"` inside `messages` or `tools`
+//! is never taken for the request's model.
+//!
+//! simd-json decodes strings in place, so the scan works on a copy of the
+//! body held in a per-thread [`Scratch`] that is reused from request to
+//! request: the body that is forwarded is the original, byte for byte. The
+//! result agrees with `serde_json` (the crate's fuzz target checks it): a
+//! body is accepted only if serde_json would parse it as an object with
+//! exactly one top-level `model` that is a string.
+
+use std::cell::RefCell;
+use std::fmt;
+
+use simd_json::{Buffers, Node, Tape};
+
+/// Why a body has no usable model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExtractError {
+    /// Not valid JSON.
+    InvalidJson(String),
+    /// Valid JSON, but not an object.
+    NotAnObject,
+    /// No top-level `model` key.
+    Missing,
+    /// A top-level `model` that is not a string.
+    NotAString,
+    /// More than one top-level `model` key.
+    Duplicate,
+}
+
+impl fmt::Display for ExtractError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExtractError::InvalidJson(e) => write!(f, "the request body is not valid JSON: {e}"),
+            ExtractError::NotAnObject => f.write_str("the request body must be a JSON object"),
+            ExtractError::Missing => f.write_str("the request body has no top-level `model`"),
+            ExtractError::NotAString => f.write_str("`model` must be a string"),
+            ExtractError::Duplicate => f.write_str("the request body has more than one `model`"),
+        }
+    }
+}
+
+/// Same nesting limit as serde_json, so the two agree on deep bodies.
+const MAX_DEPTH: usize = 127;
+
+/// Scratch space kept between scans larger than this is released after use.
+const KEEP_SCRATCH_BYTES: usize = 2 * 1024 * 1024;
+
+/// Reusable buffers for one thread's scans.
+struct Scratch {
+    /// The copy of the body that simd-json rewrites.
+    input: Vec<u8>,
+    /// simd-json's stage buffers.
+    buffers: Buffers,
+    /// The tape, emptied between uses.
+    tape: Option<Tape<'static>>,
+}
+
+impl Scratch {
+    fn new() -> Scratch {
+        Scratch { input: Vec::new(), buffers: Buffers::new(4096), tape: Some(Tape::null()) }
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::new());
+}
+
+/// Finds the body's top-level `model` and hands it to `f`.
+///
+/// `f` sees the decoded name (JSON escapes resolved) and may return
+/// anything that does not borrow from it.
+pub fn with_model<R>(body: &[u8], f: impl FnOnce(&str) -> R) -> Result<R, ExtractError> {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => scan(&mut scratch, body, f),
+        // Only reachable if `f` itself scans a body: use a fresh scratch.
+        Err(_) => scan(&mut Scratch::new(), body, f),
+    })
+}
+
+/// Returns the body's top-level `model` as an owned string.
+pub fn extract(body: &[u8]) -> Result<String, ExtractError> {
+    with_model(body, str::to_owned)
+}
+
+fn scan<R>(scratch: &mut Scratch, body: &[u8], f: impl FnOnce(&str) -> R) -> Result<R, ExtractError> {
+    let Scratch { input, buffers, tape } = scratch;
+    input.clear();
+    input.extend_from_slice(body);
+    let mut nodes = tape.take().unwrap_or_else(Tape::null).reset();
+    let result = match simd_json::fill_tape(input, buffers, &mut nodes) {
+        Ok(()) if has_lone_surrogate(body) => Err(ExtractError::InvalidJson("lone surrogate in a \\u escape".into())),
+        Ok(()) => find_model(&nodes.0).map(f),
+        Err(e) => Err(ExtractError::InvalidJson(e.to_string())),
+    };
+    *tape = Some(nodes.reset());
+    if input.capacity() > KEEP_SCRATCH_BYTES {
+        *scratch = Scratch::new();
+    }
+    result
+}
+
+/// True if a `\\u` escape in `body` is a UTF-16 surrogate without its
+/// pair. serde_json rejects such bodies; simd-json decodes them to NUL, so
+/// the raw body is checked. Only called on valid JSON, where a backslash
+/// only ever starts an escape inside a string.
+fn has_lone_surrogate(body: &[u8]) -> bool {
+    let mut at = 0;
+    while let Some(slash) = find_backslash(body, at) {
+        let escape = body.get(slash + 1).copied();
+        if escape != Some(b'u') {
+            at = slash + 2;
+            continue;
+        }
+        match hex4(body, slash + 2) {
+            Some(0xD800..=0xDBFF) => {
+                let low = if body.get(slash + 6..slash + 8) == Some(b"\\u") { hex4(body, slash + 8) } else { None };
+                if !matches!(low, Some(0xDC00..=0xDFFF)) {
+                    return true;
+                }
+                at = slash + 12;
+            }
+            Some(0xDC00..=0xDFFF) => return true,
+            _ => at = slash + 6,
+        }
+    }
+    false
+}
+
+fn hex4(body: &[u8], at: usize) -> Option<u32> {
+    let digits = std::str::from_utf8(body.get(at..at + 4)?).ok()?;
+    u32::from_str_radix(digits, 16).ok()
+}
+
+/// The first `\\` at or after `from`, eight bytes at a time.
+fn find_backslash(body: &[u8], from: usize) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    const SLASHES: u64 = ONES * b'\\' as u64;
+    let mut at = from;
+    while let Some(chunk) = body.get(at..at + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word) ^ SLASHES;
+        let zero_bytes = x.wrapping_sub(ONES) & !x & HIGHS;
+        if zero_bytes != 0 {
+            return Some(at + (zero_bytes.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    body.get(at..)?.iter().position(|&b| b == b'\\').map(|i| at + i)
+}
+
+/// Steps over the top-level object's keys and returns the one `model`.
+fn find_model<'t>(nodes: &'t [Node<'_>]) -> Result<&'t str, ExtractError> {
+    let Some(&Node::Object { len, .. }) = nodes.first() else {
+        return Err(ExtractError::NotAnObject);
+    };
+    check_depth(nodes)?;
+    let mut found = None;
+    let mut at = 1;
+    for _ in 0..len {
+        let key = match nodes.get(at) {
+            Some(Node::String(key)) => *key,
+            _ => return Err(ExtractError::InvalidJson("malformed object".into())),
+        };
+        let value = nodes.get(at + 1);
+        if key == "model" {
+            if found.is_some() {
+                return Err(ExtractError::Duplicate);
+            }
+            match value {
+                Some(Node::String(name)) => found = Some(*name),
+                _ => return Err(ExtractError::NotAString),
+            }
+        }
+        at += 1 + width(value);
+    }
+    found.ok_or(ExtractError::Missing)
+}
+
+/// How many tape nodes a value takes, nested values included.
+fn width(value: Option<&Node<'_>>) -> usize {
+    match value {
+        Some(Node::Object { count, .. } | Node::Array { count, .. }) => count + 1,
+        _ => 1,
+    }
+}
+
+/// Rejects nesting deeper than serde_json accepts.
+fn check_depth(nodes: &[Node<'_>]) -> Result<(), ExtractError> {
+    // A body shorter than the limit in nodes cannot be nested past it.
+    if nodes.len() <= MAX_DEPTH {
+        return Ok(());
+    }
+    // Ends (exclusive) of the containers open at the current node.
+    let mut open: [usize; MAX_DEPTH] = [0; MAX_DEPTH];
+    let mut depth = 0;
+    for (i, node) in nodes.iter().enumerate() {
+        while depth > 0 && open[depth - 1] <= i {
+            depth -= 1;
+        }
+        if let Node::Object { count, .. } | Node::Array { count, .. } = node {
+            if depth == MAX_DEPTH {
+                return Err(ExtractError::InvalidJson("recursion limit exceeded".into()));
+            }
+            open[depth] = i + count + 1;
+            depth += 1;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What serde_json says the model is, under the same rules.
+    fn reference(body: &[u8]) -> Option<String> {
+        let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+        let object = value.as_object()?;
+        // serde_json keeps the last duplicate; count the raw top-level keys.
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let keys = count_model_keys(&mut de)?;
+        if keys != 1 {
+            return None;
+        }
+        object.get("model")?.as_str().map(str::to_owned)
+    }
+
+    fn count_model_keys(de: &mut serde_json::Deserializer<serde_json::de::SliceRead<'_>>) -> Option<usize> {
+        use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+        struct Count;
+        impl<'de> Visitor<'de> for Count {
+            type Value = usize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<usize, A::Error> {
+                let mut n = 0;
+                while let Some(key) = map.next_key::<String>()? {
+                    n += usize::from(key == "model");
+                    map.next_value::<IgnoredAny>()?;
+                }
+                Ok(n)
+            }
+        }
+        de.deserialize_map(Count).ok()
+    }
+
+    fn agree(body: &str) {
+        let ours = extract(body.as_bytes()).ok();
+        assert_eq!(ours, reference(body.as_bytes()), "body: {body:?}");
+    }
+
+    #[test]
+    fn agrees_with_serde_json_on_tricky_bodies() {
+        let nested = "{\"messages\":[{\"role\":\"user\",\"model\":\"inner\"}],\"model\":\"outer\"}";
+        let deep_ok = format!("{{\"model\":\"m\",\"x\":{}1{}}}", "[".repeat(125), "]".repeat(125));
+        let deep_bad = format!("{{\"model\":\"m\",\"x\":{}1{}}}", "[".repeat(127), "]".repeat(127));
+        let bodies = [
+            r#"{"model":"a"}"#,
+            r#"{"messages":[{"role":"user","content":"hi"}],"model":"last"}"#,
+            nested,
+            r#"{"tools":[{"function":{"model":"x"}}],"metadata":{"model":"y"},"model":"z"}"#,
+            r#"{"model":"caf\u00e9 \"q\" \\ \n"}"#,
+            r#"{"\u006dodel":"escaped-key"}"#,
+            r#"{"model":"日本語-モデル"}"#,
+            r#"{"model":"\ud83d\ude00"}"#,
+            r#"{"model":"\ud800"}"#,
+            r#"{"model":"a","x":"\ud800x"}"#,
+            r#"{"model":"a","x":"\udc00"}"#,
+            r#"{"model":"a","x":"\ud800\u0041"}"#,
+            r#"{"model":"a","x":"\\ud800"}"#,
+            r#"{"model":"a","x":"\\\ud83d\ude00 ok \u00e9 \n"}"#,
+            r#"{"model":"a","model":"b"}"#,
+            r#"{"model":"a","model":1}"#,
+            r#"{"model":1}"#,
+            r#"{"model":null}"#,
+            r#"{"model":["a"]}"#,
+            r#"{"other":"a"}"#,
+            r#"{}"#,
+            r#"[{"model":"a"}]"#,
+            r#""model""#,
+            "  \n\t{ \"model\" : \"ws\" }\r\n ",
+            r#"{"model":"a",}"#,
+            r#"{"model":"a"} {"model":"b"}"#,
+            r#"{"model":"a""#,
+            r#"{"model":"a","n":1e400}"#,
+            r#"{"model":"a","n":18446744073709551616}"#,
+            r#"{"model":"a","n":-0.0e-5}"#,
+            r#"{"model":"a","n":01}"#,
+            r#"{"model":"a\u0000b"}"#,
+            "{\"model\":\"tab\there\"}",
+            "",
+            "null",
+            &deep_ok,
+            &deep_bad,
+        ];
+        for body in bodies {
+            agree(body);
+        }
+    }
+
+    #[test]
+    fn finds_backslashes_at_every_offset() {
+        for len in 0..40 {
+            for pos in 0..len {
+                let mut body = vec![b'a'; len];
+                body[pos] = b'\\';
+                assert_eq!(find_backslash(&body, 0), Some(pos));
+                assert_eq!(find_backslash(&body, pos + 1), None);
+            }
+        }
+    }
+
+    #[test]
+    fn names_the_reason() {
+        assert_eq!(extract(b"[]"), Err(ExtractError::NotAnObject));
+        assert_eq!(extract(b"{}"), Err(ExtractError::Missing));
+        assert_eq!(extract(br#"{"model":2}"#), Err(ExtractError::NotAString));
+        assert_eq!(extract(br#"{"model":"a","model":"a"}"#), Err(ExtractError::Duplicate));
+        assert!(matches!(extract(b"{"), Err(ExtractError::InvalidJson(_))));
+    }
+
+    #[test]
+    fn scratch_is_reused_and_large_bodies_work() {
+        let big = format!(r#"{{"messages":[{{"content":"{}"}}],"model":"big"}}"#, "x".repeat(3 << 20));
+        assert_eq!(extract(big.as_bytes()).as_deref(), Ok("big"));
+        assert_eq!(extract(br#"{"model":"small"}"#).as_deref(), Ok("small"));
+    }
+}

@@ -1,0 +1,232 @@
+//! The routing snapshot and admission: the lock-free hot path.
+//!
+//! The switch task publishes a [`Routing`] through one `ArcSwap`: which
+//! models are resident and, for each, an [`Incarnation`] that owns the
+//! upstream connection pool and the in-flight counter of that one period of
+//! residency. A request for a resident model is admitted by [`try_admit`]:
+//! one `ArcSwap` load, one atomic increment, one atomic load of the
+//! incarnation's draining flag. No lock, no channel, no allocation.
+//!
+//! The drain protocol rests on one rule: the switch task sets `draining`
+//! before it reads `in_flight`, and [`try_admit`] increments `in_flight`
+//! before it reads `draining` (all `SeqCst`). So either the request sees
+//! the flag and backs out (and queues), or the drain sees its increment and
+//! waits for it: nothing slips past a drain that has read zero. Every
+//! incarnation is retired by setting its `draining` flag first, so a
+//! request that loaded a stale snapshot is caught by the same check.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use crossbeam::utils::CachePadded;
+use tokio::sync::Notify;
+
+use crate::proxy::Upstream;
+
+/// What the hot path reads: the resident models.
+///
+/// One model is resident at a time today; allowing several under a
+/// capacity budget changes this struct, not the proxy.
+#[derive(Default)]
+pub struct Routing {
+    /// The active model's incarnation, if any.
+    active: Option<Arc<Incarnation>>,
+}
+
+impl Routing {
+    /// A snapshot with nothing resident.
+    pub fn empty() -> Routing {
+        Routing { active: None }
+    }
+
+    /// A snapshot with `incarnation` the active model.
+    pub fn with_active(incarnation: Arc<Incarnation>) -> Routing {
+        Routing { active: Some(incarnation) }
+    }
+
+    /// The incarnation serving `model`, if it is resident.
+    pub fn resident(&self, model: usize) -> Option<&Arc<Incarnation>> {
+        self.active.as_ref().filter(|i| i.model == model)
+    }
+
+    /// The active model's incarnation.
+    pub fn active(&self) -> Option<&Arc<Incarnation>> {
+        self.active.as_ref()
+    }
+}
+
+/// One period during which a model is published as active.
+///
+/// Created by the switch task when it publishes a model; retired (draining
+/// set) before it is unpublished. Counters start at zero for each period,
+/// so requests cut from an earlier period never hold up a later drain.
+pub struct Incarnation {
+    /// Index of the model in the config.
+    pub model: usize,
+    /// Connection pool to the backend, new for each incarnation.
+    pub upstream: Upstream,
+    /// When the model was published (min_active_secs counts from here).
+    pub published_at: Instant,
+    /// Requests admitted and not yet finished (their response body
+    /// included). Written by [`try_admit`] and [`InFlight`]'s drop; read by
+    /// the switch task while draining.
+    in_flight: CachePadded<AtomicUsize>,
+    /// Set by the switch task when it starts to drain or retire this
+    /// incarnation; cleared only if a drain is abandoned.
+    draining: AtomicBool,
+    /// Raised by the last [`InFlight`] to finish while draining.
+    drained: Notify,
+    /// Set by the switch task when a drain timed out: response bodies still
+    /// streaming end at their next frame.
+    cut: AtomicBool,
+}
+
+impl Incarnation {
+    /// A new incarnation of `model`, published now.
+    pub fn new(model: usize, upstream: Upstream) -> Incarnation {
+        Incarnation {
+            model,
+            upstream,
+            published_at: Instant::now(),
+            in_flight: CachePadded::new(AtomicUsize::new(0)),
+            draining: AtomicBool::new(false),
+            drained: Notify::new(),
+            cut: AtomicBool::new(false),
+        }
+    }
+
+    /// Requests in flight.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(SeqCst)
+    }
+
+    /// True once a drain or retirement began.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(SeqCst)
+    }
+
+    /// Stops admitting requests: new ones queue.
+    pub fn start_draining(&self) {
+        self.draining.store(true, SeqCst);
+    }
+
+    /// Cuts the requests still in flight (a drain timed out).
+    pub fn cut(&self) {
+        self.cut.store(true, SeqCst);
+    }
+
+    /// True once the in-flight requests were cut.
+    #[inline]
+    pub fn is_cut(&self) -> bool {
+        self.cut.load(Relaxed)
+    }
+
+    /// Admits requests again after an abandoned drain.
+    pub fn stop_draining(&self) {
+        self.draining.store(false, SeqCst);
+    }
+
+    /// Waits until nothing is in flight. Call after [`start_draining`];
+    /// the future may be dropped and recreated (no wake-up is lost).
+    ///
+    /// [`start_draining`]: Incarnation::start_draining
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            if self.in_flight() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Proof that a request is admitted to an incarnation; decrements the
+/// in-flight count when dropped. Lives as long as the response body.
+pub struct InFlight {
+    incarnation: Arc<Incarnation>,
+}
+
+impl InFlight {
+    /// The incarnation this request was admitted to.
+    pub fn incarnation(&self) -> &Incarnation {
+        &self.incarnation
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let inc = &self.incarnation;
+        if inc.in_flight.fetch_sub(1, SeqCst) == 1 && inc.draining.load(SeqCst) {
+            // `notify_one` stores a permit, so a drain that has not started
+            // waiting yet still sees this.
+            inc.drained.notify_one();
+        }
+    }
+}
+
+/// Admits a request for `model` if it is resident and not draining.
+///
+/// The hot path: no lock, no channel, no allocation.
+#[inline]
+pub fn try_admit(routing: &ArcSwap<Routing>, model: usize) -> Option<InFlight> {
+    let snapshot = routing.load();
+    let inc = snapshot.resident(model)?;
+    inc.in_flight.fetch_add(1, SeqCst);
+    // From here the guard undoes the increment on every path.
+    let guard = InFlight { incarnation: Arc::clone(inc) };
+    if inc.draining.load(SeqCst) {
+        return None;
+    }
+    Some(guard)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn routing_with(model: usize) -> (ArcSwap<Routing>, Arc<Incarnation>) {
+        let inc = Arc::new(Incarnation::new(model, Upstream::new(1, Duration::from_secs(1))));
+        (ArcSwap::from_pointee(Routing::with_active(inc.clone())), inc)
+    }
+
+    #[test]
+    fn admits_only_the_resident_model() {
+        let (routing, inc) = routing_with(0);
+        let guard = try_admit(&routing, 0).expect("resident");
+        assert_eq!(inc.in_flight(), 1);
+        assert!(try_admit(&routing, 1).is_none());
+        drop(guard);
+        assert_eq!(inc.in_flight(), 0);
+    }
+
+    #[test]
+    fn draining_turns_requests_away_and_backs_out_the_count() {
+        let (routing, inc) = routing_with(0);
+        inc.start_draining();
+        assert!(try_admit(&routing, 0).is_none());
+        assert_eq!(inc.in_flight(), 0);
+        inc.stop_draining();
+        assert!(try_admit(&routing, 0).is_some());
+    }
+
+    #[tokio::test]
+    async fn drain_ends_when_the_last_request_finishes() {
+        let (routing, inc) = routing_with(0);
+        let a = try_admit(&routing, 0).expect("admitted");
+        let b = try_admit(&routing, 0).expect("admitted");
+        inc.start_draining();
+        let waiter = {
+            let inc = inc.clone();
+            tokio::spawn(async move { inc.drained().await })
+        };
+        drop(a);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        drop(b);
+        tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("drain finished").expect("task ok");
+    }
+}

@@ -1,0 +1,129 @@
+//! The listener: accepting connections (HTTP/1.1 and h2c on one port),
+//! the switch task's lifetime, and graceful shutdown.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::header::HeaderValue;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::policy::Fifo;
+use crate::service::{self, Peer};
+use crate::state::Shared;
+use crate::switcher;
+
+/// A bound, not yet serving, llmux.
+pub struct Server {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+/// How a server's run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exit {
+    /// Every in-flight request finished and no hook was cut short.
+    pub clean: bool,
+}
+
+/// Aborts the switch task if the server future is dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Server {
+    /// Binds the configured address (port 0 picks a free port).
+    pub async fn bind(config: Config) -> io::Result<Server> {
+        let listener = TcpListener::bind(SocketAddr::new(config.host, config.port)).await?;
+        Ok(Server { listener, shared: Arc::new(Shared::new(config)) })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The shared state, for tests and embedding.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Serves until `shutdown` resolves, then shuts down gracefully:
+    /// stop accepting, answer queued requests with 503, give in-flight
+    /// requests and a running hook `shutdown_grace_secs`.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Exit {
+        let Server { listener, shared } = self;
+        let switch_task = AbortOnDrop(tokio::spawn(switcher::run(Arc::clone(&shared), Box::new(Fifo))));
+        let graceful = GracefulShutdown::new();
+        accept_until(&listener, &shared, &graceful, shutdown).await;
+        drop(listener);
+        shared.shutdown.trigger();
+        let grace = shared.config.shutdown_grace;
+        tracing::info!(grace_secs = grace.as_secs(), "shutting down: waiting for in-flight requests");
+        let drained = tokio::time::timeout(grace, graceful.shutdown()).await.is_ok();
+        if !drained {
+            tracing::warn!("shutdown grace ran out: in-flight requests were cut");
+        }
+        // The hook runner kills a running hook at the end of the grace.
+        let switch_done =
+            tokio::time::timeout(grace + Duration::from_secs(5), switch_task_join(switch_task)).await.is_ok();
+        let hooks_cut = shared.shutdown.cut_count();
+        Exit { clean: drained && switch_done && hooks_cut == 0 }
+    }
+}
+
+async fn switch_task_join(mut task: AbortOnDrop) {
+    let _ = (&mut task.0).await;
+}
+
+async fn accept_until(
+    listener: &TcpListener,
+    shared: &Arc<Shared>,
+    graceful: &GracefulShutdown,
+    shutdown: impl Future<Output = ()>,
+) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, addr)) => {
+                    let _ = stream.set_nodelay(true);
+                    let peer = Peer { ip: ip_header(addr) };
+                    let shared = Arc::clone(shared);
+                    let service = service_fn(move |req| service::handle(Arc::clone(&shared), peer.clone(), req));
+                    let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                    let conn = graceful.watch(conn);
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!("connection ended with an error: {e}");
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors, most likely: back off briefly
+                    // instead of spinning; the listener stays up.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            () = &mut shutdown => return,
+        }
+    }
+}
+
+fn ip_header(addr: SocketAddr) -> HeaderValue {
+    HeaderValue::from_str(&addr.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+}

@@ -1,0 +1,157 @@
+//! One request's path through llmux: route it, find its model, admit it,
+//! forward it, and turn any error into a response in one place.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response};
+
+use crate::api;
+use crate::body::{read_request_body, ResponseBody};
+use crate::error::{Error, Fault};
+use crate::model;
+use crate::proxy::{prepare_request_headers, X_REQUEST_ID};
+use crate::state::Shared;
+use crate::switcher;
+
+/// What a request handler knows about its connection.
+#[derive(Clone)]
+pub struct Peer {
+    /// The client's IP address, ready for `X-Forwarded-For`.
+    pub ip: HeaderValue,
+}
+
+/// Handles one request; never fails (errors become responses).
+pub async fn handle(
+    shared: Arc<Shared>,
+    peer: Peer,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let request_id = request_id(&req);
+    let mut response = match route(&shared, &peer, req, &request_id).await {
+        Ok(response) => response,
+        Err(e) => {
+            log_error(&e, &request_id);
+            e.into_response()
+        }
+    };
+    response.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
+    Ok(response)
+}
+
+async fn route(
+    shared: &Shared,
+    peer: &Peer,
+    req: Request<Incoming>,
+    request_id: &HeaderValue,
+) -> Result<Response<ResponseBody>, Error> {
+    if is_upgrade(&req) {
+        return Err(Error::upgrade_unsupported());
+    }
+    let path = req.uri().path();
+    if matches!(*req.method(), Method::GET | Method::HEAD) {
+        match path {
+            "/health" => return Ok(api::health(shared)),
+            "/v1/models" => return Ok(api::list_models(shared)),
+            _ => {
+                if let Some(id) = path.strip_prefix("/v1/models/") {
+                    return api::one_model(shared, id);
+                }
+            }
+        }
+    }
+    proxy(shared, peer, req, request_id).await
+}
+
+/// Reads the body, finds its model, waits for it and forwards.
+async fn proxy(
+    shared: &Shared,
+    peer: &Peer,
+    req: Request<Incoming>,
+    request_id: &HeaderValue,
+) -> Result<Response<ResponseBody>, Error> {
+    let limit = shared.config.max_body_bytes;
+    let content_length = content_length(&req)?;
+    if content_length.is_some_and(|n| n > limit) {
+        return Err(Error::body_too_large(limit));
+    }
+    let (mut head, body) = req.into_parts();
+    let body = read_request_body(body, content_length, limit).await?;
+    if body.is_empty() {
+        return Err(Error::unknown_route(&head.method, head.uri.path()));
+    }
+    let model = model::with_model(&body, |name| shared.lookup(name).ok_or_else(|| Error::unknown_model(name)))
+        .map_err(|e| Error::invalid_body(e.to_string()))??;
+    let in_flight = switcher::admit(shared, model).await?;
+    prepare_request_headers(&mut head.headers, &peer.ip, request_id);
+    let response = in_flight.incarnation().upstream.forward(head, body).await?;
+    Ok(response.map(|body| ResponseBody::upstream(body, in_flight)))
+}
+
+fn content_length(req: &Request<Incoming>) -> Result<Option<u64>, Error> {
+    match req.headers().get(header::CONTENT_LENGTH) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .map(Some)
+            .ok_or_else(|| Error::invalid_body("invalid Content-Length")),
+    }
+}
+
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.headers().contains_key(header::UPGRADE) || *req.method() == Method::CONNECT
+}
+
+/// The client's `X-Request-Id` if it sent a sensible one, else a new one.
+fn request_id(req: &Request<Incoming>) -> HeaderValue {
+    match req.headers().get(&X_REQUEST_ID) {
+        Some(id) if !id.is_empty() && id.len() <= 128 => id.clone(),
+        _ => new_request_id(),
+    }
+}
+
+/// `llmux-` and 16 hex digits: a per-process random start plus a counter.
+fn new_request_id() -> HeaderValue {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let seed = *SEED.get_or_init(|| {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        (nanos as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(std::process::id())
+    });
+    let n = seed.wrapping_add(NEXT.fetch_add(1, Relaxed));
+    let mut buf = *b"llmux-0000000000000000";
+    for (i, slot) in buf[6..].iter_mut().enumerate() {
+        let nibble = (n >> (60 - 4 * i)) & 0xf;
+        *slot = b"0123456789abcdef"[nibble as usize];
+    }
+    HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("llmux"))
+}
+
+fn log_error(e: &Error, request_id: &HeaderValue) {
+    let id = request_id.to_str().unwrap_or("-");
+    match e.fault() {
+        Fault::Client => tracing::debug!(request_id = id, status = e.status().as_u16(), "{e}"),
+        Fault::Backend | Fault::Hook | Fault::Internal => {
+            tracing::warn!(request_id = id, status = e.status().as_u16(), "{e}")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_are_distinct_and_valid() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 22);
+        assert!(a.to_str().expect("ascii").starts_with("llmux-"));
+    }
+}

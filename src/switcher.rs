@@ -1,0 +1,371 @@
+//! The queue a request joins on a miss, and the one task that switches.
+//!
+//! A request whose model is not active (or is draining) calls [`admit`],
+//! which takes a [`Ticket`] in that model's queue, raises `switch_needed`
+//! and waits for the model's `ready` notification, its request timeout or
+//! shutdown. Each wait creates its `Notified` before re-checking the
+//! routing snapshot, so a publish between the check and the wait is never
+//! lost.
+//!
+//! [`run`] is the switch task, the only code that runs wake and sleep
+//! hooks. It sleeps until a miss raises `switch_needed` (or the
+//! min_active window it waits for ends), asks the policy what to do
+//! ([`crate::policy::next_step`]) and performs one switch at a time:
+//! drain A, sleep A, wake B, publish B, wake B's waiters.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+
+use crate::config::OnSleepFailure;
+use crate::error::Error;
+use crate::hooks::{self, HookKind, HookRun, Outcome};
+use crate::policy::{self, ActiveView, DrainVerdict, ModelView, Next, PolicyContext, SwitchPolicy};
+use crate::proxy::Upstream;
+use crate::routing::{try_admit, InFlight, Incarnation, Routing};
+use crate::state::{ModelSlot, ModelState, Shared};
+
+/// Admits a request for `model`: at once if it is active, else after
+/// queueing for it.
+#[inline]
+pub async fn admit(shared: &Shared, model: usize) -> Result<InFlight, Error> {
+    match try_admit(&shared.routing, model) {
+        Some(guard) => Ok(guard),
+        None => wait_for(shared, model).await,
+    }
+}
+
+/// The slow path: queue for `model` until it is published.
+async fn wait_for(shared: &Shared, model: usize) -> Result<InFlight, Error> {
+    let slot = &shared.slots[model];
+    check_backoff(slot)?;
+    let _ticket = Ticket::join(shared, model);
+    let started = Instant::now();
+    let deadline = shared.config.policy.request_timeout.map(|t| started + t);
+    loop {
+        let ready = slot.ready.notified();
+        tokio::pin!(ready);
+        ready.as_mut().enable();
+        if shared.shutdown.is_started() {
+            return Err(Error::shutting_down());
+        }
+        if let Some(guard) = try_admit(&shared.routing, model) {
+            return Ok(guard);
+        }
+        check_backoff(slot)?;
+        tokio::select! {
+            () = ready => {}
+            () = shared.shutdown.started() => return Err(Error::shutting_down()),
+            () = sleep_until(deadline) => return Err(Error::wait_timeout(&slot.config.name, started.elapsed())),
+        }
+    }
+}
+
+/// 503 with `Retry-After` while the model's backoff runs.
+fn check_backoff(slot: &ModelSlot) -> Result<(), Error> {
+    let backoff = slot.backoff.lock();
+    match backoff.remaining(Instant::now()) {
+        Some(left) => Err(Error::hook_failed(backoff.reason.to_string(), left)),
+        None => Ok(()),
+    }
+}
+
+/// Sleeps until `deadline`, or forever if there is none.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A place in a model's queue; leaving (drop) is what a timeout or a
+/// client disconnect does.
+struct Ticket<'a> {
+    shared: &'a Shared,
+    model: usize,
+}
+
+impl<'a> Ticket<'a> {
+    fn join(shared: &'a Shared, model: usize) -> Ticket<'a> {
+        {
+            let mut queue = shared.slots[model].queue.lock();
+            queue.waiting += 1;
+            queue.since.get_or_insert_with(Instant::now);
+        }
+        shared.switch_needed.notify_one();
+        Ticket { shared, model }
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        let emptied = {
+            let mut queue = self.shared.slots[self.model].queue.lock();
+            queue.waiting = queue.waiting.saturating_sub(1);
+            if queue.waiting == 0 {
+                queue.since = None;
+            }
+            queue.waiting == 0
+        };
+        if emptied {
+            // A drain towards this model may now be abandoned.
+            self.shared.switch_needed.notify_one();
+        }
+    }
+}
+
+/// The switch task. Returns at shutdown.
+pub async fn run(shared: Arc<Shared>, policy: Box<dyn SwitchPolicy>) {
+    start_up(&shared).await;
+    loop {
+        let woken = shared.switch_needed.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        if shared.shutdown.is_started() {
+            return;
+        }
+        match plan(&shared, policy.as_ref()) {
+            Next::SwitchTo(target) => switch_to(&shared, target).await,
+            Next::Wait(until) => tokio::select! {
+                () = woken => {}
+                () = sleep_until(until) => {}
+                () = shared.shutdown.started() => return,
+            },
+        }
+    }
+}
+
+/// Gathers what the policy needs and asks it for the next step.
+fn plan(shared: &Shared, policy: &dyn SwitchPolicy) -> Next {
+    let now = Instant::now();
+    let routing = shared.routing.load();
+    let active = routing.active();
+    let models: Vec<ModelView> = shared
+        .slots
+        .iter()
+        .enumerate()
+        .map(|(i, slot)| {
+            let queue = *slot.queue.lock();
+            ModelView {
+                waiting: queue.waiting,
+                oldest_wait: queue.since,
+                in_flight: active.filter(|a| a.model == i).map_or(0, |a| a.in_flight()),
+                in_backoff: slot.backoff.lock().remaining(now).is_some(),
+            }
+        })
+        .collect();
+    let costs = shared.switch_costs.lock().clone();
+    let ctx = PolicyContext {
+        now,
+        active: active.map(|a| ActiveView { model: a.model, since: a.published_at }),
+        models: &models,
+        switch_costs: &costs,
+    };
+    policy::next_step(&ctx, policy, shared.config.policy.min_active)
+}
+
+/// Runs one of `model`'s hooks with the configured directory and grace.
+async fn hook(shared: &Shared, model: usize, kind: HookKind) -> HookRun {
+    let cfg = &shared.config;
+    let run = hooks::run(&cfg.models[model], kind, &cfg.base_dir, &shared.shutdown, cfg.shutdown_grace).await;
+    if matches!(run.outcome, Outcome::CutByShutdown) {
+        shared.shutdown.record_cut();
+    }
+    run
+}
+
+/// Start-up: every model's `alive` at once; adopt the first model that is
+/// up, put every other up (or unknown) model to sleep.
+async fn start_up(shared: &Arc<Shared>) {
+    let mut checks = JoinSet::new();
+    for model in 0..shared.slots.len() {
+        let shared = Arc::clone(shared);
+        checks.spawn(async move { (model, hook(&shared, model, HookKind::Alive).await.outcome) });
+    }
+    // Some(true): up; Some(false): down; None: unknown (timed out).
+    let mut up: Vec<Option<bool>> = vec![Some(false); shared.slots.len()];
+    while let Some(Ok((model, outcome))) = checks.join_next().await {
+        up[model] = match outcome {
+            Outcome::Success => Some(true),
+            Outcome::Failed(_) => Some(false),
+            _ => None,
+        };
+    }
+    let adopted = up.iter().position(|u| *u == Some(true));
+    if let Some(model) = adopted {
+        publish(shared, model);
+        tracing::info!(model = %shared.slots[model].config.name, "adopted the running model as active");
+    }
+    for (model, state) in up.iter().enumerate() {
+        if Some(model) == adopted || *state == Some(false) || shared.shutdown.is_started() {
+            continue;
+        }
+        let slot = &shared.slots[model];
+        slot.set_state(ModelState::Sleeping);
+        let run = hook(shared, model, HookKind::Sleep).await;
+        slot.set_state(if run.succeeded() { ModelState::Asleep } else { ModelState::Failed });
+    }
+}
+
+/// Publishes `model` as active with a fresh incarnation.
+fn publish(shared: &Shared, model: usize) {
+    let cfg = &shared.config;
+    let upstream = Upstream::new(cfg.models[model].port, cfg.upstream_idle_timeout);
+    let incarnation = Arc::new(Incarnation::new(model, upstream));
+    shared.routing.store(Arc::new(Routing::with_active(incarnation)));
+    let slot = &shared.slots[model];
+    slot.set_state(ModelState::Active);
+    slot.backoff.lock().reset();
+    slot.ready.notify_waiters();
+}
+
+/// Phase durations of one switch, for the log (and later metrics).
+#[derive(Debug, Default, Clone, Copy)]
+struct Phases {
+    drain: Duration,
+    sleep: Duration,
+    wake: Duration,
+}
+
+/// How retiring the active model ended.
+enum Retired {
+    /// Asleep (or down): go on and wake the target.
+    Done,
+    /// Stop here: abandoned, failed, or shutting down.
+    Stop,
+}
+
+/// One switch from whatever is active to `target`.
+async fn switch_to(shared: &Shared, target: usize) {
+    let from = shared.routing.load_full().active().cloned();
+    let mut phases = Phases::default();
+    if let Some(old) = &from {
+        if let Retired::Stop = retire(shared, old, target, &mut phases).await {
+            return;
+        }
+    }
+    let names = |m: usize| shared.slots[m].config.name.as_str();
+    let from_name = from.as_ref().map_or("(none)", |o| names(o.model));
+    let slot = &shared.slots[target];
+    slot.set_state(ModelState::Waking);
+    let run = hook(shared, target, HookKind::Wake).await;
+    phases.wake = run.duration;
+    if run.succeeded() {
+        publish(shared, target);
+        let cost = phases.drain + phases.sleep + phases.wake;
+        shared.record_switch_cost(from.as_ref().map(|o| o.model), target, cost);
+        tracing::info!(
+            from = from_name,
+            to = names(target),
+            drain_ms = phases.drain.as_millis() as u64,
+            sleep_ms = phases.sleep.as_millis() as u64,
+            wake_ms = phases.wake.as_millis() as u64,
+            "switch done"
+        );
+        return;
+    }
+    fail_target(shared, target, format!("wake hook of model `{}` {}", names(target), run.outcome));
+    if shared.shutdown.is_started() {
+        return;
+    }
+    // A half-started backend must not hold the GPU.
+    slot.set_state(ModelState::Sleeping);
+    let _ = hook(shared, target, HookKind::Sleep).await;
+    slot.set_state(ModelState::Failed);
+}
+
+/// Answers every waiter of `target` with 503 and starts its backoff.
+fn fail_target(shared: &Shared, target: usize, reason: String) {
+    let slot = &shared.slots[target];
+    tracing::warn!(model = %slot.config.name, "switch failed: {reason}");
+    slot.backoff.lock().fail(Instant::now(), Arc::from(reason));
+    slot.set_state(ModelState::Failed);
+    slot.ready.notify_waiters();
+}
+
+/// Drains and sleeps the active model `old` on the way to `target`.
+async fn retire(shared: &Shared, old: &Arc<Incarnation>, target: usize, phases: &mut Phases) -> Retired {
+    let slot = &shared.slots[old.model];
+    old.start_draining();
+    slot.set_state(ModelState::Draining);
+    if shared.config.policy.drain_before_switch {
+        let started = Instant::now();
+        let verdict = drain(shared, old, target).await;
+        phases.drain = started.elapsed();
+        match verdict {
+            DrainVerdict::Drained | DrainVerdict::Cut => {}
+            DrainVerdict::Abandon => {
+                tracing::info!(model = %slot.config.name, "switch abandoned: nobody waits for it any more");
+                reinstate(shared, old);
+                return Retired::Stop;
+            }
+            DrainVerdict::Wait => return Retired::Stop,
+        }
+    }
+    shared.routing.store(Arc::new(Routing::empty()));
+    slot.set_state(ModelState::Sleeping);
+    let run = hook(shared, old.model, HookKind::Sleep).await;
+    phases.sleep = run.duration;
+    if run.succeeded() {
+        slot.set_state(ModelState::Asleep);
+        return Retired::Done;
+    }
+    sleep_failed(shared, old, target, run).await
+}
+
+/// A failed sleep: if the old model still answers, the switch fails
+/// (unless the policy says to continue) and the old model stays active.
+async fn sleep_failed(shared: &Shared, old: &Arc<Incarnation>, target: usize, run: HookRun) -> Retired {
+    let slot = &shared.slots[old.model];
+    let name = &slot.config.name;
+    let still_up = hook(shared, old.model, HookKind::Alive).await.succeeded();
+    if still_up && shared.config.policy.on_sleep_failure == OnSleepFailure::Abort {
+        reinstate(shared, old);
+        let reason = format!("sleep hook of model `{name}` {}; `{name}` is still active", run.outcome);
+        fail_target(shared, target, reason);
+        return Retired::Stop;
+    }
+    tracing::warn!(model = %name, still_up, "sleep hook {}; switching anyway", run.outcome);
+    slot.set_state(ModelState::Failed);
+    Retired::Done
+}
+
+/// Serves `old` again after an abandoned drain or a failed sleep.
+fn reinstate(shared: &Shared, old: &Arc<Incarnation>) {
+    old.stop_draining();
+    shared.routing.store(Arc::new(Routing::with_active(Arc::clone(old))));
+    let slot = &shared.slots[old.model];
+    slot.set_state(ModelState::Active);
+    slot.ready.notify_waiters();
+}
+
+/// Waits for `old`'s in-flight requests, abandoning the drain if nobody
+/// waits for `target` any more. Returns `Wait` only at shutdown.
+async fn drain(shared: &Shared, old: &Incarnation, target: usize) -> DrainVerdict {
+    let deadline = shared.config.policy.drain_timeout.map(|t| Instant::now() + t);
+    loop {
+        let woken = shared.switch_needed.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let timed_out = deadline.is_some_and(|d| Instant::now() >= d);
+        let verdict = policy::drain_verdict(shared.slots[target].waiting(), old.in_flight(), timed_out);
+        match verdict {
+            DrainVerdict::Wait => {}
+            DrainVerdict::Cut => {
+                let n = old.in_flight();
+                old.cut();
+                shared.cut_requests.fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst);
+                tracing::warn!(model = %shared.slots[old.model].config.name, cut = n, "drain timed out: cutting in-flight requests");
+                return verdict;
+            }
+            _ => return verdict,
+        }
+        tokio::select! {
+            () = old.drained() => {}
+            () = woken => {}
+            () = sleep_until(deadline) => {}
+            () = shared.shutdown.started() => return DrainVerdict::Wait,
+        }
+    }
+}

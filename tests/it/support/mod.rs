@@ -1,0 +1,333 @@
+//! The integration harness: real `llmux` processes in front of real
+//! `llmux-standin` backends, every one on an ephemeral port, with hook
+//! scripts that record what ran.
+//!
+//! Backends run for the whole test (so a request that reaches a backend
+//! llmux believes asleep is still answered, and tells on llmux through its
+//! `x-standin-model` header); the hooks decide what is "awake" and write
+//! every step to `hooks.log`, which is what switching tests assert on.
+//! Control files in the hook directory make a hook fail, hang or wait.
+
+#![allow(dead_code)]
+
+pub mod backend;
+pub mod http;
+pub mod wire;
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tempfile::TempDir;
+
+/// How long any wait in a test may take before the test fails.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A child process killed when dropped.
+pub struct Process {
+    child: Child,
+    /// The address from its `listening on ADDR` line.
+    pub addr: String,
+}
+
+impl Process {
+    /// Starts `cmd` and waits for its `listening on ADDR` stdout line.
+    pub fn start(mut cmd: Command) -> Process {
+        cmd.stdout(Stdio::piped()).stdin(Stdio::null());
+        let mut child = cmd.spawn().expect("spawn");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("read first line");
+        let Some(addr) = line.trim().strip_prefix("listening on ").map(str::to_owned) else {
+            let _ = child.kill();
+            panic!("first stdout line was {line:?}");
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in reader.lines() {});
+        Process { child, addr }
+    }
+
+    /// The OS process id.
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// Sends `signal`.
+    pub fn signal(&self, signal: Signal) {
+        kill(self.pid(), signal).expect("kill");
+    }
+
+    /// Waits for the process to exit, failing the test after `PATIENCE`.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "process did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The port of its address.
+    pub fn port(&self) -> u16 {
+        self.addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port")
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A stand-in backend serving `model` on an ephemeral port.
+pub fn standin(model: &str) -> Process {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_llmux-standin"));
+    cmd.args(["--port", "0", "--model", model]).stderr(Stdio::null());
+    Process::start(cmd)
+}
+
+/// The hook scripts every harness model uses. `$D` is the hook directory.
+///
+/// Control files: `fail-<hook>-<model>` makes that hook exit 1;
+/// `hold-<hook>-<model>` makes it wait until the file is removed;
+/// `hang-<hook>-<model>` makes it sleep far past any timeout (the sleep's
+/// pid goes to `hang-pid-<hook>-<model>`); `bg-<hook>-<model>` leaves a
+/// background child holding the hook's stdout until the file is removed.
+const HOOK: &str = r#"#!/bin/sh
+# usage: hook.sh wake|sleep|alive   (run by llmux in this directory)
+kind="$1"; m="$LLMUX_MODEL"
+log() { echo "$1 $m" >> hooks.log; }
+if [ "$kind" = alive ]; then
+  [ -f "fail-alive-$m" ] && exit 1
+  [ -f "awake-$m" ] || [ -f "up-$m" ]; exit $?
+fi
+log "$kind-start"
+echo "running $kind for $m"
+while [ -f "hold-$kind-$m" ]; do sleep 0.01; done
+if [ -f "hang-$kind-$m" ]; then sleep 300 & echo $! > "hang-pid-$kind-$m"; wait; fi
+if [ -f "bg-$kind-$m" ]; then (while [ -f "bg-$kind-$m" ]; do sleep 0.05; done; echo bg done) & fi
+if [ -f "fail-$kind-$m" ]; then log "$kind-fail"; exit 1; fi
+if [ "$kind" = wake ]; then touch "awake-$m"; else rm -f "awake-$m" "up-$m"; fi
+log "$kind-end"
+"#;
+
+/// Builds a harness: models, policy lines and extra config lines.
+pub struct Builder {
+    models: Vec<String>,
+    policy: Vec<String>,
+    extra: Vec<String>,
+    up_at_start: Vec<String>,
+    format_json: bool,
+}
+
+impl Builder {
+    /// Adds a model (and a stand-in backend for it).
+    pub fn model(mut self, name: &str) -> Builder {
+        self.models.push(name.to_owned());
+        self
+    }
+
+    /// Adds a `policy:` line, e.g. `min_active_secs: 2`.
+    pub fn policy(mut self, line: &str) -> Builder {
+        self.policy.push(line.to_owned());
+        self
+    }
+
+    /// Adds a top-level config line, e.g. `max_body_bytes: 100`.
+    pub fn config(mut self, line: &str) -> Builder {
+        self.extra.push(line.to_owned());
+        self
+    }
+
+    /// Makes `model`'s alive hook pass at start-up (it was left running).
+    pub fn up_at_start(mut self, model: &str) -> Builder {
+        self.up_at_start.push(model.to_owned());
+        self
+    }
+
+    /// Writes the config as JSON instead of YAML.
+    pub fn json(mut self) -> Builder {
+        self.format_json = true;
+        self
+    }
+
+    /// Starts the backends and llmux.
+    pub fn start(self) -> Mux {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("hook.sh"), HOOK).expect("write hook");
+        std::fs::write(dir.path().join("hooks.log"), "").expect("write log");
+        for m in &self.up_at_start {
+            std::fs::write(dir.path().join(format!("up-{m}")), "").expect("write up");
+        }
+        let backends: Vec<Process> = self.models.iter().map(|m| standin(m)).collect();
+        let config = if self.format_json { self.json_config(&backends) } else { self.yaml_config(&backends) };
+        let ext = if self.format_json { "json" } else { "yaml" };
+        let config_path = dir.path().join(format!("llmux.{ext}"));
+        std::fs::write(&config_path, config).expect("write config");
+        let llmux = start_llmux(&config_path);
+        Mux { hooks: Hooks { dir }, backends, models: self.models, llmux, config_path }
+    }
+
+    fn yaml_config(&self, backends: &[Process]) -> String {
+        let mut c = String::from("host: 127.0.0.1\nport: 0\nmodels:\n");
+        for (m, b) in self.models.iter().zip(backends) {
+            let _ = writeln!(c, "  {m}:\n    port: {}", b.port());
+            for hook in ["wake", "sleep", "alive"] {
+                let _ = writeln!(c, "    {hook}: sh hook.sh {hook}");
+            }
+        }
+        c.push_str("policy:\n");
+        for line in &self.policy {
+            let _ = writeln!(c, "  {line}");
+        }
+        for (key, secs) in [("wake_timeout_secs", 10), ("sleep_timeout_secs", 10), ("alive_timeout_secs", 5)] {
+            if !self.policy.iter().any(|l| l.starts_with(key)) {
+                let _ = writeln!(c, "  {key}: {secs}");
+            }
+        }
+        for line in &self.extra {
+            let _ = writeln!(c, "{line}");
+        }
+        c
+    }
+
+    fn json_config(&self, backends: &[Process]) -> String {
+        let mut models = serde_json::Map::new();
+        for (m, b) in self.models.iter().zip(backends) {
+            let hook = |k: &str| serde_json::Value::from(format!("sh hook.sh {k}"));
+            models.insert(
+                m.clone(),
+                serde_json::json!({"port": b.port(), "wake": hook("wake"), "sleep": hook("sleep"), "alive": hook("alive")}),
+            );
+        }
+        assert!(self.policy.is_empty() && self.extra.is_empty(), "JSON harness takes no extra lines");
+        serde_json::json!({"host": "127.0.0.1", "port": 0, "models": models}).to_string()
+    }
+}
+
+/// Starts the real `llmux` binary on `config`.
+pub fn start_llmux(config: &Path) -> Process {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_llmux"));
+    cmd.arg("-c").arg(config).env("RUST_LOG", "llmux=debug");
+    if std::env::var_os("LLMUX_TEST_LOG").is_none() {
+        cmd.stderr(Stdio::null());
+    }
+    Process::start(cmd)
+}
+
+/// llmux in front of stand-ins, with its hook directory.
+pub struct Mux {
+    /// The hook directory: log and control files.
+    pub hooks: Hooks,
+    /// One stand-in per model, in model order.
+    pub backends: Vec<Process>,
+    /// The model names.
+    pub models: Vec<String>,
+    /// The llmux process.
+    pub llmux: Process,
+    /// Where its config is.
+    pub config_path: PathBuf,
+}
+
+/// Starts describing a harness.
+pub fn mux() -> Builder {
+    Builder { models: Vec::new(), policy: Vec::new(), extra: Vec::new(), up_at_start: Vec::new(), format_json: false }
+}
+
+impl Mux {
+    /// `http://ADDR`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.llmux.addr)
+    }
+
+    /// The stand-in of `model`.
+    pub fn backend(&self, model: &str) -> &Process {
+        let i = self.models.iter().position(|m| m == model).expect("model");
+        &self.backends[i]
+    }
+
+    /// `/health`'s state word for `model`.
+    pub async fn state(&self, model: &str) -> String {
+        let health = http::get(&self.url("/health")).await.json();
+        let models = health["models"].as_array().cloned().unwrap_or_default();
+        let entry = models.iter().find(|m| m["id"] == model).expect("model in /health");
+        entry["state"].as_str().expect("state").to_owned()
+    }
+
+    /// Waits until `/health` reports `state` for `model`.
+    pub async fn wait_state(&self, model: &str, state: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if self.state(model).await == state {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{model} never became {state}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// The hook directory.
+pub struct Hooks {
+    dir: TempDir,
+}
+
+impl Hooks {
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Every line of `hooks.log`, e.g. `wake-start a`.
+    pub fn events(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(self.dir.path().join("hooks.log")).unwrap_or_default();
+        text.lines().map(str::to_owned).collect()
+    }
+
+    /// Waits until `hooks.log` has the line `event`.
+    pub async fn wait_for(&self, event: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        while !self.events().iter().any(|e| e == event) {
+            assert!(Instant::now() < deadline, "no `{event}` in {:?}", self.events());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Creates control file `name` (e.g. `fail-wake-b`).
+    pub fn set(&self, name: &str) {
+        std::fs::write(self.dir.path().join(name), "").expect("write control file");
+    }
+
+    /// Removes control file `name`.
+    pub fn clear(&self, name: &str) {
+        let _ = std::fs::remove_file(self.dir.path().join(name));
+    }
+
+    /// Asserts that no two models were ever awake at once, replaying the
+    /// log: a wake may start only when every other model has finished
+    /// sleeping (or failed to wake).
+    pub fn assert_never_two_awake(&self) {
+        let events = self.events();
+        let mut awake: Vec<&str> = Vec::new();
+        for e in &events {
+            let (what, model) = e.split_once(' ').expect("event");
+            match what {
+                "wake-start" => {
+                    let others: Vec<_> = awake.iter().filter(|m| **m != model).collect();
+                    assert!(others.is_empty(), "wake of {model} while {others:?} awake: {events:?}");
+                    awake.push(model);
+                }
+                "sleep-end" | "wake-fail" => awake.retain(|m| *m != model),
+                _ => {}
+            }
+        }
+    }
+}
