@@ -72,6 +72,8 @@ pub enum Outcome {
 pub struct HookRun {
     /// How it ended.
     pub outcome: Outcome,
+    /// Just before the spawn.
+    pub started: Instant,
     /// From spawn to reap.
     pub duration: Duration,
 }
@@ -111,7 +113,7 @@ pub async fn run(model: &ModelConfig, kind: HookKind, dir: &Path, shutdown: &Shu
     let started = Instant::now();
     let mut child = match spawn(&hook.script, model, dir) {
         Ok(child) => child,
-        Err(e) => return HookRun { outcome: Outcome::SpawnFailed(e), duration: started.elapsed() },
+        Err(e) => return HookRun { outcome: Outcome::SpawnFailed(e), started, duration: started.elapsed() },
     };
     let killer = GroupKiller::new(child.id());
     forward_output(&mut child, &model.name, kind);
@@ -119,7 +121,7 @@ pub async fn run(model: &ModelConfig, kind: HookKind, dir: &Path, shutdown: &Shu
     let outcome = wait(&mut child, &killer, hook.timeout, shutdown, grace).await;
     // Exited (or already killed): a server it started in the background lives on.
     killer.disarm();
-    let run = HookRun { outcome, duration: started.elapsed() };
+    let run = HookRun { outcome, started, duration: started.elapsed() };
     log_finished(&model.name, kind, &run);
     run
 }

@@ -5,10 +5,10 @@
 //!
 //! 1. [`server`] accepts the connection (HTTP/1.1 or h2c) and hands each
 //!    request to [`service::handle`].
-//! 2. [`service`] answers `/health` and `/v1/models` itself ([`api`]);
-//!    anything else has its body read whole ([`body`]), bounded by
-//!    `max_body_bytes`, and its top-level `model` found by a simd-json
-//!    scan ([`model`]).
+//! 2. [`service`] answers `/health` and `/v1/models` itself ([`api`])
+//!    unless the body names a model; anything else has its body read whole
+//!    ([`body`]), bounded by `max_body_bytes`, and its top-level `model`
+//!    found by a simd-json scan ([`model`]).
 //! 3. [`switcher::admit`] admits it. If its model is the active one, that
 //!    is [`routing::try_admit`]: one `ArcSwap` load and two atomics, no
 //!    lock, no channel, no allocation. Otherwise the request queues for its
@@ -125,7 +125,8 @@ fn check(options: &cli::Options) -> ExitCode {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
 }
 
 async fn serve_until_signal(config: Config) -> ExitCode {

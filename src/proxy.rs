@@ -26,17 +26,10 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// `X-Forwarded-For`.
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
-/// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-];
+/// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1);
+/// every `Proxy-*` header is dropped as well.
+const HOP_BY_HOP: [HeaderName; 5] =
+    [header::CONNECTION, HeaderName::from_static("keep-alive"), header::TE, header::TRAILER, header::TRANSFER_ENCODING];
 
 /// A pooled HTTP/1.1 client for one backend port.
 #[derive(Clone)]
@@ -130,6 +123,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
+    // `Proxy-Connection`, `Proxy-Authorization`, `Proxy-Authenticate`, ...
+    if headers.keys().any(is_proxy_header) {
+        let named: Vec<HeaderName> = headers.keys().filter(|n| is_proxy_header(n)).cloned().collect();
+        for name in named {
+            headers.remove(&name);
+        }
+    }
+}
+
+fn is_proxy_header(name: &HeaderName) -> bool {
+    name.as_str().starts_with("proxy-")
 }
 
 /// Extra headers named by `Connection`, if it names any besides the usual
@@ -162,10 +166,22 @@ mod tests {
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
         h.insert(header::EXPECT, HeaderValue::from_static("100-continue"));
+        h.insert(header::PROXY_AUTHORIZATION, HeaderValue::from_static("Basic x"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert("proxy-foo", HeaderValue::from_static("1"));
         h.insert(X_FORWARDED_FOR.clone(), HeaderValue::from_static("10.0.0.1"));
         h.insert("x-kept", HeaderValue::from_static("yes"));
         prepare_request_headers(&mut h, &HeaderValue::from_static("127.0.0.1"), &HeaderValue::from_static("id-1"));
-        for gone in ["connection", "x-secret", "keep-alive", "transfer-encoding", "expect"] {
+        for gone in [
+            "connection",
+            "x-secret",
+            "keep-alive",
+            "transfer-encoding",
+            "expect",
+            "proxy-authorization",
+            "proxy-connection",
+            "proxy-foo",
+        ] {
             assert!(!h.contains_key(gone), "{gone} survived");
         }
         let xff: Vec<_> = h.get_all(&X_FORWARDED_FOR).iter().collect();

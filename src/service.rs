@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response};
 
@@ -51,27 +51,53 @@ async fn route(
     if is_upgrade(&req) {
         return Err(Error::upgrade_unsupported());
     }
-    let path = req.uri().path();
-    if matches!(*req.method(), Method::GET | Method::HEAD) {
-        match path {
-            "/health" => return Ok(api::health(shared)),
-            "/v1/models" => return Ok(api::list_models(shared)),
-            _ => {
-                if let Some(id) = path.strip_prefix("/v1/models/") {
-                    return api::one_model(shared, id);
-                }
-            }
-        }
+    let local = Local::of(&req);
+    match local {
+        // The usual case: no body, so no body model; answer at once.
+        Some(local) if req.body().is_end_stream() => local.answer(shared, req.uri().path()),
+        _ => proxy(shared, peer, req, request_id, local).await,
     }
-    proxy(shared, peer, req, request_id).await
 }
 
-/// Reads the body, finds its model, waits for it and forwards.
+/// An endpoint llmux answers itself when the request has no body model.
+#[derive(Clone, Copy)]
+enum Local {
+    Health,
+    Models,
+    Model,
+}
+
+impl Local {
+    fn of(req: &Request<Incoming>) -> Option<Local> {
+        if !matches!(*req.method(), Method::GET | Method::HEAD) {
+            return None;
+        }
+        match req.uri().path() {
+            "/health" => Some(Local::Health),
+            "/v1/models" => Some(Local::Models),
+            path if path.starts_with("/v1/models/") => Some(Local::Model),
+            _ => None,
+        }
+    }
+
+    /// The answer to a request for `path`, which [`Local::of`] matched.
+    fn answer(self, shared: &Shared, path: &str) -> Result<Response<ResponseBody>, Error> {
+        match self {
+            Local::Health => Ok(api::health(shared)),
+            Local::Models => Ok(api::list_models(shared)),
+            Local::Model => api::one_model(shared, path.strip_prefix("/v1/models/").unwrap_or_default()),
+        }
+    }
+}
+
+/// Reads the body, finds its model, waits for it and forwards. A request
+/// for a local endpoint (`local`) is answered here if its body has no model.
 async fn proxy(
     shared: &Shared,
     peer: &Peer,
     req: Request<Incoming>,
     request_id: &HeaderValue,
+    local: Option<Local>,
 ) -> Result<Response<ResponseBody>, Error> {
     let limit = shared.config.max_body_bytes;
     let content_length = content_length(&req)?;
@@ -80,11 +106,16 @@ async fn proxy(
     }
     let (mut head, body) = req.into_parts();
     let body = read_request_body(body, content_length, limit).await?;
-    if body.is_empty() {
-        return Err(Error::unknown_route(&head.method, head.uri.path()));
-    }
-    let model = model::with_model(&body, |name| shared.lookup(name).ok_or_else(|| Error::unknown_model(name)))
-        .map_err(|e| Error::invalid_body(e.to_string()))??;
+    let found = match (body.is_empty(), local) {
+        (true, Some(local)) => return local.answer(shared, head.uri.path()),
+        (true, None) => return Err(Error::unknown_route(&head.method, head.uri.path())),
+        (false, _) => model::with_model(&body, |name| shared.lookup(name).ok_or_else(|| Error::unknown_model(name))),
+    };
+    let model = match (found, local) {
+        (Ok(model), _) => model?,
+        (Err(_), Some(local)) => return local.answer(shared, head.uri.path()),
+        (Err(e), None) => return Err(Error::invalid_body(e.to_string())),
+    };
     let in_flight = switcher::admit(shared, model).await?;
     prepare_request_headers(&mut head.headers, &peer.ip, request_id);
     let response = in_flight.incarnation().upstream.forward(head, body).await?;

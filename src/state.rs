@@ -90,6 +90,47 @@ pub struct Shared {
     pub switch_costs: Mutex<Vec<Option<Duration>>>,
     /// Requests cut at a drain timeout. Written by the switch task.
     pub cut_requests: AtomicU64,
+    /// The last switch, as it went. Written by the switch task.
+    pub last_switch: Mutex<Option<SwitchRecord>>,
+}
+
+/// How a switch ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwitchResult {
+    /// The target was published.
+    Done,
+    /// The drain was abandoned: nobody waited for the target any more.
+    Abandoned,
+    /// A hook failed; the target's waiters got 503.
+    Failed,
+}
+
+/// What happened in one switch, phase by phase.
+#[derive(Debug, Clone)]
+pub struct SwitchRecord {
+    /// The model that was active, if any.
+    pub from: Option<usize>,
+    /// The model switched to.
+    pub to: usize,
+    /// When the oldest request for `to` arrived: the miss.
+    pub miss: Instant,
+    /// How long the drain took.
+    pub drain: Duration,
+    /// The sleep hook's spawn instant and spawn-to-reap time.
+    pub sleep: Option<(Instant, Duration)>,
+    /// The wake hook's spawn instant and spawn-to-reap time.
+    pub wake: Option<(Instant, Duration)>,
+    /// When `to` was published.
+    pub published: Option<Instant>,
+    /// How it ended.
+    pub result: SwitchResult,
+}
+
+impl SwitchRecord {
+    /// The measured cost: drain, sleep and wake (no queueing, no backoff).
+    pub fn cost(&self) -> Duration {
+        self.drain + self.sleep.map_or(Duration::ZERO, |s| s.1) + self.wake.map_or(Duration::ZERO, |w| w.1)
+    }
 }
 
 impl Shared {
@@ -106,6 +147,7 @@ impl Shared {
             shutdown: Shutdown::default(),
             switch_costs: Mutex::new(vec![None; (n + 1) * n]),
             cut_requests: AtomicU64::new(0),
+            last_switch: Mutex::new(None),
             config,
         }
     }

@@ -24,7 +24,7 @@ use crate::hooks::{self, HookKind, HookRun, Outcome};
 use crate::policy::{self, ActiveView, DrainVerdict, ModelView, Next, PolicyContext, SwitchPolicy};
 use crate::proxy::Upstream;
 use crate::routing::{try_admit, InFlight, Incarnation, Routing};
-use crate::state::{ModelSlot, ModelState, Shared};
+use crate::state::{ModelSlot, ModelState, Shared, SwitchRecord, SwitchResult};
 
 /// Admits a request for `model`: at once if it is active, else after
 /// queueing for it.
@@ -220,52 +220,50 @@ fn publish(shared: &Shared, model: usize) {
     slot.ready.notify_waiters();
 }
 
-/// Phase durations of one switch, for the log (and later metrics).
-#[derive(Debug, Default, Clone, Copy)]
-struct Phases {
-    drain: Duration,
-    sleep: Duration,
-    wake: Duration,
-}
-
 /// How retiring the active model ended.
 enum Retired {
     /// Asleep (or down): go on and wake the target.
     Done,
     /// Stop here: abandoned, failed, or shutting down.
-    Stop,
+    Stop(SwitchResult),
 }
 
 /// One switch from whatever is active to `target`.
 async fn switch_to(shared: &Shared, target: usize) {
     let from = shared.routing.load_full().active().cloned();
-    let mut phases = Phases::default();
+    let slot = &shared.slots[target];
+    let miss = slot.queue.lock().since.unwrap_or_else(Instant::now);
+    let mut record = SwitchRecord {
+        from: from.as_ref().map(|o| o.model),
+        to: target,
+        miss,
+        drain: Duration::ZERO,
+        sleep: None,
+        wake: None,
+        published: None,
+        result: SwitchResult::Failed,
+    };
     if let Some(old) = &from {
-        if let Retired::Stop = retire(shared, old, target, &mut phases).await {
+        if let Retired::Stop(result) = retire(shared, old, target, &mut record).await {
+            record.result = result;
+            *shared.last_switch.lock() = Some(record);
             return;
         }
     }
-    let names = |m: usize| shared.slots[m].config.name.as_str();
-    let from_name = from.as_ref().map_or("(none)", |o| names(o.model));
-    let slot = &shared.slots[target];
     slot.set_state(ModelState::Waking);
     let run = hook(shared, target, HookKind::Wake).await;
-    phases.wake = run.duration;
+    record.wake = Some((run.started, run.duration));
     if run.succeeded() {
         publish(shared, target);
-        let cost = phases.drain + phases.sleep + phases.wake;
-        shared.record_switch_cost(from.as_ref().map(|o| o.model), target, cost);
-        tracing::info!(
-            from = from_name,
-            to = names(target),
-            drain_ms = phases.drain.as_millis() as u64,
-            sleep_ms = phases.sleep.as_millis() as u64,
-            wake_ms = phases.wake.as_millis() as u64,
-            "switch done"
-        );
+        record.published = Some(Instant::now());
+        record.result = SwitchResult::Done;
+        shared.record_switch_cost(record.from, target, record.cost());
+        log_switch(shared, &record);
+        *shared.last_switch.lock() = Some(record);
         return;
     }
-    fail_target(shared, target, format!("wake hook of model `{}` {}", names(target), run.outcome));
+    *shared.last_switch.lock() = Some(record);
+    fail_target(shared, target, format!("wake hook of model `{}` {}", slot.config.name, run.outcome));
     if shared.shutdown.is_started() {
         return;
     }
@@ -273,6 +271,21 @@ async fn switch_to(shared: &Shared, target: usize) {
     slot.set_state(ModelState::Sleeping);
     let _ = hook(shared, target, HookKind::Sleep).await;
     slot.set_state(ModelState::Failed);
+}
+
+/// One log line per switch, with its phase durations.
+fn log_switch(shared: &Shared, r: &SwitchRecord) {
+    let name = |m: usize| shared.slots[m].config.name.as_str();
+    let ms = |d: Duration| d.as_millis() as u64;
+    tracing::info!(
+        from = r.from.map_or("(none)", name),
+        to = name(r.to),
+        drain_ms = ms(r.drain),
+        sleep_ms = ms(r.sleep.map_or(Duration::ZERO, |s| s.1)),
+        wake_ms = ms(r.wake.map_or(Duration::ZERO, |w| w.1)),
+        waited_ms = ms(r.miss.elapsed()),
+        "switch done"
+    );
 }
 
 /// Answers every waiter of `target` with 503 and starts its backoff.
@@ -285,28 +298,28 @@ fn fail_target(shared: &Shared, target: usize, reason: String) {
 }
 
 /// Drains and sleeps the active model `old` on the way to `target`.
-async fn retire(shared: &Shared, old: &Arc<Incarnation>, target: usize, phases: &mut Phases) -> Retired {
+async fn retire(shared: &Shared, old: &Arc<Incarnation>, target: usize, record: &mut SwitchRecord) -> Retired {
     let slot = &shared.slots[old.model];
     old.start_draining();
     slot.set_state(ModelState::Draining);
     if shared.config.policy.drain_before_switch {
         let started = Instant::now();
         let verdict = drain(shared, old, target).await;
-        phases.drain = started.elapsed();
+        record.drain = started.elapsed();
         match verdict {
             DrainVerdict::Drained | DrainVerdict::Cut => {}
             DrainVerdict::Abandon => {
                 tracing::info!(model = %slot.config.name, "switch abandoned: nobody waits for it any more");
                 reinstate(shared, old);
-                return Retired::Stop;
+                return Retired::Stop(SwitchResult::Abandoned);
             }
-            DrainVerdict::Wait => return Retired::Stop,
+            DrainVerdict::Wait => return Retired::Stop(SwitchResult::Failed),
         }
     }
     shared.routing.store(Arc::new(Routing::empty()));
     slot.set_state(ModelState::Sleeping);
     let run = hook(shared, old.model, HookKind::Sleep).await;
-    phases.sleep = run.duration;
+    record.sleep = Some((run.started, run.duration));
     if run.succeeded() {
         slot.set_state(ModelState::Asleep);
         return Retired::Done;
@@ -324,7 +337,7 @@ async fn sleep_failed(shared: &Shared, old: &Arc<Incarnation>, target: usize, ru
         reinstate(shared, old);
         let reason = format!("sleep hook of model `{name}` {}; `{name}` is still active", run.outcome);
         fail_target(shared, target, reason);
-        return Retired::Stop;
+        return Retired::Stop(SwitchResult::Failed);
     }
     tracing::warn!(model = %name, still_up, "sleep hook {}; switching anyway", run.outcome);
     slot.set_state(ModelState::Failed);

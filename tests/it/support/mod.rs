@@ -161,19 +161,19 @@ impl Builder {
 
     /// Starts the backends and llmux.
     pub fn start(self) -> Mux {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("hook.sh"), HOOK).expect("write hook");
-        std::fs::write(dir.path().join("hooks.log"), "").expect("write log");
+        let hooks = Hooks::new();
+        let dir = hooks.path();
+        std::fs::write(dir.join("hook.sh"), HOOK).expect("write hook");
         for m in &self.up_at_start {
-            std::fs::write(dir.path().join(format!("up-{m}")), "").expect("write up");
+            std::fs::write(dir.join(format!("up-{m}")), "").expect("write up");
         }
         let backends: Vec<Process> = self.models.iter().map(|m| standin(m)).collect();
         let config = if self.format_json { self.json_config(&backends) } else { self.yaml_config(&backends) };
         let ext = if self.format_json { "json" } else { "yaml" };
-        let config_path = dir.path().join(format!("llmux.{ext}"));
+        let config_path = dir.join(format!("llmux.{ext}"));
         std::fs::write(&config_path, config).expect("write config");
         let llmux = start_llmux(&config_path);
-        Mux { hooks: Hooks { dir }, backends, models: self.models, llmux, config_path }
+        Mux { hooks, backends, models: self.models, llmux, config_path }
     }
 
     fn yaml_config(&self, backends: &[Process]) -> String {
@@ -200,23 +200,34 @@ impl Builder {
     }
 
     fn json_config(&self, backends: &[Process]) -> String {
-        let mut models = serde_json::Map::new();
-        for (m, b) in self.models.iter().zip(backends) {
-            let hook = |k: &str| serde_json::Value::from(format!("sh hook.sh {k}"));
-            models.insert(
-                m.clone(),
-                serde_json::json!({"port": b.port(), "wake": hook("wake"), "sleep": hook("sleep"), "alive": hook("alive")}),
-            );
-        }
+        // Written by hand: serde_json's map would sort the models by name,
+        // and their order in the file is their order in llmux.
+        let models: Vec<String> = self
+            .models
+            .iter()
+            .zip(backends)
+            .map(|(m, b)| {
+                let hook = |k: &str| serde_json::Value::from(format!("sh hook.sh {k}"));
+                let model = serde_json::json!({"port": b.port(), "wake": hook("wake"), "sleep": hook("sleep"), "alive": hook("alive")});
+                format!("{}: {model}", serde_json::Value::from(m.as_str()))
+            })
+            .collect();
         assert!(self.policy.is_empty() && self.extra.is_empty(), "JSON harness takes no extra lines");
-        serde_json::json!({"host": "127.0.0.1", "port": 0, "models": models}).to_string()
+        format!("{{\"host\": \"127.0.0.1\", \"port\": 0, \"models\": {{{}}}}}", models.join(", "))
     }
 }
 
 /// Starts the real `llmux` binary on `config`.
 pub fn start_llmux(config: &Path) -> Process {
+    start_llmux_with_env(config, &[])
+}
+
+/// Starts the real `llmux` binary on `config` with extra environment
+/// variables (inherited by its hooks).
+pub fn start_llmux_with_env(config: &Path, env: &[(String, String)]) -> Process {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_llmux"));
     cmd.arg("-c").arg(config).env("RUST_LOG", "llmux=debug");
+    cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     if std::env::var_os("LLMUX_TEST_LOG").is_none() {
         cmd.stderr(Stdio::null());
     }
@@ -281,6 +292,13 @@ pub struct Hooks {
 }
 
 impl Hooks {
+    /// A fresh hook directory with an empty `hooks.log`.
+    pub fn new() -> Hooks {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("hooks.log"), "").expect("write log");
+        Hooks { dir }
+    }
+
     /// The directory.
     pub fn path(&self) -> &Path {
         self.dir.path()
@@ -318,7 +336,8 @@ impl Hooks {
         let events = self.events();
         let mut awake: Vec<&str> = Vec::new();
         for e in &events {
-            let (what, model) = e.split_once(' ').expect("event");
+            let mut words = e.split_whitespace();
+            let (what, model) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
             match what {
                 "wake-start" => {
                     let others: Vec<_> = awake.iter().filter(|m| **m != model).collect();

@@ -1,0 +1,119 @@
+//! The per-request routing step: snapshot load, in-flight guard in and
+//! out. Against a `Mutex` baseline (what a lock-based router does), single
+//! threaded and contended, and with allocations counted: the step must
+//! make none.
+
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use llmux::proxy::Upstream;
+use llmux::routing::{try_admit, Incarnation, Routing};
+
+#[path = "support/counting.rs"]
+mod counting;
+
+#[global_allocator]
+static GLOBAL: counting::Counting = counting::Counting;
+
+fn routing() -> ArcSwap<Routing> {
+    let incarnation = Incarnation::new(0, Upstream::new(9, Duration::from_secs(4)));
+    ArcSwap::from_pointee(Routing::with_active(Arc::new(incarnation)))
+}
+
+/// What a lock-based router does per request: lock, check, count; and
+/// lock again to uncount.
+#[allow(clippy::disallowed_types)]
+struct MutexRouter(std::sync::Mutex<(Option<usize>, usize, bool)>);
+
+#[allow(clippy::disallowed_types)]
+impl MutexRouter {
+    fn new() -> MutexRouter {
+        MutexRouter(std::sync::Mutex::new((Some(0), 0, false)))
+    }
+
+    fn admit(&self, model: usize) -> bool {
+        let Ok(mut s) = self.0.lock() else { return false };
+        if s.0 == Some(model) && !s.2 {
+            s.1 += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn release(&self) {
+        if let Ok(mut s) = self.0.lock() {
+            s.1 -= 1;
+        }
+    }
+}
+
+/// Runs `op` `iters` times split over `threads` threads; wall time of the
+/// slowest thread, divided back per operation by criterion.
+fn contended(threads: usize, iters: u64, op: impl Fn() + Sync) -> Duration {
+    let barrier = Barrier::new(threads);
+    let per_thread = iters.div_ceil(threads as u64);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    barrier.wait();
+                    let start = Instant::now();
+                    for _ in 0..per_thread {
+                        op();
+                    }
+                    start.elapsed()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_default()).max().unwrap_or_default()
+    })
+}
+
+fn assert_no_allocations() {
+    let r = routing();
+    let _warm = try_admit(&r, 0);
+    let (before, _) = counting::allocations();
+    for _ in 0..100_000 {
+        drop(black_box(try_admit(&r, 0)));
+        drop(black_box(try_admit(&r, 1)));
+    }
+    let (after, _) = counting::allocations();
+    println!("hot_path: allocations in 200000 admissions: {}", after - before);
+    assert_eq!(after, before, "the hot path allocated");
+}
+
+fn hot_path(c: &mut Criterion) {
+    assert_no_allocations();
+    let r = routing();
+    let m = MutexRouter::new();
+    let mut group = c.benchmark_group("hot_path");
+    group.bench_function("arcswap_admit_release/1_thread", |b| b.iter(|| drop(black_box(try_admit(&r, 0)))));
+    group.bench_function("mutex_admit_release/1_thread", |b| {
+        b.iter(|| {
+            if m.admit(black_box(0)) {
+                m.release();
+            }
+        })
+    });
+    for threads in [2, 4] {
+        let admit = || drop(black_box(try_admit(&r, 0)));
+        group.bench_function(format!("arcswap_admit_release/{threads}_threads"), |b| {
+            b.iter_custom(|iters| contended(threads, iters, admit))
+        });
+        let mutex = || {
+            if m.admit(black_box(0)) {
+                m.release();
+            }
+        };
+        group.bench_function(format!("mutex_admit_release/{threads}_threads"), |b| {
+            b.iter_custom(|iters| contended(threads, iters, mutex))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, hot_path);
+criterion_main!(benches);

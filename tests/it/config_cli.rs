@@ -1,0 +1,292 @@
+//! The command line and the config file: `--check`, `--version`, `--help`,
+//! `-p`, YAML (`.yaml`, `.yml`) and JSON, and every rejection, which must
+//! name the offending key, exit non-zero and start nothing.
+
+use std::ffi::OsStr;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::http::{self, chat};
+use crate::support::{mux, standin, start_llmux, Process, PATIENCE};
+
+const BIN: &str = env!("CARGO_BIN_EXE_llmux");
+
+/// Runs `llmux ARGS` to completion (failing the test after `PATIENCE`).
+fn llmux<S: AsRef<OsStr>>(args: &[S]) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn llmux");
+    let deadline = Instant::now() + PATIENCE;
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("llmux {:?} did not exit", args.iter().map(AsRef::as_ref).collect::<Vec<_>>());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().expect("output")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Writes `text` as `name` in `dir`.
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// A model block with the given port and hooks, YAML, two-space indented.
+fn model(name: &str, port: u16, wake: &str, sleep: &str, alive: &str) -> String {
+    format!("  {name}:\n    port: {port}\n    wake: {wake}\n    sleep: {sleep}\n    alive: {alive}\n")
+}
+
+/// `llmux --check -c FILE` must fail, naming every one of `needles`.
+fn assert_rejected(path: &Path, needles: &[&str]) {
+    let o = llmux(&[OsStr::new("--check"), OsStr::new("-c"), path.as_os_str()]);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{} was accepted: {}", path.display(), stdout(&o));
+    assert!(o.status.code().is_some_and(|c| c != 0), "{:?}", o.status);
+    for needle in needles {
+        assert!(err.contains(needle), "stderr for {} lacks {needle:?}: {err}", path.display());
+    }
+    assert!(stdout(&o).is_empty(), "{}", stdout(&o));
+}
+
+#[test]
+fn check_accepts_a_valid_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!("port: 3000\nmodels:\n{}{}", model("b", 9002, "w", "s", "a"), model("a", 9001, "w", "s", "a"));
+    let path = write(dir.path(), "llmux.yaml", &text);
+    let o = llmux(&[OsStr::new("--check"), OsStr::new("-c"), path.as_os_str()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("ok"), "{}", stdout(&o));
+    // --check starts nothing: the hooks would have left these.
+    let marker = dir.path().join("ran");
+    let text = format!("models:\n{}", model("a", 9001, "touch ran", "touch ran", "touch ran"));
+    let path = write(dir.path(), "hooks.yaml", &text);
+    let o = llmux(&[OsStr::new("-c"), path.as_os_str(), OsStr::new("--check")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!marker.exists());
+}
+
+#[test]
+fn unknown_keys_are_rejected_with_their_name_and_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = model("a", 9001, "w", "s", "a");
+    // Top level, line 7.
+    let path = write(dir.path(), "top.yaml", &format!("models:\n{a}polcy: {{}}\n"));
+    assert_rejected(&path, &["polcy", "line 7"]);
+    // Inside a model, line 3.
+    let path = write(
+        dir.path(),
+        "model.yaml",
+        "models:\n  a:\n    prot: 9001\n    port: 9001\n    wake: w\n    sleep: s\n    alive: a\n",
+    );
+    assert_rejected(&path, &["prot", "line 3"]);
+    // Inside the policy, line 8.
+    let path = write(dir.path(), "policy.yaml", &format!("models:\n{a}policy:\n  request_timeout: 3\n"));
+    assert_rejected(&path, &["request_timeout", "line 8"]);
+    // JSON, line 2.
+    let json =
+        "{\"models\": {\"a\": {\"port\": 9001, \"wake\": \"w\", \"sleep\": \"s\", \"alive\": \"a\"}},\n \"polcy\": {}}";
+    let path = write(dir.path(), "top.json", json);
+    assert_rejected(&path, &["polcy", "line 2"]);
+}
+
+#[test]
+fn duplicate_backend_ports_are_rejected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!(
+        "models:\n{}{}{}",
+        model("a", 9001, "w", "s", "a"),
+        model("b", 9002, "w", "s", "a"),
+        model("c", 9001, "w", "s", "a")
+    );
+    let path = write(dir.path(), "dup.yaml", &text);
+    assert_rejected(&path, &["models.c.port", "9001"]);
+    let json = r#"{"models": {"a": {"port": 9001, "wake": "w", "sleep": "s", "alive": "a"},
+                  "b": {"port": 9001, "wake": "w", "sleep": "s", "alive": "a"}}}"#;
+    let path = write(dir.path(), "dup.json", json);
+    assert_rejected(&path, &["models.b.port"]);
+}
+
+#[test]
+fn backend_port_0_is_rejected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!("models:\n{}{}", model("a", 9001, "w", "s", "a"), model("b", 0, "w", "s", "a"));
+    let path = write(dir.path(), "zero.yaml", &text);
+    assert_rejected(&path, &["models.b.port"]);
+}
+
+#[test]
+fn empty_hooks_are_rejected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (i, (wake, sleep, alive, key)) in [
+        ("''", "s", "a", "models.a.wake"),
+        ("w", "\"   \"", "a", "models.a.sleep"),
+        ("w", "s", "''", "models.a.alive"),
+        ("", "s", "a", "models.a.wake"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let path =
+            write(dir.path(), &format!("hook{i}.yaml"), &format!("models:\n{}", model("a", 9001, wake, sleep, alive)));
+        assert_rejected(&path, &[key]);
+    }
+    // A missing hook names its key too.
+    let path = write(dir.path(), "missing.yaml", "models:\n  a:\n    port: 9001\n    sleep: s\n    alive: a\n");
+    assert_rejected(&path, &["wake"]);
+}
+
+#[test]
+fn a_config_without_models_is_rejected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, text) in [
+        ("empty.yaml", "models: {}\n"),
+        ("null.yaml", "models:\n"),
+        ("none.yaml", "port: 3000\n"),
+        ("none.json", "{\"models\": {}}"),
+    ] {
+        let path = write(dir.path(), name, text);
+        assert_rejected(&path, &["models"]);
+    }
+}
+
+#[test]
+fn other_extensions_are_rejected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!("models:\n{}", model("a", 9001, "w", "s", "a"));
+    for name in ["llmux.toml", "llmux.txt", "llmux", "llmux.YAML.bak"] {
+        let path = write(dir.path(), name, &text);
+        assert_rejected(&path, &[".yaml", ".json"]);
+    }
+    // A missing file names the file.
+    assert_rejected(&dir.path().join("absent.yaml"), &["absent.yaml"]);
+}
+
+#[test]
+fn a_rejected_config_starts_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Valid but for b's port: if llmux started, a's alive hook would run.
+    let text = format!(
+        "host: 127.0.0.1\nport: 0\nmodels:\n{}{}",
+        model("a", 9001, "touch woke", "touch slept", "touch alive-ran"),
+        model("b", 0, "w", "s", "a")
+    );
+    let path = write(dir.path(), "bad.yaml", &text);
+    let o = llmux(&[OsStr::new("-c"), path.as_os_str()]);
+    assert!(o.status.code().is_some_and(|c| c != 0), "{:?}", o.status);
+    assert!(stderr(&o).contains("models.b.port"), "{}", stderr(&o));
+    assert!(!stdout(&o).contains("listening"), "{}", stdout(&o));
+    for marker in ["woke", "slept", "alive-ran"] {
+        assert!(!dir.path().join(marker).exists(), "a hook ran: {marker}");
+    }
+}
+
+#[test]
+fn version_and_help() {
+    for flag in ["--version", "-V"] {
+        let o = llmux(&[flag]);
+        assert!(o.status.success(), "{flag}");
+        assert_eq!(stdout(&o), format!("llmux {}\n", env!("CARGO_PKG_VERSION")), "{flag}");
+    }
+    for flag in ["--help", "-h"] {
+        let o = llmux(&[flag]);
+        assert!(o.status.success(), "{flag}");
+        let out = stdout(&o);
+        for needle in ["-c, --config", "-p, --port", "--check", "--version", "--help"] {
+            assert!(out.contains(needle), "{flag} lacks {needle}: {out}");
+        }
+    }
+    // No config: an error, pointing at --config.
+    let o = llmux::<&str>(&[]);
+    assert!(o.status.code().is_some_and(|c| c != 0));
+    assert!(stderr(&o).contains("--config"), "{}", stderr(&o));
+    let o = llmux(&["-c", "x.yaml", "--bogus"]);
+    assert!(o.status.code().is_some_and(|c| c != 0));
+    assert!(stderr(&o).contains("--bogus"), "{}", stderr(&o));
+}
+
+#[tokio::test]
+async fn port_flag_overrides_the_config_and_port_0_prints_the_address() {
+    // The config's port is taken; only the override lets llmux start.
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken_port = taken.local_addr().expect("addr").port();
+    let backend = standin("a");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!(
+        "host: 127.0.0.1\nport: {taken_port}\nmodels:\n{}",
+        model("a", backend.port(), "'true'", "'true'", "'false'")
+    );
+    let path = write(dir.path(), "llmux.yaml", &text);
+
+    let o = llmux(&[OsStr::new("-c"), path.as_os_str()]);
+    assert!(o.status.code().is_some_and(|c| c != 0), "it should not listen on a taken port");
+    assert!(!stdout(&o).contains("listening"));
+
+    for flag in ["-p", "--port"] {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("-c").arg(&path).args([flag, "0"]).stderr(Stdio::null());
+        // Process::start reads the first stdout line, `listening on ADDR`.
+        let llmux = Process::start(cmd);
+        let addr: SocketAddr = llmux.addr.parse().expect("the first line names a socket address");
+        assert_eq!(addr.ip().to_string(), "127.0.0.1");
+        assert!(addr.port() != 0 && addr.port() != taken_port, "{addr}");
+        let r = http::post(&format!("http://{addr}/v1/chat/completions"), &chat("a")).await;
+        assert_eq!((r.status.as_u16(), r.served_by()), (200, "a"));
+    }
+    drop(taken);
+}
+
+#[tokio::test]
+async fn a_json_config_runs() {
+    let mux = mux().model("zeta").model("alpha").json().start();
+    assert!(mux.config_path.extension().is_some_and(|e| e == "json"));
+    let ids: Vec<String> = http::get(&mux.url("/v1/models")).await.json()["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|m| m["id"].as_str().expect("id").to_owned())
+        .collect();
+    assert_eq!(ids, ["zeta", "alpha"]);
+    for m in ["alpha", "zeta"] {
+        let r = http::post(&mux.url("/v1/chat/completions"), &chat(m)).await;
+        assert_eq!((r.status.as_u16(), r.served_by()), (200, m));
+    }
+    let o = llmux(&[OsStr::new("--check"), OsStr::new("-c"), mux.config_path.as_os_str()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[tokio::test]
+async fn a_yml_config_runs() {
+    let backend = standin("y");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!(
+        "# a comment\nhost: 127.0.0.1\nport: 0\nmax_body_bytes: 4096\nmodels:\n{}policy:\n  request_timeout_secs: 30\n",
+        model("y", backend.port(), "'true'", "'true'", "'false'")
+    );
+    let path = write(dir.path(), "llmux.yml", &text);
+    let o = llmux(&[OsStr::new("--check"), OsStr::new("-c"), path.as_os_str()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let llmux = start_llmux(&path);
+    let r = http::post(&format!("http://{}/v1/chat/completions", llmux.addr), &chat("y")).await;
+    assert_eq!((r.status.as_u16(), r.served_by()), (200, "y"), "{}", r.text());
+    // Its max_body_bytes is in force.
+    let big = format!(r#"{{"model":"y","pad":"{}"}}"#, "x".repeat(5000));
+    let r = http::post(&format!("http://{}/v1/chat/completions", llmux.addr), &big).await;
+    r.assert_error(413, "body_too_large");
+}
