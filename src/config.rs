@@ -34,6 +34,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Idle timeout of pooled upstream connections.
     pub upstream_idle_timeout: Duration,
+    /// Runtime worker threads (default: the number of cores).
+    pub workers: usize,
     /// Directory hooks run in: the config file's directory.
     pub base_dir: PathBuf,
 }
@@ -122,6 +124,7 @@ struct RawConfig {
     max_body_bytes: Option<u64>,
     shutdown_grace_secs: Option<u64>,
     upstream_idle_timeout_secs: Option<u64>,
+    workers: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -244,6 +247,11 @@ fn validate(raw: RawConfig, base_dir: PathBuf) -> Result<Config, ConfigError> {
         return Err(err("max_body_bytes: must be at least 1"));
     }
     let idle = raw.upstream_idle_timeout_secs.unwrap_or(DEFAULT_UPSTREAM_IDLE_SECS);
+    let workers = match raw.workers {
+        Some(n) if !(1..=1024).contains(&n) => return Err(err("workers: must be between 1 and 1024")),
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, usize::from),
+    };
     Ok(Config {
         models,
         policy,
@@ -252,6 +260,7 @@ fn validate(raw: RawConfig, base_dir: PathBuf) -> Result<Config, ConfigError> {
         max_body_bytes,
         shutdown_grace: secs(raw.shutdown_grace_secs.unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECS)),
         upstream_idle_timeout: secs(idle),
+        workers,
         base_dir,
     })
 }

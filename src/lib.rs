@@ -83,7 +83,8 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
         }
     };
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(config.workers).enable_all().build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("llmux: cannot start the runtime: {e}");

@@ -11,7 +11,8 @@ use hyper::header::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulConnection, GracefulShutdown};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -101,10 +102,7 @@ async fn accept_until(
             accepted = listener.accept() => match accepted {
                 Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
-                    let peer = Peer { ip: ip_header(addr) };
-                    let shared = Arc::clone(shared);
-                    let service = service_fn(move |req| service::handle(Arc::clone(&shared), peer.clone(), req));
-                    let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                    let conn = connection(&builder, Arc::clone(shared), stream, addr);
                     let conn = graceful.watch(conn);
                     tokio::spawn(async move {
                         if let Err(e) = conn.await {
@@ -122,6 +120,33 @@ async fn accept_until(
             () = &mut shutdown => return,
         }
     }
+}
+
+/// A connection's error, as hyper-util reports it.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One client connection (HTTP/1.1 or h2c) served by llmux's service.
+fn connection<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    shared: Arc<Shared>,
+    io: I,
+    addr: SocketAddr,
+) -> impl GracefulConnection<Error = BoxError> + Send + 'static
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = Peer { ip: ip_header(addr) };
+    let service = service_fn(move |req| service::handle(Arc::clone(&shared), peer.clone(), req));
+    builder.serve_connection(TokioIo::new(io), service).into_owned()
+}
+
+/// Serves one connection over any byte stream (a socket, or an in-memory
+/// pipe in tests and fuzzing) until it closes; `addr` is the client's.
+pub async fn serve_io<I>(shared: Arc<Shared>, io: I, addr: SocketAddr) -> Result<(), BoxError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    connection(&auto::Builder::new(TokioExecutor::new()), shared, io, addr).await
 }
 
 fn ip_header(addr: SocketAddr) -> HeaderValue {

@@ -2,6 +2,8 @@
 //! forward it, and turn any error into a response in one place.
 
 use std::convert::Infallible;
+
+use bytes::BytesMut;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
@@ -147,6 +149,10 @@ fn request_id(req: &Request<Incoming>) -> HeaderValue {
 }
 
 /// `llmux-` and 16 hex digits: a per-process random start plus a counter.
+///
+/// Ids are written into a per-thread slab and handed out as slices of it,
+/// so a request id costs no allocation of its own (one slab per
+/// [`IDS_PER_SLAB`] ids).
 fn new_request_id() -> HeaderValue {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
@@ -155,12 +161,27 @@ fn new_request_id() -> HeaderValue {
         (nanos as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(std::process::id())
     });
     let n = seed.wrapping_add(NEXT.fetch_add(1, Relaxed));
-    let mut buf = *b"llmux-0000000000000000";
-    for (i, slot) in buf[6..].iter_mut().enumerate() {
+    let mut id = *b"llmux-0000000000000000";
+    for (i, slot) in id[6..].iter_mut().enumerate() {
         let nibble = (n >> (60 - 4 * i)) & 0xf;
         *slot = b"0123456789abcdef"[nibble as usize];
     }
-    HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("llmux"))
+    ID_SLAB.with(|slab| {
+        let mut slab = slab.borrow_mut();
+        if slab.capacity() < id.len() {
+            *slab = BytesMut::with_capacity(IDS_PER_SLAB * id.len());
+        }
+        slab.extend_from_slice(&id);
+        let bytes = slab.split_to(id.len()).freeze();
+        HeaderValue::from_maybe_shared(bytes).unwrap_or(HeaderValue::from_static("llmux"))
+    })
+}
+
+/// Request ids carved from one allocation.
+const IDS_PER_SLAB: usize = 2048;
+
+thread_local! {
+    static ID_SLAB: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
 }
 
 fn log_error(e: &Error, request_id: &HeaderValue) {

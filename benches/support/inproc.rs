@@ -108,6 +108,7 @@ pub async fn post(sender: &mut SendRequest<Full<Bytes>>, body: Bytes) -> Duratio
         .header("content-type", "application/json")
         .body(Full::new(body))
         .expect("request");
+    sender.ready().await.expect("connection ready");
     let response = sender.send_request(req).await.expect("response");
     let head = start.elapsed();
     assert_eq!(response.status(), 200);
