@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use llmux::proxy::Upstream;
+use llmux::proxy::{Upstream, UpstreamOptions};
 use llmux::routing::{try_admit, Incarnation, Routing};
 
 #[path = "support/counting.rs"]
@@ -18,7 +18,7 @@ mod counting;
 static GLOBAL: counting::Counting = counting::Counting;
 
 fn routing() -> ArcSwap<Routing> {
-    let incarnation = Incarnation::new(0, Upstream::new(9, Duration::from_secs(4)));
+    let incarnation = Incarnation::new(0, Upstream::new(9, UpstreamOptions::with_idle_timeout(Duration::from_secs(4))));
     ArcSwap::from_pointee(Routing::with_active(Arc::new(incarnation)))
 }
 

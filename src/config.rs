@@ -36,6 +36,8 @@ pub struct Config {
     pub upstream_idle_timeout: Duration,
     /// Runtime worker threads (default: the number of cores).
     pub workers: usize,
+    /// Bounds on what clients and backends may cost.
+    pub limits: Limits,
     /// Directory hooks run in: the config file's directory.
     pub base_dir: PathBuf,
 }
@@ -125,6 +127,91 @@ struct RawConfig {
     shutdown_grace_secs: Option<u64>,
     upstream_idle_timeout_secs: Option<u64>,
     workers: Option<usize>,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+/// Bounds on clients, backends and the queue; each has a safe default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// A request head must arrive within this (slowloris); on HTTP/1.1 the
+    /// timer also runs while a keep-alive connection waits for its next
+    /// request, so it is the idle timeout as well.
+    pub header_read_timeout: Duration,
+    /// Largest request head in bytes (431 past it).
+    pub max_header_bytes: usize,
+    /// Most header fields in a request (431 past it).
+    pub max_headers: usize,
+    /// A request body must arrive within this (408 past it).
+    pub body_read_timeout: Duration,
+    /// Most client connections open at once; more wait to be accepted.
+    pub max_connections: usize,
+    /// Connecting to a backend may take this long (502 past it).
+    pub upstream_connect_timeout: Duration,
+    /// A backend must send its response head within this (504 past it).
+    pub upstream_first_byte_timeout: Option<Duration>,
+    /// HTTP/2: concurrent streams per connection.
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2: largest header list in bytes.
+    pub h2_max_header_list_bytes: u32,
+    /// HTTP/2: streams reset by the client before llmux accepted them
+    /// (the "rapid reset" flood bound).
+    pub h2_max_pending_reset_streams: usize,
+    /// Requests queued for models that are not active (429 past it).
+    pub max_queued_requests: usize,
+    /// Body bytes held by queued requests (429 past it).
+    pub max_queued_body_bytes: u64,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    header_read_timeout_secs: Option<u64>,
+    max_header_bytes: Option<usize>,
+    max_headers: Option<usize>,
+    body_read_timeout_secs: Option<u64>,
+    max_connections: Option<usize>,
+    upstream_connect_timeout_secs: Option<u64>,
+    upstream_first_byte_timeout_secs: Option<u64>,
+    h2_max_concurrent_streams: Option<u32>,
+    h2_max_header_list_bytes: Option<u32>,
+    h2_max_pending_reset_streams: Option<usize>,
+    max_queued_requests: Option<usize>,
+    max_queued_body_bytes: Option<u64>,
+}
+
+fn validate_limits(raw: &RawLimits) -> Result<Limits, ConfigError> {
+    let positive = |key: &str, value: Option<u64>, default: u64| match value {
+        Some(0) => Err(err(format!("limits.{key}: must be at least 1"))),
+        v => Ok(v.unwrap_or(default)),
+    };
+    let usize_of = |v: Option<usize>| v.map(|n| n as u64);
+    let as_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    Ok(Limits {
+        header_read_timeout: secs(positive("header_read_timeout_secs", raw.header_read_timeout_secs, 30)?),
+        max_header_bytes: as_usize(positive("max_header_bytes", usize_of(raw.max_header_bytes), 64 * 1024)?),
+        max_headers: as_usize(positive("max_headers", usize_of(raw.max_headers), 100)?),
+        body_read_timeout: secs(positive("body_read_timeout_secs", raw.body_read_timeout_secs, 120)?),
+        max_connections: as_usize(positive("max_connections", usize_of(raw.max_connections), 10_000)?),
+        upstream_connect_timeout: secs(positive("upstream_connect_timeout_secs", raw.upstream_connect_timeout_secs, 5)?),
+        upstream_first_byte_timeout: match raw.upstream_first_byte_timeout_secs {
+            Some(0) => return Err(err("limits.upstream_first_byte_timeout_secs: must be at least 1")),
+            v => v.map(secs),
+        },
+        h2_max_concurrent_streams: positive("h2_max_concurrent_streams", raw.h2_max_concurrent_streams.map(u64::from), 256)?
+            .try_into()
+            .unwrap_or(u32::MAX),
+        h2_max_header_list_bytes: positive("h2_max_header_list_bytes", raw.h2_max_header_list_bytes.map(u64::from), 64 * 1024)?
+            .try_into()
+            .unwrap_or(u32::MAX),
+        h2_max_pending_reset_streams: as_usize(positive(
+            "h2_max_pending_reset_streams",
+            usize_of(raw.h2_max_pending_reset_streams),
+            20,
+        )?),
+        max_queued_requests: as_usize(positive("max_queued_requests", usize_of(raw.max_queued_requests), 1024)?),
+        max_queued_body_bytes: positive("max_queued_body_bytes", raw.max_queued_body_bytes, 1 << 30)?,
+    })
 }
 
 #[derive(Deserialize)]
@@ -252,9 +339,11 @@ fn validate(raw: RawConfig, base_dir: PathBuf) -> Result<Config, ConfigError> {
         Some(n) => n,
         None => std::thread::available_parallelism().map_or(1, usize::from),
     };
+    let limits = validate_limits(&raw.limits)?;
     Ok(Config {
         models,
         policy,
+        limits,
         host: raw.host.unwrap_or(IpAddr::from([0, 0, 0, 0])),
         port: raw.port.unwrap_or(DEFAULT_PORT),
         max_body_bytes,
@@ -346,6 +435,9 @@ mod tests {
         assert_eq!(c.models[0].sleep.timeout, Duration::from_secs(120));
         assert_eq!(c.models[0].alive.timeout, Duration::from_secs(10));
         assert_eq!(c.max_body_bytes, 64 << 20);
+        assert_eq!(c.limits.max_queued_requests, 1024);
+        assert_eq!(c.limits.max_queued_body_bytes, 1 << 30);
+        assert_eq!(c.limits.upstream_first_byte_timeout, None);
     }
 
     #[test]
@@ -366,6 +458,8 @@ mod tests {
             ),
             ("models:\n  a: {port: 0, wake: w, sleep: s, alive: a}\n", "models.a.port"),
             ("models:\n  a: {port: 1, wake: ' ', sleep: s, alive: a}\n", "models.a.wake"),
+            ("models:\n  a: {port: 1, wake: w, sleep: s, alive: a}\nlimits: {max_connections: 0}\n", "limits.max_connections"),
+            ("models:\n  a: {port: 1, wake: w, sleep: s, alive: a}\nlimits: {max_conections: 5}\n", "max_conections"),
             (
                 "models:\n  a: {port: 1, wake: w, sleep: s, alive: a}\n  a: {port: 2, wake: w, sleep: s, alive: a}\n",
                 "duplicate model",

@@ -48,6 +48,8 @@ enum Kind {
     WaitTimeout,
     Backend,
     BackendTimeout,
+    BodyTimeout,
+    QueueFull,
 }
 
 impl Error {
@@ -74,6 +76,18 @@ impl Error {
     pub fn body_too_large(limit: u64) -> Error {
         let msg = format!("request body exceeds the limit of {limit} bytes (max_body_bytes)");
         Error::new(Kind::BodyTooLarge, msg)
+    }
+
+    /// The request body did not arrive within `body_read_timeout_secs`.
+    pub fn body_timeout(limit: Duration) -> Error {
+        let msg = format!("the request body did not arrive within {}s", limit.as_secs());
+        Error::new(Kind::BodyTimeout, msg)
+    }
+
+    /// The queue for models that are not active is full.
+    pub fn queue_full(which: &'static str) -> Error {
+        let msg = format!("too many requests are waiting for a model ({which}); retry shortly");
+        Error::new(Kind::QueueFull, msg).with_retry_after(Duration::from_secs(1))
     }
 
     /// Upgrade (WebSocket) requests are not proxied.
@@ -121,7 +135,9 @@ impl Error {
             | Kind::UnknownRoute
             | Kind::BodyTooLarge
             | Kind::UpgradeUnsupported
-            | Kind::WaitTimeout => Fault::Client,
+            | Kind::WaitTimeout
+            | Kind::BodyTimeout
+            | Kind::QueueFull => Fault::Client,
             Kind::ModelUnavailable(fault) => fault,
             Kind::Backend | Kind::BackendTimeout => Fault::Backend,
         }
@@ -157,6 +173,8 @@ impl Error {
             Kind::ModelUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Kind::WaitTimeout | Kind::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
             Kind::Backend => StatusCode::BAD_GATEWAY,
+            Kind::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Kind::QueueFull => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -171,6 +189,8 @@ impl Error {
             Kind::WaitTimeout => "model_wait_timeout",
             Kind::BackendTimeout => "backend_timeout",
             Kind::Backend => "backend_error",
+            Kind::BodyTimeout => "body_read_timeout",
+            Kind::QueueFull => "queue_full",
         }
     }
 
@@ -232,6 +252,9 @@ mod tests {
             (Error::shutting_down(), 503, Fault::Internal),
             (Error::wait_timeout("m", Duration::from_secs(1)), 504, Fault::Client),
             (Error::backend("refused"), 502, Fault::Backend),
+            (Error::body_timeout(Duration::from_secs(1)), 408, Fault::Client),
+            (Error::queue_full("max_queued_requests"), 429, Fault::Client),
+            (Error::backend_timeout("slow"), 504, Fault::Backend),
         ];
         for (e, status, fault) in cases {
             assert_eq!(e.status().as_u16(), status, "{e}");

@@ -37,22 +37,42 @@ pub struct Upstream {
     client: Client<HttpConnector, Full<Bytes>>,
     authority: Authority,
     host: HeaderValue,
+    first_byte_timeout: Option<Duration>,
+}
+
+/// How an [`Upstream`] connects and waits.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamOptions {
+    /// Idle pooled connections are closed after this.
+    pub idle_timeout: Duration,
+    /// Connecting may take this long.
+    pub connect_timeout: Duration,
+    /// The response head must arrive within this, if set.
+    pub first_byte_timeout: Option<Duration>,
+}
+
+impl UpstreamOptions {
+    /// Options with the given idle timeout and the default limits.
+    pub fn with_idle_timeout(idle_timeout: Duration) -> UpstreamOptions {
+        UpstreamOptions { idle_timeout, connect_timeout: Duration::from_secs(5), first_byte_timeout: None }
+    }
 }
 
 impl Upstream {
     /// A new pool for the backend on `127.0.0.1:port`.
-    pub fn new(port: u16, idle_timeout: Duration) -> Upstream {
+    pub fn new(port: u16, options: UpstreamOptions) -> Upstream {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(options.connect_timeout));
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(idle_timeout)
+            .pool_idle_timeout(options.idle_timeout)
             .pool_timer(TokioTimer::new())
             .build(connector);
         let authority_text = format!("127.0.0.1:{port}");
         let host = HeaderValue::from_str(&authority_text).unwrap_or(HeaderValue::from_static("127.0.0.1"));
         let authority =
             Authority::from_maybe_shared(Bytes::from(authority_text)).unwrap_or(Authority::from_static("127.0.0.1"));
-        Upstream { client, authority, host }
+        Upstream { client, authority, host, first_byte_timeout: options.first_byte_timeout }
     }
 
     /// Sends `head` and `body` to the backend and returns its response head.
@@ -67,12 +87,23 @@ impl Upstream {
         head.version = Version::HTTP_11;
         head.headers.insert(header::HOST, self.host.clone());
         let request = Request::from_parts(head, Full::new(body));
-        match self.client.request(request).await {
+        let response = self.client.request(request);
+        let result = match self.first_byte_timeout {
+            None => response.await,
+            Some(limit) => match tokio::time::timeout(limit, response).await {
+                Ok(result) => result,
+                Err(_) => {
+                    let secs = limit.as_secs();
+                    return Err(Error::backend_timeout(format!("backend sent no response within {secs}s")));
+                }
+            },
+        };
+        match result {
             Ok(mut response) => {
                 strip_hop_by_hop(response.headers_mut());
                 Ok(response)
             }
-            Err(e) if e.is_connect() => Err(Error::backend(format!("backend refused the connection: {}", chain(&e)))),
+            Err(e) if e.is_connect() => Err(Error::backend(format!("cannot connect to the backend: {}", chain(&e)))),
             Err(e) => Err(Error::backend(format!("backend error: {}", chain(&e)))),
         }
     }
@@ -192,7 +223,7 @@ mod tests {
 
     #[test]
     fn uri_keeps_path_and_query() {
-        let up = Upstream::new(8123, Duration::from_secs(1));
+        let up = Upstream::new(8123, UpstreamOptions::with_idle_timeout(Duration::from_secs(1)));
         let uri: Uri = "/v1/chat/completions?x=1&y=%20".parse().expect("uri");
         assert_eq!(up.uri_for(&uri).to_string(), "http://127.0.0.1:8123/v1/chat/completions?x=1&y=%20");
     }

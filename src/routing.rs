@@ -186,10 +186,11 @@ pub fn try_admit(routing: &ArcSwap<Routing>, model: usize) -> Option<InFlight> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::UpstreamOptions;
     use std::time::Duration;
 
     fn routing_with(model: usize) -> (ArcSwap<Routing>, Arc<Incarnation>) {
-        let inc = Arc::new(Incarnation::new(model, Upstream::new(1, Duration::from_secs(1))));
+        let inc = Arc::new(Incarnation::new(model, Upstream::new(1, UpstreamOptions::with_idle_timeout(Duration::from_secs(1)))));
         (ArcSwap::from_pointee(Routing::with_active(inc.clone())), inc)
     }
 

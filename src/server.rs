@@ -9,14 +9,15 @@ use std::time::Duration;
 
 use hyper::header::HeaderValue;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulConnection, GracefulShutdown};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{Config, Limits};
 use crate::policy::Fifo;
 use crate::service::{self, Peer};
 use crate::state::Shared;
@@ -95,9 +96,19 @@ async fn accept_until(
     graceful: &GracefulShutdown,
     shutdown: impl Future<Output = ()>,
 ) {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let builder = builder(&shared.config.limits);
+    let slots = Arc::new(Semaphore::new(shared.config.limits.max_connections));
     tokio::pin!(shutdown);
     loop {
+        // Past max_connections, new connections wait in the kernel's
+        // backlog until one closes.
+        let permit = tokio::select! {
+            permit = Arc::clone(&slots).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            () = &mut shutdown => return,
+        };
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, addr)) => {
@@ -108,6 +119,7 @@ async fn accept_until(
                         if let Err(e) = conn.await {
                             tracing::debug!("connection ended with an error: {e}");
                         }
+                        drop(permit);
                     });
                 }
                 Err(e) => {
@@ -140,13 +152,34 @@ where
     builder.serve_connection(TokioIo::new(io), service).into_owned()
 }
 
+/// The HTTP/1.1 + h2c connection builder, with the configured limits.
+fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(limits.max_headers)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(limits.h2_max_header_list_bytes)
+        .max_pending_accept_reset_streams(limits.h2_max_pending_reset_streams)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
+}
+
 /// Serves one connection over any byte stream (a socket, or an in-memory
 /// pipe in tests and fuzzing) until it closes; `addr` is the client's.
 pub async fn serve_io<I>(shared: Arc<Shared>, io: I, addr: SocketAddr) -> Result<(), BoxError>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    connection(&auto::Builder::new(TokioExecutor::new()), shared, io, addr).await
+    let builder = builder(&shared.config.limits);
+    connection(&builder, shared, io, addr).await
 }
 
 fn ip_header(addr: SocketAddr) -> HeaderValue {

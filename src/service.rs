@@ -107,7 +107,12 @@ async fn proxy(
         return Err(Error::body_too_large(limit));
     }
     let (mut head, body) = req.into_parts();
-    let body = read_request_body(body, content_length, limit).await?;
+    let read_limit = shared.config.limits.body_read_timeout;
+    // `timeout` polls the read first: a body that came with its head never
+    // touches the timer.
+    let body = tokio::time::timeout(read_limit, read_request_body(body, content_length, limit))
+        .await
+        .map_err(|_| Error::body_timeout(read_limit))??;
     let found = match (body.is_empty(), local) {
         (true, Some(local)) => return local.answer(shared, head.uri.path()),
         (true, None) => return Err(Error::unknown_route(&head.method, head.uri.path())),
@@ -118,7 +123,7 @@ async fn proxy(
         (Err(_), Some(local)) => return local.answer(shared, head.uri.path()),
         (Err(e), None) => return Err(Error::invalid_body(e.to_string())),
     };
-    let in_flight = switcher::admit(shared, model).await?;
+    let in_flight = switcher::admit(shared, model, body.len()).await?;
     prepare_request_headers(&mut head.headers, &peer.ip, request_id);
     let response = in_flight.incarnation().upstream.forward(head, body).await?;
     Ok(response.map(|body| ResponseBody::upstream(body, in_flight)))

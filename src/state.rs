@@ -90,6 +90,11 @@ pub struct Shared {
     pub switch_costs: Mutex<Vec<Option<Duration>>>,
     /// Requests cut at a drain timeout. Written by the switch task.
     pub cut_requests: AtomicU64,
+    /// Requests queued for any model, and their body bytes: the global
+    /// queue bounds. Written by queued requests (cold path).
+    pub queued_requests: AtomicUsize,
+    /// See `queued_requests`.
+    pub queued_body_bytes: AtomicU64,
     /// The last switch, as it went. Written by the switch task.
     pub last_switch: Mutex<Option<SwitchRecord>>,
 }
@@ -148,6 +153,8 @@ impl Shared {
             switch_costs: Mutex::new(vec![None; (n + 1) * n]),
             cut_requests: AtomicU64::new(0),
             last_switch: Mutex::new(None),
+            queued_requests: AtomicUsize::new(0),
+            queued_body_bytes: AtomicU64::new(0),
             config,
         }
     }

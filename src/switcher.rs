@@ -13,6 +13,7 @@
 //! ([`crate::policy::next_step`]) and performs one switch at a time:
 //! drain A, sleep A, wake B, publish B, wake B's waiters.
 
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,25 +23,27 @@ use crate::config::OnSleepFailure;
 use crate::error::Error;
 use crate::hooks::{self, HookKind, HookRun, Outcome};
 use crate::policy::{self, ActiveView, DrainVerdict, ModelView, Next, PolicyContext, SwitchPolicy};
-use crate::proxy::Upstream;
+use crate::proxy::{Upstream, UpstreamOptions};
 use crate::routing::{try_admit, InFlight, Incarnation, Routing};
 use crate::state::{ModelSlot, ModelState, Shared, SwitchRecord, SwitchResult};
 
 /// Admits a request for `model`: at once if it is active, else after
 /// queueing for it.
 #[inline]
-pub async fn admit(shared: &Shared, model: usize) -> Result<InFlight, Error> {
+///
+/// `body_len` counts against `max_queued_body_bytes` while it waits.
+pub async fn admit(shared: &Shared, model: usize, body_len: usize) -> Result<InFlight, Error> {
     match try_admit(&shared.routing, model) {
         Some(guard) => Ok(guard),
-        None => wait_for(shared, model).await,
+        None => wait_for(shared, model, body_len).await,
     }
 }
 
 /// The slow path: queue for `model` until it is published.
-async fn wait_for(shared: &Shared, model: usize) -> Result<InFlight, Error> {
+async fn wait_for(shared: &Shared, model: usize, body_len: usize) -> Result<InFlight, Error> {
     let slot = &shared.slots[model];
     check_backoff(slot)?;
-    let _ticket = Ticket::join(shared, model);
+    let _ticket = Ticket::join(shared, model, body_len as u64)?;
     let started = Instant::now();
     let deadline = shared.config.policy.request_timeout.map(|t| started + t);
     loop {
@@ -80,26 +83,39 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// A place in a model's queue; leaving (drop) is what a timeout or a
-/// client disconnect does.
+/// client disconnect does. Holds its share of the global queue bounds.
 struct Ticket<'a> {
     shared: &'a Shared,
     model: usize,
+    body_len: u64,
 }
 
 impl<'a> Ticket<'a> {
-    fn join(shared: &'a Shared, model: usize) -> Ticket<'a> {
+    /// Joins `model`'s queue, or fails with 429 past the queue bounds.
+    fn join(shared: &'a Shared, model: usize, body_len: u64) -> Result<Ticket<'a>, Error> {
+        let limits = &shared.config.limits;
+        let requests = shared.queued_requests.fetch_add(1, SeqCst) + 1;
+        let bytes = shared.queued_body_bytes.fetch_add(body_len, SeqCst) + body_len;
+        if requests > limits.max_queued_requests || bytes > limits.max_queued_body_bytes {
+            shared.queued_requests.fetch_sub(1, SeqCst);
+            shared.queued_body_bytes.fetch_sub(body_len, SeqCst);
+            let which = if requests > limits.max_queued_requests { "max_queued_requests" } else { "max_queued_body_bytes" };
+            return Err(Error::queue_full(which));
+        }
         {
             let mut queue = shared.slots[model].queue.lock();
             queue.waiting += 1;
             queue.since.get_or_insert_with(Instant::now);
         }
         shared.switch_needed.notify_one();
-        Ticket { shared, model }
+        Ok(Ticket { shared, model, body_len })
     }
 }
 
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
+        self.shared.queued_requests.fetch_sub(1, SeqCst);
+        self.shared.queued_body_bytes.fetch_sub(self.body_len, SeqCst);
         let emptied = {
             let mut queue = self.shared.slots[self.model].queue.lock();
             queue.waiting = queue.waiting.saturating_sub(1);
@@ -211,7 +227,12 @@ async fn start_up(shared: &Arc<Shared>) {
 /// Publishes `model` as active with a fresh incarnation.
 fn publish(shared: &Shared, model: usize) {
     let cfg = &shared.config;
-    let upstream = Upstream::new(cfg.models[model].port, cfg.upstream_idle_timeout);
+    let options = UpstreamOptions {
+        idle_timeout: cfg.upstream_idle_timeout,
+        connect_timeout: cfg.limits.upstream_connect_timeout,
+        first_byte_timeout: cfg.limits.upstream_first_byte_timeout,
+    };
+    let upstream = Upstream::new(cfg.models[model].port, options);
     let incarnation = Arc::new(Incarnation::new(model, upstream));
     shared.routing.store(Arc::new(Routing::with_active(incarnation)));
     let slot = &shared.slots[model];
@@ -368,7 +389,7 @@ async fn drain(shared: &Shared, old: &Incarnation, target: usize) -> DrainVerdic
             DrainVerdict::Cut => {
                 let n = old.in_flight();
                 old.cut();
-                shared.cut_requests.fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst);
+                shared.cut_requests.fetch_add(n as u64, SeqCst);
                 tracing::warn!(model = %shared.slots[old.model].config.name, cut = n, "drain timed out: cutting in-flight requests");
                 return verdict;
             }
