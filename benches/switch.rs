@@ -1,5 +1,6 @@
 //! llmux's own share of a switch, with `true` hooks: the time from the miss
-//! to the first byte forwarded, minus each hook's spawn-to-reap time.
+//! to the first byte forwarded, minus each hook's spawn-to-reap time (sleep,
+//! wake, and the alive check that confirms the wake).
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,8 @@ mod bodies;
 mod inproc;
 
 /// One switch to `model`; returns (llmux's share end to end, miss to wake
-/// spawn minus the sleep hook, wake exit to first byte).
+/// spawn minus the sleep hook, wake exit to first byte minus the alive
+/// hook that confirms the wake).
 async fn one_switch(
     llmux: &inproc::InProc,
     sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Full<Bytes>>,
@@ -25,9 +27,9 @@ async fn one_switch(
     let (wake_start, wake) = record.wake.expect("wake ran");
     let sleep = record.sleep.map_or(Duration::ZERO, |s| s.1);
     let total = first_byte.saturating_duration_since(sent);
-    let share = total.saturating_sub(sleep + wake);
+    let share = total.saturating_sub(sleep + wake + record.alive);
     let to_spawn = wake_start.saturating_duration_since(record.miss).saturating_sub(sleep);
-    let after_wake = first_byte.saturating_duration_since(wake_start + wake);
+    let after_wake = first_byte.saturating_duration_since(wake_start + wake).saturating_sub(record.alive);
     (share, to_spawn, after_wake)
 }
 
@@ -35,7 +37,7 @@ fn switch(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
     let a = inproc::Standin::start("a");
     let b = inproc::Standin::start("b");
-    let llmux = inproc::InProc::start(&rt, &inproc::config(&[("a", a.port), ("b", b.port)], "false"));
+    let llmux = inproc::InProc::start(&rt, &inproc::config(&[("a", a.port), ("b", b.port)], "true"));
     let bodies =
         [Bytes::from(bodies::chat_body("a", 1 << 10, false)), Bytes::from(bodies::chat_body("b", 1 << 10, false))];
     let mut sender = rt.block_on(inproc::connect(llmux.addr));

@@ -193,17 +193,29 @@ fn validate_limits(raw: &RawLimits) -> Result<Limits, ConfigError> {
         max_headers: as_usize(positive("max_headers", usize_of(raw.max_headers), 100)?),
         body_read_timeout: secs(positive("body_read_timeout_secs", raw.body_read_timeout_secs, 120)?),
         max_connections: as_usize(positive("max_connections", usize_of(raw.max_connections), 10_000)?),
-        upstream_connect_timeout: secs(positive("upstream_connect_timeout_secs", raw.upstream_connect_timeout_secs, 5)?),
+        upstream_connect_timeout: secs(positive(
+            "upstream_connect_timeout_secs",
+            raw.upstream_connect_timeout_secs,
+            5,
+        )?),
         upstream_first_byte_timeout: match raw.upstream_first_byte_timeout_secs {
             Some(0) => return Err(err("limits.upstream_first_byte_timeout_secs: must be at least 1")),
             v => v.map(secs),
         },
-        h2_max_concurrent_streams: positive("h2_max_concurrent_streams", raw.h2_max_concurrent_streams.map(u64::from), 256)?
-            .try_into()
-            .unwrap_or(u32::MAX),
-        h2_max_header_list_bytes: positive("h2_max_header_list_bytes", raw.h2_max_header_list_bytes.map(u64::from), 64 * 1024)?
-            .try_into()
-            .unwrap_or(u32::MAX),
+        h2_max_concurrent_streams: positive(
+            "h2_max_concurrent_streams",
+            raw.h2_max_concurrent_streams.map(u64::from),
+            256,
+        )?
+        .try_into()
+        .unwrap_or(u32::MAX),
+        h2_max_header_list_bytes: positive(
+            "h2_max_header_list_bytes",
+            raw.h2_max_header_list_bytes.map(u64::from),
+            64 * 1024,
+        )?
+        .try_into()
+        .unwrap_or(u32::MAX),
         h2_max_pending_reset_streams: as_usize(positive(
             "h2_max_pending_reset_streams",
             usize_of(raw.h2_max_pending_reset_streams),
@@ -458,7 +470,10 @@ mod tests {
             ),
             ("models:\n  a: {port: 0, wake: w, sleep: s, alive: a}\n", "models.a.port"),
             ("models:\n  a: {port: 1, wake: ' ', sleep: s, alive: a}\n", "models.a.wake"),
-            ("models:\n  a: {port: 1, wake: w, sleep: s, alive: a}\nlimits: {max_connections: 0}\n", "limits.max_connections"),
+            (
+                "models:\n  a: {port: 1, wake: w, sleep: s, alive: a}\nlimits: {max_connections: 0}\n",
+                "limits.max_connections",
+            ),
             ("models:\n  a: {port: 1, wake: w, sleep: s, alive: a}\nlimits: {max_conections: 5}\n", "max_conections"),
             (
                 "models:\n  a: {port: 1, wake: w, sleep: s, alive: a}\n  a: {port: 2, wake: w, sleep: s, alive: a}\n",

@@ -190,7 +190,10 @@ mod tests {
     use std::time::Duration;
 
     fn routing_with(model: usize) -> (ArcSwap<Routing>, Arc<Incarnation>) {
-        let inc = Arc::new(Incarnation::new(model, Upstream::new(1, UpstreamOptions::with_idle_timeout(Duration::from_secs(1)))));
+        let inc = Arc::new(Incarnation::new(
+            model,
+            Upstream::new(1, UpstreamOptions::with_idle_timeout(Duration::from_secs(1))),
+        ));
         (ArcSwap::from_pointee(Routing::with_active(inc.clone())), inc)
     }
 

@@ -125,6 +125,8 @@ pub struct SwitchRecord {
     pub sleep: Option<(Instant, Duration)>,
     /// The wake hook's spawn instant and spawn-to-reap time.
     pub wake: Option<(Instant, Duration)>,
+    /// Time spent in alive hooks confirming the wake.
+    pub alive: Duration,
     /// When `to` was published.
     pub published: Option<Instant>,
     /// How it ended.
@@ -134,7 +136,7 @@ pub struct SwitchRecord {
 impl SwitchRecord {
     /// The measured cost: drain, sleep and wake (no queueing, no backoff).
     pub fn cost(&self) -> Duration {
-        self.drain + self.sleep.map_or(Duration::ZERO, |s| s.1) + self.wake.map_or(Duration::ZERO, |w| w.1)
+        self.drain + self.sleep.map_or(Duration::ZERO, |s| s.1) + self.wake.map_or(Duration::ZERO, |w| w.1) + self.alive
     }
 }
 

@@ -99,7 +99,8 @@ impl<'a> Ticket<'a> {
         if requests > limits.max_queued_requests || bytes > limits.max_queued_body_bytes {
             shared.queued_requests.fetch_sub(1, SeqCst);
             shared.queued_body_bytes.fetch_sub(body_len, SeqCst);
-            let which = if requests > limits.max_queued_requests { "max_queued_requests" } else { "max_queued_body_bytes" };
+            let which =
+                if requests > limits.max_queued_requests { "max_queued_requests" } else { "max_queued_body_bytes" };
             return Err(Error::queue_full(which));
         }
         {
@@ -261,6 +262,7 @@ async fn switch_to(shared: &Shared, target: usize) {
         drain: Duration::ZERO,
         sleep: None,
         wake: None,
+        alive: Duration::ZERO,
         published: None,
         result: SwitchResult::Failed,
     };
@@ -272,26 +274,59 @@ async fn switch_to(shared: &Shared, target: usize) {
         }
     }
     slot.set_state(ModelState::Waking);
+    match wake_and_confirm(shared, target, &mut record).await {
+        Ok(()) => {
+            publish(shared, target);
+            record.published = Some(Instant::now());
+            record.result = SwitchResult::Done;
+            shared.record_switch_cost(record.from, target, record.cost());
+            log_switch(shared, &record);
+            *shared.last_switch.lock() = Some(record);
+        }
+        Err(reason) => {
+            *shared.last_switch.lock() = Some(record);
+            fail_target(shared, target, reason);
+            if shared.shutdown.is_started() {
+                return;
+            }
+            // A half-started backend must not hold the GPU.
+            slot.set_state(ModelState::Sleeping);
+            let _ = hook(shared, target, HookKind::Sleep).await;
+            slot.set_state(ModelState::Failed);
+        }
+    }
+}
+
+/// Runs the wake hook, then `alive` until it passes (a wake hook may exit
+/// 0 before its backend answers), all within the wake timeout.
+async fn wake_and_confirm(shared: &Shared, target: usize, record: &mut SwitchRecord) -> Result<(), String> {
+    let model = &shared.slots[target].config;
     let run = hook(shared, target, HookKind::Wake).await;
     record.wake = Some((run.started, run.duration));
-    if run.succeeded() {
-        publish(shared, target);
-        record.published = Some(Instant::now());
-        record.result = SwitchResult::Done;
-        shared.record_switch_cost(record.from, target, record.cost());
-        log_switch(shared, &record);
-        *shared.last_switch.lock() = Some(record);
-        return;
+    if !run.succeeded() {
+        return Err(format!("wake hook of model `{}` {}", model.name, run.outcome));
     }
-    *shared.last_switch.lock() = Some(record);
-    fail_target(shared, target, format!("wake hook of model `{}` {}", slot.config.name, run.outcome));
-    if shared.shutdown.is_started() {
-        return;
+    let deadline = run.started + model.wake.timeout;
+    let mut pause = Duration::from_millis(25);
+    loop {
+        let alive = hook(shared, target, HookKind::Alive).await;
+        record.alive += alive.duration;
+        if alive.succeeded() {
+            return Ok(());
+        }
+        if shared.shutdown.is_started() || Instant::now() + pause >= deadline {
+            let secs = model.wake.timeout.as_secs();
+            return Err(format!(
+                "wake hook of model `{}` succeeded but its alive hook did not pass within the wake timeout ({secs}s)",
+                model.name
+            ));
+        }
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = shared.shutdown.started() => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(1));
     }
-    // A half-started backend must not hold the GPU.
-    slot.set_state(ModelState::Sleeping);
-    let _ = hook(shared, target, HookKind::Sleep).await;
-    slot.set_state(ModelState::Failed);
 }
 
 /// One log line per switch, with its phase durations.

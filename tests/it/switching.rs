@@ -360,3 +360,27 @@ async fn sigterm_answers_queued_requests_with_503_and_kills_a_held_hook_after_th
     assert_ne!(status.code(), Some(0), "a hook was cut: the exit must say so");
     mux.hooks.clear("hold-wake-a");
 }
+
+#[tokio::test]
+async fn a_wake_whose_backend_never_answers_alive_fails_with_503() {
+    let mux = mux().model("a").policy("wake_timeout_secs: 1").start();
+    mux.hooks.set("fail-alive-a");
+    let r = http::post(&mux.url(CHAT), &chat("a")).await;
+    r.assert_error(503, "model_unavailable");
+    assert!(r.text().contains("alive hook did not pass"), "{}", r.text());
+    // The half-started backend was put to sleep.
+    mux.hooks.wait_for("sleep-end a").await;
+}
+
+#[tokio::test]
+async fn a_wake_whose_backend_comes_up_late_is_confirmed_by_alive() {
+    let mux = mux().model("a").start();
+    mux.hooks.set("fail-alive-a");
+    let request = spawn_chat(&mux, "a");
+    mux.hooks.wait_for("wake-end a").await;
+    mux.wait_state("a", "waking").await;
+    // The backend "comes up" only now: llmux keeps checking until then.
+    mux.hooks.clear("fail-alive-a");
+    let r = request.await.expect("request");
+    assert_eq!((r.status.as_u16(), r.served_by()), (200, "a"));
+}
