@@ -38,6 +38,9 @@ pub struct Config {
     pub workers: usize,
     /// Bounds on what clients and backends may cost.
     pub limits: Limits,
+    /// Keys clients must present as `Authorization: Bearer <key>`; empty:
+    /// no authentication.
+    pub api_keys: Vec<String>,
     /// Directory hooks run in: the config file's directory.
     pub base_dir: PathBuf,
 }
@@ -129,6 +132,8 @@ struct RawConfig {
     workers: Option<usize>,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    api_keys: Vec<String>,
 }
 
 /// Bounds on clients, backends and the queue; each has a safe default.
@@ -352,10 +357,14 @@ fn validate(raw: RawConfig, base_dir: PathBuf) -> Result<Config, ConfigError> {
         None => std::thread::available_parallelism().map_or(1, usize::from),
     };
     let limits = validate_limits(&raw.limits)?;
+    if let Some(i) = raw.api_keys.iter().position(|k| k.trim().is_empty() || k.chars().any(char::is_whitespace)) {
+        return Err(err(format!("api_keys[{i}]: a key must be non-empty and contain no whitespace")));
+    }
     Ok(Config {
         models,
         policy,
         limits,
+        api_keys: raw.api_keys,
         host: raw.host.unwrap_or(IpAddr::from([0, 0, 0, 0])),
         port: raw.port.unwrap_or(DEFAULT_PORT),
         max_body_bytes,

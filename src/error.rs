@@ -50,6 +50,7 @@ enum Kind {
     BackendTimeout,
     BodyTimeout,
     QueueFull,
+    InvalidApiKey,
 }
 
 impl Error {
@@ -82,6 +83,11 @@ impl Error {
     pub fn body_timeout(limit: Duration) -> Error {
         let msg = format!("the request body did not arrive within {}s", limit.as_secs());
         Error::new(Kind::BodyTimeout, msg)
+    }
+
+    /// No valid API key was presented.
+    pub fn invalid_api_key() -> Error {
+        Error::new(Kind::InvalidApiKey, "Incorrect or missing API key: send `Authorization: Bearer <key>`")
     }
 
     /// The queue for models that are not active is full.
@@ -137,7 +143,8 @@ impl Error {
             | Kind::UpgradeUnsupported
             | Kind::WaitTimeout
             | Kind::BodyTimeout
-            | Kind::QueueFull => Fault::Client,
+            | Kind::QueueFull
+            | Kind::InvalidApiKey => Fault::Client,
             Kind::ModelUnavailable(fault) => fault,
             Kind::Backend | Kind::BackendTimeout => Fault::Backend,
         }
@@ -175,6 +182,7 @@ impl Error {
             Kind::Backend => StatusCode::BAD_GATEWAY,
             Kind::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Kind::QueueFull => StatusCode::TOO_MANY_REQUESTS,
+            Kind::InvalidApiKey => StatusCode::UNAUTHORIZED,
         }
     }
 
@@ -191,6 +199,7 @@ impl Error {
             Kind::Backend => "backend_error",
             Kind::BodyTimeout => "body_read_timeout",
             Kind::QueueFull => "queue_full",
+            Kind::InvalidApiKey => "invalid_api_key",
         }
     }
 

@@ -41,6 +41,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod auth;
 pub mod body;
 pub mod cli;
 pub mod config;

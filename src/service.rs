@@ -12,6 +12,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response};
 
 use crate::api;
+use crate::auth;
 use crate::body::{read_request_body, ResponseBody};
 use crate::error::{Error, Fault};
 use crate::model;
@@ -50,10 +51,13 @@ async fn route(
     req: Request<Incoming>,
     request_id: &HeaderValue,
 ) -> Result<Response<ResponseBody>, Error> {
+    let local = Local::of(&req);
+    if !matches!(local, Some(Local::Health)) {
+        auth::check(&shared.config.api_keys, req.headers())?;
+    }
     if is_upgrade(&req) {
         return Err(Error::upgrade_unsupported());
     }
-    let local = Local::of(&req);
     match local {
         // The usual case: no body, so no body model; answer at once.
         Some(local) if req.body().is_end_stream() => local.answer(shared, req.uri().path()),
@@ -125,6 +129,10 @@ async fn proxy(
     };
     let in_flight = switcher::admit(shared, model, body.len()).await?;
     prepare_request_headers(&mut head.headers, &peer.ip, request_id);
+    if !shared.config.api_keys.is_empty() {
+        // Checked above; the backend never sees a client's key.
+        head.headers.remove(header::AUTHORIZATION);
+    }
     let response = in_flight.incarnation().upstream.forward(head, body).await?;
     Ok(response.map(|body| ResponseBody::upstream(body, in_flight)))
 }
