@@ -101,7 +101,7 @@ pub fn standin(model: &str) -> Process {
 /// `hang-<hook>-<model>` makes it sleep far past any timeout (the sleep's
 /// pid goes to `hang-pid-<hook>-<model>`); `bg-<hook>-<model>` leaves a
 /// background child holding the hook's stdout until the file is removed.
-const HOOK: &str = r#"#!/bin/sh
+pub const HOOK: &str = r#"#!/bin/sh
 # usage: hook.sh wake|sleep|alive   (run by llmux in this directory)
 kind="$1"; m="$LLMUX_MODEL"
 log() { echo "$1 $m" >> hooks.log; }
