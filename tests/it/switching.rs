@@ -384,3 +384,18 @@ async fn a_wake_whose_backend_comes_up_late_is_confirmed_by_alive() {
     let r = request.await.expect("request");
     assert_eq!((r.status.as_u16(), r.served_by()), (200, "a"));
 }
+
+#[tokio::test]
+async fn a_hook_printing_megabytes_costs_bounded_memory() {
+    let mux = mux().model("a").start();
+    mux.hooks.set("spam-wake-a");
+    let r = http::post(&mux.url(CHAT), &chat("a")).await;
+    assert_eq!(r.status, 200);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", mux.llmux.pid())).expect("status");
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmHWM");
+    assert!(peak_kib < 64 * 1024, "llmux peaked at {peak_kib} KiB reading 50 MB of hook output");
+}

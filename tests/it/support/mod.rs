@@ -100,7 +100,8 @@ pub fn standin(model: &str) -> Process {
 /// `hold-<hook>-<model>` makes it wait until the file is removed;
 /// `hang-<hook>-<model>` makes it sleep far past any timeout (the sleep's
 /// pid goes to `hang-pid-<hook>-<model>`); `bg-<hook>-<model>` leaves a
-/// background child holding the hook's stdout until the file is removed.
+/// background child holding the hook's stdout until the file is removed;
+/// `spam-<hook>-<model>` prints 50 MB of output.
 pub const HOOK: &str = r#"#!/bin/sh
 # usage: hook.sh wake|sleep|alive   (run by llmux in this directory)
 kind="$1"; m="$LLMUX_MODEL"
@@ -113,6 +114,7 @@ log "$kind-start"
 echo "running $kind for $m"
 while [ -f "hold-$kind-$m" ]; do sleep 0.01; done
 if [ -f "hang-$kind-$m" ]; then sleep 300 & echo $! > "hang-pid-$kind-$m"; wait; fi
+if [ -f "spam-$kind-$m" ]; then head -c 50000000 /dev/zero | tr '\0' 'x' | fold -w 100; fi
 if [ -f "bg-$kind-$m" ]; then (while [ -f "bg-$kind-$m" ]; do sleep 0.05; done; echo bg done) & fi
 if [ -f "fail-$kind-$m" ]; then log "$kind-fail"; exit 1; fi
 if [ "$kind" = wake ]; then touch "awake-$m"; else rm -f "awake-$m" "up-$m"; fi
