@@ -96,7 +96,7 @@ async fn accept_until(
     graceful: &GracefulShutdown,
     shutdown: impl Future<Output = ()>,
 ) {
-    let builder = builder(&shared.config.limits);
+    let builders = Arc::new(Builders::new(&shared.config.limits));
     let slots = Arc::new(Semaphore::new(shared.config.limits.max_connections));
     tokio::pin!(shutdown);
     loop {
@@ -113,10 +113,12 @@ async fn accept_until(
             accepted = listener.accept() => match accepted {
                 Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
-                    let conn = connection(&builder, Arc::clone(shared), stream, addr);
-                    let conn = graceful.watch(conn);
+                    let (shared, builders, watcher) = (Arc::clone(shared), Arc::clone(&builders), graceful.watcher());
                     tokio::spawn(async move {
-                        if let Err(e) = conn.await {
+                        let timeout = shared.config.limits.header_read_timeout;
+                        let Some(protocol) = detect_protocol(&stream, timeout).await else { return };
+                        let conn = connection(builders.for_protocol(protocol), shared, stream, addr);
+                        if let Err(e) = watcher.watch(conn).await {
                             tracing::debug!("connection ended with an error: {e}");
                         }
                         drop(permit);
@@ -132,6 +134,62 @@ async fn accept_until(
             () = &mut shutdown => return,
         }
     }
+}
+
+/// The two protocols served on one port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    /// h2c with prior knowledge.
+    Http2,
+}
+
+/// One builder per protocol, so hyper skips its own detection (which has
+/// no timeout: a silent client would hold a connection slot forever).
+struct Builders {
+    http1: auto::Builder<TokioExecutor>,
+    http2: auto::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new(limits: &Limits) -> Builders {
+        Builders { http1: builder(limits).http1_only(), http2: builder(limits).http2_only() }
+    }
+
+    fn for_protocol(&self, protocol: Protocol) -> &auto::Builder<TokioExecutor> {
+        match protocol {
+            Protocol::Http1 => &self.http1,
+            Protocol::Http2 => &self.http2,
+        }
+    }
+}
+
+/// The HTTP/2 connection preface.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Peeks at the first bytes, within `timeout`: the HTTP/2 preface means
+/// h2c, anything else HTTP/1.1. `None` if the client closes or stays
+/// silent (the connection is then dropped).
+async fn detect_protocol(stream: &tokio::net::TcpStream, timeout: Duration) -> Option<Protocol> {
+    let detect = async {
+        let mut buf = [0u8; 24];
+        loop {
+            let n = stream.peek(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            if !H2_PREFACE.starts_with(&buf[..n]) {
+                return Some(Protocol::Http1);
+            }
+            if n == H2_PREFACE.len() {
+                return Some(Protocol::Http2);
+            }
+            // A partial preface: the rest is on its way. peek would return
+            // at once with the same bytes, so wait a moment (rare path).
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    tokio::time::timeout(timeout, detect).await.ok().flatten()
 }
 
 /// A connection's error, as hyper-util reports it.
