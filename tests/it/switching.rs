@@ -359,6 +359,22 @@ async fn sigterm_answers_queued_requests_with_503_and_kills_a_held_hook_after_th
     let status = tokio::task::block_in_place(|| mux.llmux.wait_exit());
     assert_ne!(status.code(), Some(0), "a hook was cut: the exit must say so");
     mux.hooks.clear("hold-wake-a");
+    assert!(mux.log().contains("hook cut short by shutdown"), "no log line for the cut hook:\n{}", mux.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_during_a_drain_answers_the_queue_and_lets_the_stream_finish() {
+    let mut mux = mux().model("a").model("b").start();
+    let stream = slow_stream(&mux, "a", 6, 200).await;
+    let stream = tokio::spawn(frames(stream));
+    let for_b = spawn_chat(&mux, "b");
+    mux.wait_state("a", "draining").await;
+    mux.llmux.signal(Signal::SIGTERM);
+    for_b.await.expect("b").assert_error(503, "model_unavailable");
+    assert!(joined(&stream.await.expect("stream")).contains("[DONE]"));
+    let status = tokio::task::block_in_place(|| mux.llmux.wait_exit());
+    assert_eq!(status.code(), Some(0));
+    assert!(!mux.hooks.events().iter().any(|e| e.starts_with("sleep")), "{:?}", mux.hooks.events());
 }
 
 #[tokio::test]

@@ -230,8 +230,14 @@ pub fn start_llmux_with_env(config: &Path, env: &[(String, String)]) -> Process 
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_llmux"));
     cmd.arg("-c").arg(config).env("RUST_LOG", "llmux=debug");
     cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    // The log goes next to the config (`Mux::log`), or to the terminal
+    // with LLMUX_TEST_LOG set.
     if std::env::var_os("LLMUX_TEST_LOG").is_none() {
-        cmd.stderr(Stdio::null());
+        let log = config.with_file_name("llmux.log");
+        match std::fs::File::create(&log) {
+            Ok(file) => cmd.stderr(file),
+            Err(_) => cmd.stderr(Stdio::null()),
+        };
     }
     Process::start(cmd)
 }
@@ -273,6 +279,11 @@ impl Mux {
         let models = health["models"].as_array().cloned().unwrap_or_default();
         let entry = models.iter().find(|m| m["id"] == model).expect("model in /health");
         entry["state"].as_str().expect("state").to_owned()
+    }
+
+    /// What llmux has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.config_path.with_file_name("llmux.log")).unwrap_or_default()
     }
 
     /// Waits until `/health` reports `state` for `model`.
