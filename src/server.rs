@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::header::HeaderValue;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulConnection, GracefulShutdown};
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -117,8 +117,13 @@ async fn accept_until(
                     tokio::spawn(async move {
                         let timeout = shared.config.limits.header_read_timeout;
                         let Some(protocol) = detect_protocol(&stream, timeout).await else { return };
-                        let conn = connection(builders.for_protocol(protocol), shared, stream, addr);
-                        if let Err(e) = watcher.watch(conn).await {
+                        let service = service_for(shared, addr);
+                        let io = TokioIo::new(stream);
+                        let result = match protocol {
+                            Protocol::Http1 => watcher.watch(builders.http1.serve_connection(io, service)).await,
+                            Protocol::Http2 => watcher.watch(builders.http2.serve_connection(io, service)).await,
+                        };
+                        if let Err(e) = result {
                             tracing::debug!("connection ended with an error: {e}");
                         }
                         drop(permit);
@@ -144,23 +149,30 @@ enum Protocol {
     Http2,
 }
 
-/// One builder per protocol, so hyper skips its own detection (which has
-/// no timeout: a silent client would hold a connection slot forever).
+/// One builder per protocol: llmux detects the protocol itself (hyper-util's
+/// detection has no timeout: a silent client would hold a slot forever).
 struct Builders {
-    http1: auto::Builder<TokioExecutor>,
-    http2: auto::Builder<TokioExecutor>,
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
 }
 
 impl Builders {
     fn new(limits: &Limits) -> Builders {
-        Builders { http1: builder(limits).http1_only(), http2: builder(limits).http2_only() }
-    }
-
-    fn for_protocol(&self, protocol: Protocol) -> &auto::Builder<TokioExecutor> {
-        match protocol {
-            Protocol::Http1 => &self.http1,
-            Protocol::Http2 => &self.http2,
-        }
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_headers(limits.max_headers)
+            .max_header_size(limits.max_header_bytes);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.h2_max_concurrent_streams)
+            .max_header_list_size(limits.h2_max_header_list_bytes)
+            .max_pending_accept_reset_streams(limits.h2_max_pending_reset_streams)
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20));
+        Builders { http1, http2 }
     }
 }
 
@@ -192,52 +204,29 @@ async fn detect_protocol(stream: &tokio::net::TcpStream, timeout: Duration) -> O
     tokio::time::timeout(timeout, detect).await.ok().flatten()
 }
 
-/// A connection's error, as hyper-util reports it.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// One client connection (HTTP/1.1 or h2c) served by llmux's service.
-fn connection<I>(
-    builder: &auto::Builder<TokioExecutor>,
+/// llmux's service for one connection from `addr`.
+fn service_for(
     shared: Arc<Shared>,
-    io: I,
     addr: SocketAddr,
-) -> impl GracefulConnection<Error = BoxError> + Send + 'static
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = hyper::Response<crate::body::ResponseBody>,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<hyper::Response<crate::body::ResponseBody>, std::convert::Infallible>> + Send,
+> + Clone {
     let peer = Peer { ip: ip_header(addr) };
-    let service = service_fn(move |req| service::handle(Arc::clone(&shared), peer.clone(), req));
-    builder.serve_connection(TokioIo::new(io), service).into_owned()
+    service_fn(move |req| service::handle(Arc::clone(&shared), peer.clone(), req))
 }
 
-/// The HTTP/1.1 + h2c connection builder, with the configured limits.
-fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_headers(limits.max_headers)
-        .max_buf_size(limits.max_header_bytes.max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.h2_max_concurrent_streams)
-        .max_header_list_size(limits.h2_max_header_list_bytes)
-        .max_pending_accept_reset_streams(limits.h2_max_pending_reset_streams)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(20));
-    builder
-}
-
-/// Serves one connection over any byte stream (a socket, or an in-memory
-/// pipe in tests and fuzzing) until it closes; `addr` is the client's.
-pub async fn serve_io<I>(shared: Arc<Shared>, io: I, addr: SocketAddr) -> Result<(), BoxError>
+/// Serves one HTTP/1.1 connection over any byte stream (a socket, or an
+/// in-memory pipe in tests and fuzzing) until it closes; `addr` is the
+/// client's.
+pub async fn serve_io<I>(shared: Arc<Shared>, io: I, addr: SocketAddr) -> Result<(), hyper::Error>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let builder = builder(&shared.config.limits);
-    connection(&builder, shared, io, addr).await
+    let builders = Builders::new(&shared.config.limits);
+    builders.http1.serve_connection(TokioIo::new(io), service_for(shared, addr)).await
 }
 
 fn ip_header(addr: SocketAddr) -> HeaderValue {

@@ -230,7 +230,7 @@ async fn port_flag_overrides_the_config_and_port_0_prints_the_address() {
     let dir = tempfile::tempdir().expect("tempdir");
     let text = format!(
         "host: 127.0.0.1\nport: {taken_port}\nmodels:\n{}",
-        model("a", backend.port(), "'true'", "'true'", "'false'")
+        model("a", backend.port(), "'touch up-a'", "'rm -f up-a'", "'test -f up-a'")
     );
     let path = write(dir.path(), "llmux.yaml", &text);
 
@@ -277,7 +277,7 @@ async fn a_yml_config_runs() {
     let dir = tempfile::tempdir().expect("tempdir");
     let text = format!(
         "# a comment\nhost: 127.0.0.1\nport: 0\nmax_body_bytes: 4096\nmodels:\n{}policy:\n  request_timeout_secs: 30\n",
-        model("y", backend.port(), "'true'", "'true'", "'false'")
+        model("y", backend.port(), "'touch up-y'", "'rm -f up-y'", "'test -f up-y'")
     );
     let path = write(dir.path(), "llmux.yml", &text);
     let o = llmux(&[OsStr::new("--check"), OsStr::new("-c"), path.as_os_str()]);

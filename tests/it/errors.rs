@@ -298,7 +298,7 @@ async fn a_backend_port_with_nothing_listening_is_502() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let config = format!(
-        "host: 127.0.0.1\nport: 0\nmodels:\n  ghost:\n    port: {port}\n    wake: \"true\"\n    sleep: \"true\"\n    alive: \"false\"\n"
+        "host: 127.0.0.1\nport: 0\nmodels:\n  ghost:\n    port: {port}\n    wake: \"touch up\"\n    sleep: \"rm -f up\"\n    alive: \"test -f up\"\n"
     );
     let path = dir.path().join("llmux.yaml");
     std::fs::write(&path, config).expect("write config");
