@@ -112,29 +112,42 @@ fn scan<R>(scratch: &mut Scratch, body: &[u8], f: impl FnOnce(&str) -> R) -> Res
 fn has_lone_surrogate(body: &[u8]) -> bool {
     let mut at = 0;
     while let Some(slash) = find_backslash(body, at) {
-        let escape = body.get(slash + 1).copied();
-        if escape != Some(b'u') {
+        // Valid JSON: an escape is `\\` plus one char, or `\\u` plus 4 hex digits.
+        if body.get(slash + 1) != Some(&b'u') {
             at = slash + 2;
             continue;
         }
-        match hex4(body, slash + 2) {
-            Some(0xD800..=0xDBFF) => {
-                let low = if body.get(slash + 6..slash + 8) == Some(b"\\u") { hex4(body, slash + 8) } else { None };
-                if !matches!(low, Some(0xDC00..=0xDFFF)) {
+        match surrogate_kind(body.get(slash + 2..slash + 4)) {
+            Surrogate::None => at = slash + 6,
+            Surrogate::Low => return true,
+            Surrogate::High => {
+                let next = body.get(slash + 6..slash + 10);
+                let paired = next.is_some_and(|n| n.starts_with(b"\\u")) && {
+                    matches!(surrogate_kind(body.get(slash + 8..slash + 10)), Surrogate::Low)
+                };
+                if !paired {
                     return true;
                 }
                 at = slash + 12;
             }
-            Some(0xDC00..=0xDFFF) => return true,
-            _ => at = slash + 6,
         }
     }
     false
 }
 
-fn hex4(body: &[u8], at: usize) -> Option<u32> {
-    let digits = std::str::from_utf8(body.get(at..at + 4)?).ok()?;
-    u32::from_str_radix(digits, 16).ok()
+/// What a `\\u` escape is, from its first two hex digits.
+enum Surrogate {
+    None,
+    High,
+    Low,
+}
+
+fn surrogate_kind(first_two: Option<&[u8]>) -> Surrogate {
+    match first_two {
+        Some([b'd' | b'D', b'8' | b'9' | b'a' | b'b' | b'A' | b'B']) => Surrogate::High,
+        Some([b'd' | b'D', b'c' | b'd' | b'e' | b'f' | b'C' | b'D' | b'E' | b'F']) => Surrogate::Low,
+        _ => Surrogate::None,
+    }
 }
 
 /// The first `\\` at or after `from`, eight bytes at a time.
