@@ -40,8 +40,10 @@ fn switch(c: &mut Criterion) {
     let llmux = inproc::InProc::start(&rt, &inproc::config(&[("a", a.port), ("b", b.port)], "true"));
     let bodies =
         [Bytes::from(bodies::chat_body("a", 1 << 10, false)), Bytes::from(bodies::chat_body("b", 1 << 10, false))];
+    llmux.wait_active(0);
     let mut sender = rt.block_on(inproc::connect(llmux.addr));
-    let mut next = 0;
+    // `a` was adopted at start: every request below is a miss.
+    let mut next = 1;
 
     let (mut shares, mut spawns, mut afters) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..101 {
