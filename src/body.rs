@@ -16,6 +16,7 @@ use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::error::Error;
+use crate::proxy::Connection;
 use crate::routing::InFlight;
 
 /// Reads `body` whole, failing with 413 past `limit` bytes.
@@ -58,8 +59,9 @@ pub struct ResponseBody {
 enum Kind {
     /// A body llmux made itself (errors, `/health`, `/v1/models`).
     Full(Option<Bytes>),
-    /// A backend's body, streamed; the guard keeps the model busy.
-    Upstream { body: Incoming, in_flight: InFlight },
+    /// A backend's body, streamed; the guard keeps the model busy; the
+    /// connection goes back to the pool when the body ends.
+    Upstream { body: Incoming, in_flight: InFlight, conn: Option<Connection> },
 }
 
 impl ResponseBody {
@@ -68,9 +70,17 @@ impl ResponseBody {
         ResponseBody { kind: Kind::Full(Some(bytes)) }
     }
 
-    /// A backend's body, holding `in_flight` until it ends or is dropped.
-    pub fn upstream(body: Incoming, in_flight: InFlight) -> ResponseBody {
-        ResponseBody { kind: Kind::Upstream { body, in_flight } }
+    /// A backend's body, holding `in_flight` until it ends or is dropped,
+    /// and `conn` until it ends (then it is pooled again).
+    pub fn upstream(body: Incoming, in_flight: InFlight, conn: Connection) -> ResponseBody {
+        ResponseBody { kind: Kind::Upstream { body, in_flight, conn: Some(conn) } }
+    }
+}
+
+/// Pools the connection of a response that has ended.
+fn release(in_flight: &InFlight, conn: &mut Option<Connection>) {
+    if let Some(conn) = conn.take() {
+        in_flight.incarnation().upstream.release(conn);
     }
 }
 
@@ -87,10 +97,23 @@ impl Body for ResponseBody {
             Kind::Upstream { in_flight, .. } if in_flight.incarnation().is_cut() => {
                 Poll::Ready(Some(Err("cut: the drain before a model switch timed out".into())))
             }
-            Kind::Upstream { body, .. } => match Pin::new(body).poll_frame(cx) {
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
-                Poll::Ready(None) => Poll::Ready(None),
+            Kind::Upstream { body, in_flight, conn } => match Pin::new(&mut *body).poll_frame(cx) {
+                Poll::Ready(Some(Err(e))) => {
+                    // A broken connection is not pooled again.
+                    conn.take();
+                    Poll::Ready(Some(Err(e.into())))
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    // hyper stops polling once `is_end_stream` says so.
+                    if body.is_end_stream() {
+                        release(in_flight, conn);
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Ready(None) => {
+                    release(in_flight, conn);
+                    Poll::Ready(None)
+                }
                 Poll::Pending => Poll::Pending,
             },
         }

@@ -1,23 +1,28 @@
 //! Forwarding a request to a backend on 127.0.0.1 and preparing headers.
 //!
-//! Each [`Upstream`] is a pooled hyper-util client for one backend port,
-//! created when its model is published (so no connection survives a
-//! sleep/wake) with a short idle timeout: llama-server and uvicorn close
-//! idle connections after 5 s, and the pool must drop them first. A request
-//! that meets a dead pooled connection before any byte was written is
-//! retried once by the client (`retry_canceled_requests`, on by default).
+//! Each [`Upstream`] owns the keep-alive HTTP/1.1 connections to one
+//! backend port: hyper's client connections (`client::conn::http1`) in a
+//! lock-free queue. It is created when its model is published, so no
+//! connection survives a sleep/wake. A connection goes back to the queue
+//! when its response body has been read to the end (see
+//! [`crate::body::ResponseBody`]); one dropped early is closed by hyper,
+//! which cancels the generation. Idle connections older than the idle
+//! timeout are dropped when next taken (llama-server and uvicorn close
+//! idle connections after 5 s, so the default is 4). A request that finds
+//! a pooled connection dead before any byte was written is retried once on
+//! a new connection.
 
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use crossbeam::queue::ArrayQueue;
 use http_body_util::Full;
 use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::{Request, Response, Uri, Version};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioIo;
 
 use crate::error::Error;
 
@@ -31,13 +36,18 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 const HOP_BY_HOP: [HeaderName; 5] =
     [header::CONNECTION, HeaderName::from_static("keep-alive"), header::TE, header::TRAILER, header::TRANSFER_ENCODING];
 
-/// A pooled HTTP/1.1 client for one backend port.
-#[derive(Clone)]
+/// Idle connections kept per backend; more are closed when released.
+const MAX_IDLE: usize = 256;
+
+/// A connection to a backend, ready for one request.
+pub type Connection = SendRequest<Full<Bytes>>;
+
+/// The keep-alive connections to one backend port.
 pub struct Upstream {
-    client: Client<HttpConnector, Full<Bytes>>,
-    authority: Authority,
+    addr: SocketAddr,
     host: HeaderValue,
-    first_byte_timeout: Option<Duration>,
+    idle: ArrayQueue<(Connection, Instant)>,
+    options: UpstreamOptions,
 }
 
 /// How an [`Upstream`] connects and waits.
@@ -59,63 +69,121 @@ impl UpstreamOptions {
 }
 
 impl Upstream {
-    /// A new pool for the backend on `127.0.0.1:port`.
+    /// A new, empty pool for the backend on `127.0.0.1:port`.
     pub fn new(port: u16, options: UpstreamOptions) -> Upstream {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(options.connect_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(options.idle_timeout)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
-        let authority_text = format!("127.0.0.1:{port}");
-        let host = HeaderValue::from_str(&authority_text).unwrap_or(HeaderValue::from_static("127.0.0.1"));
-        let authority =
-            Authority::from_maybe_shared(Bytes::from(authority_text)).unwrap_or(Authority::from_static("127.0.0.1"));
-        Upstream { client, authority, host, first_byte_timeout: options.first_byte_timeout }
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let host = HeaderValue::from_str(&addr.to_string()).unwrap_or(HeaderValue::from_static("127.0.0.1"));
+        Upstream { addr, host, idle: ArrayQueue::new(MAX_IDLE), options }
     }
 
-    /// Sends `head` and `body` to the backend and returns its response head.
+    /// Sends `head` and `body` to the backend; returns its response head and
+    /// the connection, to [`release`](Upstream::release) once the response
+    /// body has ended.
     ///
     /// `head` is expected to be cleaned by [`prepare_request_headers`].
     pub async fn forward(
         &self,
         mut head: hyper::http::request::Parts,
         body: Bytes,
-    ) -> Result<Response<Incoming>, Error> {
-        head.uri = self.uri_for(&head.uri);
+    ) -> Result<(Response<Incoming>, Connection), Error> {
+        if head.uri.authority().is_some() {
+            // HTTP/2 requests carry an absolute URI; HTTP/1.1 wants origin-form.
+            head.uri = head.uri.path_and_query().map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+        }
         head.version = Version::HTTP_11;
         head.headers.insert(header::HOST, self.host.clone());
         let request = Request::from_parts(head, Full::new(body));
-        let response = self.client.request(request);
-        let result = match self.first_byte_timeout {
-            None => response.await,
-            Some(limit) => match tokio::time::timeout(limit, response).await {
-                Ok(result) => result,
-                Err(_) => {
-                    let secs = limit.as_secs();
-                    return Err(Error::backend_timeout(format!("backend sent no response within {secs}s")));
-                }
-            },
+        let send = self.send(request);
+        let result = match self.options.first_byte_timeout {
+            None => send.await,
+            Some(limit) => tokio::time::timeout(limit, send).await.unwrap_or_else(|_| {
+                Err(Error::backend_timeout(format!("backend sent no response within {}s", limit.as_secs())))
+            }),
         };
-        match result {
-            Ok(mut response) => {
-                strip_hop_by_hop(response.headers_mut());
-                Ok(response)
-            }
-            Err(e) if e.is_connect() => Err(Error::backend(format!("cannot connect to the backend: {}", chain(&e)))),
-            Err(e) => Err(Error::backend(format!("backend error: {}", chain(&e)))),
+        result.map(|(mut response, conn)| {
+            strip_hop_by_hop(response.headers_mut());
+            (response, conn)
+        })
+    }
+
+    /// Sends on a pooled connection, or a new one; a pooled connection that
+    /// turns out dead before the request was written is replaced once.
+    async fn send(&self, request: Request<Full<Bytes>>) -> Result<(Response<Incoming>, Connection), Error> {
+        let (mut conn, reused) = match self.take_idle().await {
+            Some(conn) => (conn, true),
+            None => (self.connect().await?, false),
+        };
+        match conn.try_send_request(request).await {
+            Ok(response) => Ok((response, conn)),
+            Err(mut e) => match e.take_message() {
+                Some(request) if reused => {
+                    let mut fresh = self.connect().await?;
+                    let response = fresh.send_request(request).await.map_err(backend_error)?;
+                    Ok((response, fresh))
+                }
+                _ => Err(backend_error(e.into_error())),
+            },
         }
     }
 
-    fn uri_for(&self, original: &Uri) -> Uri {
-        let mut parts = hyper::http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(self.authority.clone());
-        parts.path_and_query =
-            Some(original.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
-        Uri::from_parts(parts).unwrap_or_else(|_| original.clone())
+    /// A pooled connection that is still open and not past the idle timeout.
+    async fn take_idle(&self) -> Option<Connection> {
+        while let Some((mut conn, since)) = self.idle.pop() {
+            if conn.is_closed() || since.elapsed() >= self.options.idle_timeout {
+                continue;
+            }
+            // Released right after its response's last frame: the connection
+            // task may need a moment to mark it idle.
+            if conn.ready().await.is_ok() {
+                return Some(conn);
+            }
+        }
+        None
     }
+
+    /// A new connection (TCP_NODELAY), its task spawned.
+    async fn connect(&self) -> Result<Connection, Error> {
+        let limit = self.options.connect_timeout;
+        let stream = match tokio::time::timeout(limit, tokio::net::TcpStream::connect(self.addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(Error::backend(format!("cannot connect to the backend at {}: {e}", self.addr))),
+            Err(_) => return Err(Error::backend(format!("connecting to the backend took over {}s", limit.as_secs()))),
+        };
+        let _ = stream.set_nodelay(true);
+        let (conn, driver) = http1::handshake(TokioIo::new(stream)).await.map_err(backend_error)?;
+        tokio::spawn(async move {
+            if let Err(e) = driver.await {
+                tracing::debug!("backend connection ended: {e}");
+            }
+        });
+        Ok(conn)
+    }
+
+    /// Closes pooled connections idle past the idle timeout; run
+    /// periodically by the incarnation's reaper (see `switcher::publish`).
+    pub fn reap_idle(&self) {
+        for _ in 0..self.idle.len() {
+            let Some((conn, since)) = self.idle.pop() else { break };
+            if !conn.is_closed() && since.elapsed() < self.options.idle_timeout {
+                let _ = self.idle.push((conn, since));
+            }
+        }
+    }
+
+    /// How long a pooled connection may stay idle.
+    pub fn idle_timeout(&self) -> Duration {
+        self.options.idle_timeout
+    }
+
+    /// Returns a connection whose response has ended to the pool.
+    pub fn release(&self, conn: Connection) {
+        // A full pool drops the connection, which closes it.
+        let _ = self.idle.push((conn, Instant::now()));
+    }
+}
+
+fn backend_error(e: hyper::Error) -> Error {
+    Error::backend(format!("backend error: {}", chain(&e)))
 }
 
 /// The error and its sources, joined, for a 502's message.
@@ -222,9 +290,8 @@ mod tests {
     }
 
     #[test]
-    fn uri_keeps_path_and_query() {
+    fn host_names_the_backend() {
         let up = Upstream::new(8123, UpstreamOptions::with_idle_timeout(Duration::from_secs(1)));
-        let uri: Uri = "/v1/chat/completions?x=1&y=%20".parse().expect("uri");
-        assert_eq!(up.uri_for(&uri).to_string(), "http://127.0.0.1:8123/v1/chat/completions?x=1&y=%20");
+        assert_eq!(up.host, "127.0.0.1:8123");
     }
 }

@@ -81,6 +81,9 @@ impl Server {
         // The hook runner kills a running hook at the end of the grace.
         let switch_done =
             tokio::time::timeout(grace + Duration::from_secs(5), switch_task_join(switch_task)).await.is_ok();
+        // Close llmux's own backend connections (the model itself stays up
+        // for the next start to adopt).
+        shared.routing.store(Arc::new(crate::routing::Routing::empty()));
         let hooks_cut = shared.shutdown.cut_count();
         Exit { clean: drained && switch_done && hooks_cut == 0 }
     }

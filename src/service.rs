@@ -133,8 +133,8 @@ async fn proxy(
         // Checked above; the backend never sees a client's key.
         head.headers.remove(header::AUTHORIZATION);
     }
-    let response = in_flight.incarnation().upstream.forward(head, body).await?;
-    Ok(response.map(|body| ResponseBody::upstream(body, in_flight)))
+    let (response, conn) = in_flight.incarnation().upstream.forward(head, body).await?;
+    Ok(response.map(|body| ResponseBody::upstream(body, in_flight, conn)))
 }
 
 fn content_length(req: &Request<Incoming>) -> Result<Option<u64>, Error> {

@@ -235,11 +235,28 @@ fn publish(shared: &Shared, model: usize) {
     };
     let upstream = Upstream::new(cfg.models[model].port, options);
     let incarnation = Arc::new(Incarnation::new(model, upstream));
+    tokio::spawn(reap_idle_connections(Arc::downgrade(&incarnation)));
     shared.routing.store(Arc::new(Routing::with_active(incarnation)));
     let slot = &shared.slots[model];
     slot.set_state(ModelState::Active);
     slot.backoff.lock().reset();
     slot.ready.notify_waiters();
+}
+
+/// Closes an incarnation's idle backend connections as they pass the idle
+/// timeout; ends when the incarnation is gone.
+async fn reap_idle_connections(incarnation: std::sync::Weak<Incarnation>) {
+    let Some(period) = incarnation.upgrade().map(|i| (i.upstream.idle_timeout() / 2).max(Duration::from_millis(100)))
+    else {
+        return;
+    };
+    loop {
+        tokio::time::sleep(period).await;
+        match incarnation.upgrade() {
+            Some(inc) => inc.upstream.reap_idle(),
+            None => return,
+        }
+    }
 }
 
 /// How retiring the active model ended.
