@@ -13,8 +13,8 @@
 //!    is [`routing::try_admit`]: one `ArcSwap` load and two atomics, no
 //!    lock, no channel, no allocation. Otherwise the request queues for its
 //!    model and raises the switch task.
-//! 4. [`proxy`] forwards it to `127.0.0.1:<port>` over the pooled client of
-//!    the model's current [`routing::Incarnation`]; the response streams
+//! 4. [`proxy`] forwards it to `127.0.0.1:<port>` over a pooled connection
+//!    of the model's current [`routing::Incarnation`]; the response streams
 //!    back frame by frame, its body holding the request's
 //!    [`routing::InFlight`] guard until the last byte or a disconnect.
 //! 5. Any failure is an [`error::Error`], which knows who is at fault and

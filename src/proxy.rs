@@ -39,6 +39,16 @@ const HOP_BY_HOP: [HeaderName; 5] =
 /// Idle connections kept per backend; more are closed when released.
 const MAX_IDLE: usize = 256;
 
+/// What became of a forwarded request.
+pub enum Forwarded {
+    /// The backend answered: its response head, and the connection to
+    /// release when the body ends.
+    Answered(Response<Incoming>, Connection),
+    /// The backend refused the connection before anything was sent; here
+    /// is the request head back, to send again once the model is re-woken.
+    Refused(hyper::http::request::Parts),
+}
+
 /// A connection to a backend, ready for one request.
 pub type Connection = SendRequest<Full<Bytes>>;
 
@@ -81,11 +91,7 @@ impl Upstream {
     /// body has ended.
     ///
     /// `head` is expected to be cleaned by [`prepare_request_headers`].
-    pub async fn forward(
-        &self,
-        mut head: hyper::http::request::Parts,
-        body: Bytes,
-    ) -> Result<(Response<Incoming>, Connection), Error> {
+    pub async fn forward(&self, mut head: hyper::http::request::Parts, body: Bytes) -> Result<Forwarded, Error> {
         if head.uri.authority().is_some() {
             // HTTP/2 requests carry an absolute URI; HTTP/1.1 wants origin-form.
             head.uri = head.uri.path_and_query().map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
@@ -100,26 +106,34 @@ impl Upstream {
                 Err(Error::backend_timeout(format!("backend sent no response within {}s", limit.as_secs())))
             }),
         };
-        result.map(|(mut response, conn)| {
-            strip_hop_by_hop(response.headers_mut());
-            (response, conn)
+        Ok(match result? {
+            Forwarded::Answered(mut response, conn) => {
+                strip_hop_by_hop(response.headers_mut());
+                Forwarded::Answered(response, conn)
+            }
+            refused => refused,
         })
     }
 
     /// Sends on a pooled connection, or a new one; a pooled connection that
     /// turns out dead before the request was written is replaced once.
-    async fn send(&self, request: Request<Full<Bytes>>) -> Result<(Response<Incoming>, Connection), Error> {
+    async fn send(&self, request: Request<Full<Bytes>>) -> Result<Forwarded, Error> {
         let (mut conn, reused) = match self.take_idle().await {
             Some(conn) => (conn, true),
-            None => (self.connect().await?, false),
+            None => match self.connect().await? {
+                Some(conn) => (conn, false),
+                None => return Ok(Forwarded::Refused(request.into_parts().0)),
+            },
         };
         match conn.try_send_request(request).await {
-            Ok(response) => Ok((response, conn)),
+            Ok(response) => Ok(Forwarded::Answered(response, conn)),
             Err(mut e) => match e.take_message() {
                 Some(request) if reused => {
-                    let mut fresh = self.connect().await?;
+                    let Some(mut fresh) = self.connect().await? else {
+                        return Ok(Forwarded::Refused(request.into_parts().0));
+                    };
                     let response = fresh.send_request(request).await.map_err(backend_error)?;
-                    Ok((response, fresh))
+                    Ok(Forwarded::Answered(response, fresh))
                 }
                 _ => Err(backend_error(e.into_error())),
             },
@@ -141,11 +155,13 @@ impl Upstream {
         None
     }
 
-    /// A new connection (TCP_NODELAY), its task spawned.
-    async fn connect(&self) -> Result<Connection, Error> {
+    /// A new connection (TCP_NODELAY), its task spawned; `None` if the
+    /// backend refused it (nothing listens on its port).
+    async fn connect(&self) -> Result<Option<Connection>, Error> {
         let limit = self.options.connect_timeout;
         let stream = match tokio::time::timeout(limit, tokio::net::TcpStream::connect(self.addr)).await {
             Ok(Ok(stream)) => stream,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(None),
             Ok(Err(e)) => return Err(Error::backend(format!("cannot connect to the backend at {}: {e}", self.addr))),
             Err(_) => return Err(Error::backend(format!("connecting to the backend took over {}s", limit.as_secs()))),
         };
@@ -156,7 +172,7 @@ impl Upstream {
                 tracing::debug!("backend connection ended: {e}");
             }
         });
-        Ok(conn)
+        Ok(Some(conn))
     }
 
     /// Closes pooled connections idle past the idle timeout; run

@@ -15,7 +15,7 @@
 //! incarnation is retired by setting its `draining` flag first, so a
 //! request that loaded a stale snapshot is caught by the same check.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -81,6 +81,14 @@ pub struct Incarnation {
     /// Set by the switch task when a drain timed out: response bodies still
     /// streaming end at their next frame.
     cut: AtomicBool,
+    /// Raised by a request whose backend refused its connection; taken by
+    /// the switch task, which then runs `alive` once.
+    suspect: AtomicBool,
+    /// How many suspicions the switch task has judged; raised with
+    /// `judged` after each.
+    verdicts: AtomicU64,
+    /// Wakes requests waiting for a verdict.
+    judged: Notify,
 }
 
 impl Incarnation {
@@ -94,6 +102,9 @@ impl Incarnation {
             draining: AtomicBool::new(false),
             drained: Notify::new(),
             cut: AtomicBool::new(false),
+            suspect: AtomicBool::new(false),
+            verdicts: AtomicU64::new(0),
+            judged: Notify::new(),
         }
     }
 
@@ -121,6 +132,42 @@ impl Incarnation {
     #[inline]
     pub fn is_cut(&self) -> bool {
         self.cut.load(Relaxed)
+    }
+
+    /// Reports that the backend refused a connection; returns the verdict
+    /// count to wait past (see [`Incarnation::judged`]).
+    pub fn report_refused(&self) -> u64 {
+        let seen = self.verdicts.load(SeqCst);
+        self.suspect.store(true, SeqCst);
+        seen
+    }
+
+    /// Takes a pending suspicion (switch task).
+    pub fn take_suspect(&self) -> bool {
+        self.suspect.swap(false, SeqCst)
+    }
+
+    /// Records a verdict and wakes the requests waiting for it.
+    pub fn record_verdict(&self) {
+        self.verdicts.fetch_add(1, SeqCst);
+        self.judged.notify_waiters();
+    }
+
+    /// Waits until a verdict after `seen` is in, or the incarnation is
+    /// retired; true if it was retired.
+    pub async fn judged(&self, seen: u64) -> bool {
+        loop {
+            let notified = self.judged.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_draining() {
+                return true;
+            }
+            if self.verdicts.load(SeqCst) > seen {
+                return false;
+            }
+            notified.await;
+        }
     }
 
     /// Admits requests again after an abandoned drain.
@@ -153,6 +200,12 @@ impl InFlight {
     /// The incarnation this request was admitted to.
     pub fn incarnation(&self) -> &Incarnation {
         &self.incarnation
+    }
+
+    /// Ends the admission (the request is no longer in flight) and keeps
+    /// the incarnation.
+    pub fn into_incarnation(self) -> Arc<Incarnation> {
+        Arc::clone(&self.incarnation)
     }
 }
 

@@ -16,7 +16,7 @@ use crate::auth;
 use crate::body::{read_request_body, ResponseBody};
 use crate::error::{Error, Fault};
 use crate::model;
-use crate::proxy::{prepare_request_headers, X_REQUEST_ID};
+use crate::proxy::{prepare_request_headers, Forwarded, X_REQUEST_ID};
 use crate::state::Shared;
 use crate::switcher;
 
@@ -133,7 +133,23 @@ async fn proxy(
         // Checked above; the backend never sees a client's key.
         head.headers.remove(header::AUTHORIZATION);
     }
-    let (response, conn) = in_flight.incarnation().upstream.forward(head, body).await?;
+    let (response, conn, in_flight) = match in_flight.incarnation().upstream.forward(head, body.clone()).await? {
+        Forwarded::Answered(response, conn) => (response, conn, in_flight),
+        Forwarded::Refused(head) => {
+            // The backend died since it was woken: if `alive` agrees, wait
+            // for the model to be woken again instead of failing.
+            if !switcher::backend_refused(shared, in_flight).await {
+                return Err(Error::backend("the backend refused the connection (its alive hook still passes)"));
+            }
+            let in_flight = switcher::admit(shared, model, body.len()).await?;
+            match in_flight.incarnation().upstream.forward(head, body).await? {
+                Forwarded::Answered(response, conn) => (response, conn, in_flight),
+                Forwarded::Refused(_) => {
+                    return Err(Error::backend("the backend refused the connection after a re-wake"))
+                }
+            }
+        }
+    };
     Ok(response.map(|body| ResponseBody::upstream(body, in_flight, conn)))
 }
 

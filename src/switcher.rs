@@ -142,6 +142,10 @@ pub async fn run(shared: Arc<Shared>, policy: Box<dyn SwitchPolicy>) {
         if shared.shutdown.is_started() {
             return;
         }
+        if let Some(suspect) = shared.routing.load_full().active().filter(|i| i.take_suspect()).cloned() {
+            check_refusing_backend(&shared, &suspect).await;
+            continue;
+        }
         match plan(&shared, policy.as_ref()) {
             Next::SwitchTo(target) => switch_to(&shared, target).await,
             Next::Wait(until) => tokio::select! {
@@ -256,6 +260,35 @@ async fn reap_idle_connections(incarnation: std::sync::Weak<Incarnation>) {
             Some(inc) => inc.upstream.reap_idle(),
             None => return,
         }
+    }
+}
+
+/// A request's connection to the active backend was refused: run `alive`
+/// once. If it fails, the model is marked failed and unpublished, so its
+/// requests queue and the next switch re-wakes it.
+async fn check_refusing_backend(shared: &Shared, incarnation: &Arc<Incarnation>) {
+    let slot = &shared.slots[incarnation.model];
+    let alive = hook(shared, incarnation.model, HookKind::Alive).await;
+    if !alive.succeeded() {
+        tracing::warn!(model = %slot.config.name, "the backend refused a connection and its alive hook failed: marked failed, the next request wakes it again");
+        incarnation.start_draining();
+        shared.routing.store(Arc::new(Routing::empty()));
+        slot.set_state(ModelState::Failed);
+    }
+    incarnation.record_verdict();
+}
+
+/// Called by a request whose connection the backend refused before
+/// anything was sent. Gives up its admission (a drain must not wait for
+/// it), has the switch task check the backend, and returns true if the
+/// model was retired meanwhile, so the request should queue for it again.
+pub async fn backend_refused(shared: &Shared, in_flight: InFlight) -> bool {
+    let incarnation = in_flight.into_incarnation();
+    let seen = incarnation.report_refused();
+    shared.switch_needed.notify_one();
+    tokio::select! {
+        retired = incarnation.judged(seen) => retired,
+        () = shared.shutdown.started() => false,
     }
 }
 

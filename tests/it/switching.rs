@@ -415,3 +415,42 @@ async fn a_hook_printing_megabytes_costs_bounded_memory() {
         .expect("VmHWM");
     assert!(peak_kib < 64 * 1024, "llmux peaked at {peak_kib} KiB reading 50 MB of hook output");
 }
+
+#[tokio::test]
+async fn a_backend_that_died_between_requests_is_woken_again_instead_of_502() {
+    let mut mux = mux().model("a").start();
+    assert_eq!(http::post(&mux.url(CHAT), &chat("a")).await.served_by(), "a");
+    // The backend dies: its port refuses connections, and `alive` fails.
+    let port = mux.backend("a").port();
+    mux.backends[0].signal(Signal::SIGKILL);
+    let _ = mux.backends[0].wait_exit();
+    mux.hooks.clear("awake-a");
+    mux.hooks.set("hold-wake-a");
+    let request = spawn_chat(&mux, "a");
+    wait_for_count(&mux, "wake-start a", 2).await;
+    // The wake hook "restarts" the backend.
+    mux.backends[0] = crate::support::standin_on("a", port);
+    mux.hooks.clear("hold-wake-a");
+    let r = request.await.expect("request");
+    assert_eq!((r.status.as_u16(), r.served_by()), (200, "a"), "{}", r.text());
+    assert!(mux.log().contains("refused a connection and its alive hook failed"), "{}", mux.log());
+}
+
+#[tokio::test]
+async fn a_refused_connection_while_alive_still_passes_is_502() {
+    let mut mux = mux().model("a").start();
+    assert_eq!(http::post(&mux.url(CHAT), &chat("a")).await.status, 200);
+    mux.backends[0].signal(Signal::SIGKILL);
+    let _ = mux.backends[0].wait_exit();
+    let r = http::post(&mux.url(CHAT), &chat("a")).await;
+    r.assert_error(502, "backend_error");
+    assert_eq!(mux.hooks.events().iter().filter(|e| *e == "wake-start a").count(), 1);
+}
+
+async fn wait_for_count(mux: &Mux, event: &str, n: usize) {
+    let deadline = Instant::now() + PATIENCE;
+    while mux.hooks.events().iter().filter(|e| *e == event).count() < n {
+        assert!(Instant::now() < deadline, "never {n}× `{event}`: {:?}", mux.hooks.events());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

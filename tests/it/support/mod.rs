@@ -89,8 +89,13 @@ impl Drop for Process {
 
 /// A stand-in backend serving `model` on an ephemeral port.
 pub fn standin(model: &str) -> Process {
+    standin_on(model, 0)
+}
+
+/// A stand-in backend serving `model` on `port`.
+pub fn standin_on(model: &str, port: u16) -> Process {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_llmux-standin"));
-    cmd.args(["--port", "0", "--model", model]).stderr(Stdio::null());
+    cmd.args(["--port", &port.to_string(), "--model", model]).stderr(Stdio::null());
     Process::start(cmd)
 }
 
