@@ -323,6 +323,13 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_hook_killed_by_a_signal_failed() {
+        let run = run_wake("kill -9 $$", 5000).await;
+        assert!(matches!(run.outcome, Outcome::Failed(s) if s.code().is_none()), "{:?}", run.outcome);
+        assert!(run.outcome.to_string().contains("signal"), "{}", run.outcome);
+    }
+
+    #[tokio::test]
     async fn done_when_it_exits_even_if_a_child_holds_its_output() {
         let run = run_wake("sleep 30 & echo started", 20_000).await;
         assert!(run.succeeded());

@@ -358,3 +358,22 @@ async fn cut_stream(mux: &crate::support::Mux) -> (Vec<u8>, bool) {
         }
     }
 }
+
+#[tokio::test]
+async fn a_backend_hanging_mid_stream_holds_only_its_own_client() {
+    use http_body_util::BodyExt;
+    let mux = mux().model("a").start();
+    let response = http::send(Method::POST, &mux.url(CHAT), &[("x-standin-hang", "stream")], chat_stream("a")).await;
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let first = body.frame().await.expect("a first frame").expect("frame ok");
+    assert!(first.data_ref().is_some_and(|d| !d.is_empty()));
+    // Everyone else is served meanwhile.
+    for _ in 0..3 {
+        assert_eq!(http::post(&mux.url(CHAT), &chat("a")).await.status, 200);
+    }
+    // The hung client gives up: the backend sees the cancellation.
+    drop(body);
+    wait_stats(mux.backend("a"), "the hung request to be cancelled", |s| s["cancelled"] == 1 && s["in_flight"] == 0)
+        .await;
+}
