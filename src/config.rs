@@ -185,6 +185,9 @@ struct RawLimits {
     max_queued_body_bytes: Option<u64>,
 }
 
+/// The most connections `limits.max_connections` may allow.
+const MAX_CONNECTIONS: usize = 1_000_000;
+
 fn validate_limits(raw: &RawLimits) -> Result<Limits, ConfigError> {
     let positive = |key: &str, value: Option<u64>, default: u64| match value {
         Some(0) => Err(err(format!("limits.{key}: must be at least 1"))),
@@ -197,7 +200,12 @@ fn validate_limits(raw: &RawLimits) -> Result<Limits, ConfigError> {
         max_header_bytes: as_usize(positive("max_header_bytes", usize_of(raw.max_header_bytes), 64 * 1024)?),
         max_headers: as_usize(positive("max_headers", usize_of(raw.max_headers), 100)?),
         body_read_timeout: secs(positive("body_read_timeout_secs", raw.body_read_timeout_secs, 120)?),
-        max_connections: as_usize(positive("max_connections", usize_of(raw.max_connections), 10_000)?),
+        max_connections: match as_usize(positive("max_connections", usize_of(raw.max_connections), 10_000)?) {
+            n if n > MAX_CONNECTIONS => {
+                return Err(err(format!("limits.max_connections: at most {MAX_CONNECTIONS}")));
+            }
+            n => n,
+        },
         upstream_connect_timeout: secs(positive(
             "upstream_connect_timeout_secs",
             raw.upstream_connect_timeout_secs,
@@ -430,8 +438,12 @@ fn validate_model(
     })
 }
 
+/// The longest duration any setting takes: ten years, which is forever for
+/// a timeout, and keeps `Instant::now() + d` from overflowing.
+const MAX_SECS: u64 = 10 * 365 * 24 * 3600;
+
 fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
+    Duration::from_secs(s.min(MAX_SECS))
 }
 
 #[cfg(test)]
@@ -493,6 +505,17 @@ mod tests {
             let msg = yaml(text).expect_err(text).to_string();
             assert!(msg.contains(needle), "{text:?} gave {msg:?}");
         }
+    }
+
+    #[test]
+    fn huge_values_are_capped_or_rejected() {
+        let text = format!("{TWO}policy: {{wake_timeout_secs: 18446744073709551615}}\nlimits: {{header_read_timeout_secs: 18446744073709551615}}\n");
+        let c = yaml(&text).expect("valid");
+        let ten_years = Duration::from_secs(MAX_SECS);
+        assert_eq!(c.models[0].wake.timeout, ten_years);
+        assert!(std::time::Instant::now().checked_add(c.limits.header_read_timeout).is_some());
+        let e = yaml(&format!("{TWO}limits: {{max_connections: 18446744073709551615}}\n")).expect_err("too many");
+        assert!(e.to_string().contains("limits.max_connections"), "{e}");
     }
 
     #[test]

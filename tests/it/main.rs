@@ -3,8 +3,12 @@
 
 mod support;
 
+mod auth;
 mod config_cli;
 mod errors;
+mod fuzz_corpus;
+mod limits;
 mod real;
 mod routing;
+mod soak;
 mod switching;

@@ -1,0 +1,82 @@
+//! Replays the fuzz corpus (fuzz/corpus/<target>/) and the large cases
+//! generated at test time through the fuzz targets' checks, on stable and
+//! without libFuzzer: the checks are fuzz/src/checks.rs, compiled here.
+
+#[path = "../../fuzz/src/checks.rs"]
+mod checks;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+
+use checks::Target;
+
+/// A fuzz target's check.
+type Check = fn(&[u8]);
+
+/// Runs `check` on every corpus file of `target` and every generated case;
+/// fails naming each input that broke a property.
+fn replay(target: Target, dir: &str, check: Check) {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(dir);
+    let mut files: Vec<_> = std::fs::read_dir(&corpus)
+        .unwrap_or_else(|e| panic!("{}: {e}", corpus.display()))
+        .map(|entry| entry.expect("a corpus entry").path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 10, "{} holds only {} seeds", corpus.display(), files.len());
+    let mut inputs: Vec<(String, Vec<u8>)> = files
+        .iter()
+        .map(|p| (p.display().to_string(), std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))))
+        .collect();
+    inputs
+        .extend(checks::generated_cases(target).into_iter().map(|(name, bytes)| (format!("generated {name}"), bytes)));
+    let failed: Vec<String> = inputs
+        .iter()
+        .filter(|(_, bytes)| catch_unwind(AssertUnwindSafe(|| check(bytes))).is_err())
+        .map(|(name, _)| name.clone())
+        .collect();
+    assert!(failed.is_empty(), "{} of {} inputs broke a property (see above): {failed:#?}", failed.len(), inputs.len());
+}
+
+#[test]
+fn extract_model_corpus() {
+    replay(Target::ExtractModel, "extract_model", checks::check_extract);
+}
+
+#[test]
+fn config_corpus() {
+    replay(Target::Config, "config", checks::check_config);
+}
+
+#[test]
+fn request_corpus() {
+    replay(Target::Request, "request", checks::check_request);
+}
+
+/// Every `seed-known-*` file reproduces a bug found by fuzzing and not yet
+/// fixed (fuzz/src/checks.rs, `KnownIssue`): it must still fail when known
+/// issues are reported. Once one passes, its bug is fixed: delete the seed
+/// and, with its last seed, the `KnownIssue` that lets it pass.
+#[test]
+fn known_issues_still_reproduce() {
+    let targets: [(&str, Check); 3] = [
+        ("extract_model", checks::check_extract),
+        ("config", checks::check_config),
+        ("request", checks::check_request),
+    ];
+    let mut fixed = Vec::new();
+    for (dir, check) in targets {
+        let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(dir);
+        for entry in std::fs::read_dir(&corpus).unwrap_or_else(|e| panic!("{}: {e}", corpus.display())) {
+            let path = entry.expect("a corpus entry").path();
+            if !path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("seed-known-")) {
+                continue;
+            }
+            let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            if catch_unwind(AssertUnwindSafe(|| checks::strict(|| check(&bytes)))).is_ok() {
+                fixed.push(path.display().to_string());
+            }
+        }
+    }
+    assert!(fixed.is_empty(), "known issues no longer reproduce (fixed? then delete these seeds): {fixed:#?}");
+}
