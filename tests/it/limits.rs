@@ -561,3 +561,38 @@ async fn with_content_length_and_chunked_the_chunks_win_and_the_connection_close
         assert!(seen.iter().all(|s| s["path"] == CHAT), "the smuggled request reached the backend: {seen:?}");
     }
 }
+
+/// A "rapid reset" flood: streams opened and reset at once, faster than
+/// llmux accepts them. Past `h2_max_pending_reset_streams` the connection
+/// gets GOAWAY (ENHANCE_YOUR_CALM) and is closed; llmux serves on.
+#[tokio::test]
+async fn an_h2_reset_flood_is_cut_off_with_goaway() {
+    let mux = mux().model("a").config("limits: {h2_max_pending_reset_streams: 5}").start();
+    let mut s = TcpStream::connect(&mux.llmux.addr).await.expect("connect");
+    let mut burst = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    burst.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    // :method GET, :scheme http, :path /, :authority "a" (not indexed).
+    let block = [0x82, 0x86, 0x84, 0x01, 0x01, b'a'];
+    for i in 0..200u32 {
+        let id = (2 * i + 1).to_be_bytes();
+        burst.extend_from_slice(&[0, 0, block.len() as u8, 1, 0x4, id[0], id[1], id[2], id[3]]);
+        burst.extend_from_slice(&block);
+        burst.extend_from_slice(&[0, 0, 4, 3, 0, id[0], id[1], id[2], id[3], 0, 0, 0, 8]);
+    }
+    s.write_all(&burst).await.expect("burst");
+    let mut goaway = None;
+    let mut head = [0u8; 9];
+    while tokio::time::timeout(PATIENCE, s.read_exact(&mut head)).await.expect("frames in time").is_ok() {
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        if s.read_exact(&mut payload).await.is_err() {
+            break;
+        }
+        if head[3] == 7 && payload.len() >= 8 {
+            goaway = Some(u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]));
+        }
+    }
+    const ENHANCE_YOUR_CALM: u32 = 0xb;
+    assert_eq!(goaway, Some(ENHANCE_YOUR_CALM));
+    assert_eq!(http::post(&mux.url("/v1/chat/completions"), &chat("a")).await.status, 200);
+}
