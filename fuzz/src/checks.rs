@@ -494,10 +494,10 @@ const QUIET_ROUNDS: u32 = 4;
 pub fn check_request(data: &[u8]) {
     let h = harness();
     let _one_at_a_time = h.lock.lock();
-    let panics_before = PANICS.load(SeqCst);
+    let panics_before = panics_here();
     let generation = h.generation.fetch_add(1, SeqCst);
     let exchange = h.runtime.block_on(exchange(h, data, generation));
-    let panics = PANICS.load(SeqCst) - panics_before;
+    let panics = panics_here() - panics_before;
     assert_eq!(panics, 0, "a task panicked while llmux served {:?}", lossy(data, 4000));
     let seen: Vec<Seen> =
         std::mem::take(&mut *h.seen.lock()).into_iter().filter(|s| s.generation == generation).collect();
@@ -533,13 +533,22 @@ pub fn check_request(data: &[u8]) {
     }
 }
 
-/// Panics anywhere in the process (tokio catches those of tasks).
-static PANICS: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    /// Panics on this thread (tokio catches those of tasks). The harness's
+    /// runtime has one thread, the one in `block_on`, so every task of an
+    /// exchange panics here; panics of other threads (other tests) do not
+    /// count.
+    static PANICS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+fn panics_here() -> usize {
+    PANICS.with(std::cell::Cell::get)
+}
 
 fn count_panics() {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        PANICS.fetch_add(1, SeqCst);
+        PANICS.with(|n| n.set(n.get() + 1));
         previous(info);
     }));
 }
@@ -1239,4 +1248,53 @@ fn lossy(bytes: &[u8], max: usize) -> String {
         text.push_str(&format!("... ({} bytes in all)", bytes.len()));
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_in_a_task_is_counted() {
+        let h = harness();
+        let _one_at_a_time = h.lock.lock();
+        let before = panics_here();
+        let joined = h.runtime.block_on(async { tokio::spawn(async { panic!("a task panics on purpose") }).await });
+        assert!(joined.is_err());
+        assert_eq!(panics_here(), before + 1);
+    }
+
+    #[test]
+    fn the_response_walk_rejects_bad_framing() {
+        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}HTTP/1.1 100 Continue\r\n\r\n\
+                   HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\n{\r\n1;x=y\r\n}\r\n0\r\nt: v\r\n\r\n";
+        let parsed = parse_responses(ok, b"").expect("well-formed");
+        assert_eq!(parsed.iter().map(|r| r.status).collect::<Vec<_>>(), [200, 100, 200]);
+        assert_eq!(parsed[2].body, b"{}");
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n{}"[..],
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\n{}",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\n{}",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-len",
+            b"HTTP/2 200\r\n\r\n",
+        ] {
+            assert!(parse_responses(bad, b"").is_err(), "{:?}", lossy(bad, 200));
+        }
+        // A HEAD's answer: a length and no body.
+        let head = b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nHTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n";
+        assert_eq!(parse_responses(head, b"HEAD / HTTP/1.1\r\n\r\n").expect("bodiless").len(), 2);
+    }
+
+    #[test]
+    fn the_simd_json_view_explains_only_what_simd_json_skips() {
+        let view = |body: &str| String::from_utf8(simd_json_014_view(body.as_bytes()).bytes).expect("utf-8");
+        assert_eq!(view("{\"a\":1\0junk,\"b\":\"x\\u0000\"}"), "{\"a\":1,\"b\":\"x\\u0000\"}");
+        assert_eq!(view(r#"{"a":1234567890123456789k}"#), r#"{"a":1234567890123456789}"#);
+        assert_eq!(view(r#"{"a":12k}"#), r#"{"a":12k}"#);
+        assert_eq!(view(r#"{"s":"1234567890123456789k"}"#), r#"{"s":"1234567890123456789k"}"#);
+        assert!(simd_json_014_view(br#"{"a":0e99999999999}"#).huge_exponent);
+        assert!(simd_json_014_view(br#"{"a":-12345678901234567890}"#).negative_big_int);
+        assert!(!simd_json_014_view(br#"{"a":-9223372036854775808}"#).negative_big_int);
+    }
 }
