@@ -43,6 +43,9 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 export RUSTC_BOOTSTRAP=1
+# Cargo caches rustc's answers without regard to RUSTC_BOOTSTRAP: one
+# `cargo fuzz build` without it would leave a cached "-Z needs nightly".
+export CARGO_CACHE_RUSTC_INFO=0
 fuzz() { cargo fuzz "$@"; }
 # A toolchain pinned by rustup (rust-toolchain files) wins over the default.
 if rustup toolchain list 2>/dev/null | grep -q '^stable'; then
