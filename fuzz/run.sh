@@ -10,7 +10,6 @@
 #   fuzz/run.sh request              # one target
 #   RUNS_SCALE=10 fuzz/run.sh        # ten times the runs
 #   FUZZ_TIME=300 fuzz/run.sh        # a campaign: 300 s per target instead
-#   LLMUX_FUZZ_STRICT=1 fuzz/run.sh  # also fail on known, unfixed issues
 #   FUZZ_SANITIZER=none fuzz/run.sh  # without AddressSanitizer
 #   KEEP_CORPUS=1 fuzz/run.sh        # keep what libFuzzer finds, in
 #                                    # fuzz/target/found/<target>/, for the

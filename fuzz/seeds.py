@@ -174,19 +174,19 @@ def extract_seeds(image_url):
         "deep-unclosed.json": '{"model":"m","x":' + "[" * 200,
         "many-small-keys.json": "{" + ",".join(f'"k{i}":{i}' for i in range(2000)) + ',"model":"m"}',
         "model-key-prefix.json": '{"models":"a","mode":"b","model ":"c","Model":"d"}',
-        # Known issue SimdJson014 (fuzz/src/checks.rs): llmux accepts these, serde_json does not,
-        "known-nul-after-number.json": b'{"model":"a","n":1\x00}',
-        "known-nul-after-literal.json": b'{"model":"a","b":true\x00junk}',
-        "known-nul-hides-bytes.json": b'{"n":1\x00\x00junk,"model":"b"}',
-        "known-bigint-garbage.json": '{"model":"a","n":1234567890123456789k}',
-        "known-bigfloat-garbage.json": '{"model":"a","n":12345678901234567890.5e5k}',
-        "known-fuzz-found-number.json": '{"model":"a","n":[-0,0.0,1E+2,1e-2,1234567890123456789012k91834567890]}',
-        # ... and llmux rejects these, which serde_json accepts (the number is 0).
-        "known-huge-exponent-zero.json": '{"model":"a","n":0e744073709551616}',
-        "known-huge-negative-exponent.json": '{"model":"a","temperature":1e-99999999999}',
-        "known-negative-big-int.json": '{"model":"a","seed":-12345678901234567890}',
-        # ... found by fuzzing: an out-of-range float that 0.14 misreads where it sits.
-        "known-long-float-out-of-range.json": '{"model":"a","n":[-0,0.0,1E+2,1e-2,12345678901234567890123456789-2,'
+        # Found by fuzzing, fixed (simd-json 0.14 -> 0.19): llmux accepted these, serde_json does not,
+        "fixed-nul-after-number.json": b'{"model":"a","n":1\x00}',
+        "fixed-nul-after-literal.json": b'{"model":"a","b":true\x00junk}',
+        "fixed-nul-hides-bytes.json": b'{"n":1\x00\x00junk,"model":"b"}',
+        "fixed-bigint-garbage.json": '{"model":"a","n":1234567890123456789k}',
+        "fixed-bigfloat-garbage.json": '{"model":"a","n":12345678901234567890.5e5k}',
+        "fixed-fuzz-found-number.json": '{"model":"a","n":[-0,0.0,1E+2,1e-2,1234567890123456789012k91834567890]}',
+        # ... and llmux rejected these, which serde_json accepts.
+        "fixed-huge-exponent-zero.json": '{"model":"a","n":0e744073709551616}',
+        "fixed-huge-negative-exponent.json": '{"model":"a","temperature":1e-99999999999}',
+        "fixed-negative-big-int.json": '{"model":"a","seed":-12345678901234567890}',
+        # ... an out-of-range float that simd-json 0.14 misread where it sat.
+        "fixed-long-float-out-of-range.json": '{"model":"a","n":[-0,0.0,1E+2,1e-2,12345678901234567890123456789-2,'
                                               '1234.6789012345678901234931348623157e308]}',
     }
     return seeds
@@ -249,15 +249,15 @@ def config_seeds(example):
         "request-timeout-zero.yaml": one + "policy:\n  request_timeout_secs: 0\n  drain_timeout_secs: 0\n",
         "timeout-big-but-fine.yaml": one + "policy:\n  request_timeout_secs: 9000000000000000000\n"
                                            "  min_active_secs: 9000000000000000000\n",
-        # Known issue HugeDuration (fuzz/src/checks.rs): accepted, then llmux panics at run time.
-        "known-hook-timeout-u64-max.yaml": "models:\n" + yaml_model("a", 1, "    alive_timeout_secs: 18446744073709551615\n"),
-        "known-request-timeout-huge.yaml": one + "policy:\n  request_timeout_secs: 9300000000000000000\n",
-        "known-min-active-huge.json": '{"models":{"a":{"port":1,"wake":"w","sleep":"s","alive":"a"}},'
+        # Found by fuzzing, fixed: huge durations were accepted, then Instant arithmetic panicked.
+        "fixed-hook-timeout-u64-max.yaml": "models:\n" + yaml_model("a", 1, "    alive_timeout_secs: 18446744073709551615\n"),
+        "fixed-request-timeout-huge.yaml": one + "policy:\n  request_timeout_secs: 9300000000000000000\n",
+        "fixed-min-active-huge.json": '{"models":{"a":{"port":1,"wake":"w","sleep":"s","alive":"a"}},'
                                       '"policy":{"min_active_secs":18446744073709551615}}',
-        "known-grace-u64-max.yaml": one + "shutdown_grace_secs: 18446744073709551615\n",
-        "known-header-read-timeout-huge.yaml": one + "limits:\n  header_read_timeout_secs: 18446744073709551615\n",
-        # Known issue HugeMaxConnections: accepted, then llmux panics at start.
-        "known-max-connections-huge.yaml": one + "limits:\n  max_connections: 18446744073709551615\n",
+        "fixed-grace-u64-max.yaml": one + "shutdown_grace_secs: 18446744073709551615\n",
+        "fixed-header-read-timeout-huge.yaml": one + "limits:\n  header_read_timeout_secs: 18446744073709551615\n",
+        # Found by fuzzing, fixed: accepted, then tokio's semaphore panicked at start.
+        "fixed-max-connections-huge.yaml": one + "limits:\n  max_connections: 18446744073709551615\n",
         "limits-full.yaml": one + "limits:\n  header_read_timeout_secs: 30\n  max_header_bytes: 65536\n"
                                  "  max_headers: 100\n  body_read_timeout_secs: 120\n  max_connections: 10000\n"
                                  "  upstream_connect_timeout_secs: 5\n  upstream_first_byte_timeout_secs: 600\n"
@@ -442,8 +442,8 @@ def request_seeds(image_url):
         "empty-lines-first.http": b"\r\n\r\n" + get("/health"),
         "garbage.http": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
         "empty.http": b"",
-        # Known issue SimdJson014: llmux forwards a body that is not JSON.
-        "known-nul-in-body.http": post(cpath, b'{"model":"m","n":1\x00x}', ["X-Request-Id: nul-1"]),
+        # Found by fuzzing, fixed (simd-json 0.19): llmux forwarded a body that is not JSON.
+        "fixed-nul-in-body.http": post(cpath, b'{"model":"m","n":1\x00x}', ["X-Request-Id: nul-1"]),
     }
 
 

@@ -4,4 +4,4 @@
 
 mod checks;
 
-pub use checks::{check_config, check_extract, check_request, generated_cases, strict, KnownIssue, Target};
+pub use checks::{check_config, check_extract, check_request, generated_cases, Target};

@@ -52,31 +52,3 @@ fn config_corpus() {
 fn request_corpus() {
     replay(Target::Request, "request", checks::check_request);
 }
-
-/// Every `seed-known-*` file reproduces a bug found by fuzzing and not yet
-/// fixed (fuzz/src/checks.rs, `KnownIssue`): it must still fail when known
-/// issues are reported. Once one passes, its bug is fixed: delete the seed
-/// and, with its last seed, the `KnownIssue` that lets it pass.
-#[test]
-fn known_issues_still_reproduce() {
-    let targets: [(&str, Check); 3] = [
-        ("extract_model", checks::check_extract),
-        ("config", checks::check_config),
-        ("request", checks::check_request),
-    ];
-    let mut fixed = Vec::new();
-    for (dir, check) in targets {
-        let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(dir);
-        for entry in std::fs::read_dir(&corpus).unwrap_or_else(|e| panic!("{}: {e}", corpus.display())) {
-            let path = entry.expect("a corpus entry").path();
-            if !path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("seed-known-")) {
-                continue;
-            }
-            let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            if catch_unwind(AssertUnwindSafe(|| checks::strict(|| check(&bytes)))).is_ok() {
-                fixed.push(path.display().to_string());
-            }
-        }
-    }
-    assert!(fixed.is_empty(), "known issues no longer reproduce (fixed? then delete these seeds): {fixed:#?}");
-}
