@@ -93,8 +93,7 @@ impl Upstream {
     /// `head` is expected to be cleaned by [`prepare_request_headers`].
     pub async fn forward(&self, mut head: hyper::http::request::Parts, body: Bytes) -> Result<Forwarded, Error> {
         if head.uri.authority().is_some() {
-            // HTTP/2 requests carry an absolute URI; HTTP/1.1 wants origin-form.
-            head.uri = head.uri.path_and_query().map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+            head.uri = origin_form(&head.uri);
         }
         head.version = Version::HTTP_11;
         head.headers.insert(header::HOST, self.host.clone());
@@ -269,9 +268,41 @@ fn connection_named_headers(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
     Some(tokens().filter(|t| !is_usual(t)).filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok()).collect())
 }
 
+/// The origin-form of an absolute URI (`http://host/p?q` → `/p?q`), as
+/// HTTP/1.1 wants it: HTTP/2 requests and absolute-form HTTP/1.1 requests
+/// carry one. An empty path becomes `/` (RFC 9112 §3.2.1), so
+/// `http://host?q` and `http://host#frag` never go out as an empty target.
+fn origin_form(uri: &Uri) -> Uri {
+    match uri.path_and_query() {
+        // An empty path reads as "/" here but would be written as "".
+        Some(pq) if pq.as_str() == "/" => Uri::from_static("/"),
+        Some(pq) if pq.as_str().starts_with('/') => Uri::from(pq.clone()),
+        Some(pq) => match pq.query() {
+            Some(query) => Uri::try_from(format!("/?{query}")).unwrap_or_else(|_| Uri::from_static("/")),
+            None => Uri::from_static("/"),
+        },
+        None => Uri::from_static("/"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absolute_uris_become_origin_form_with_a_path() {
+        let cases = [
+            ("http://h:1/v1/chat/completions?q=1", "/v1/chat/completions?q=1"),
+            ("http://example#.com:9556/v1/x", "/"),
+            ("http://h?q=1", "/?q=1"),
+            ("http://h", "/"),
+            ("/already/origin", "/already/origin"),
+        ];
+        for (absolute, origin) in cases {
+            let uri: Uri = absolute.parse().expect("a test URI");
+            assert_eq!(origin_form(&uri).to_string(), origin, "for {absolute}");
+        }
+    }
 
     #[test]
     fn hop_by_hop_and_connection_named_headers_are_dropped() {
