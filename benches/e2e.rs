@@ -39,8 +39,8 @@ fn allocations_per_request(rt: &tokio::runtime::Runtime, addr: std::net::SocketA
     })
 }
 
-/// Allocations made by llmux's own per-request steps (scan, admission,
-/// header preparation), outside hyper.
+/// Allocations made by llmux's own per-request steps (catalog lookup,
+/// scan, admission, header preparation, metrics), outside hyper.
 fn own_allocations(shared: &llmux::state::Shared, body: &[u8]) -> f64 {
     let n = 10_000;
     let mut maps: Vec<HeaderMap> = (0..n)
@@ -55,12 +55,17 @@ fn own_allocations(shared: &llmux::state::Shared, body: &[u8]) -> f64 {
         .collect();
     let ip = HeaderValue::from_static("127.0.0.1");
     let id = HeaderValue::from_static("llmux-0000000000000001");
-    let _ = llmux::model::with_model(body, |m| shared.lookup(m));
+    let _ = llmux::model::with_model(body, |m| shared.catalog().lookup(m));
     let (before, _) = counting::allocations();
     for h in &mut maps {
-        let model = llmux::model::with_model(body, |m| shared.lookup(m)).ok().flatten().expect("model");
+        let started = std::time::Instant::now();
+        let catalog = shared.catalog();
+        let model = llmux::model::with_model(body, |m| catalog.lookup(m)).ok().flatten().expect("model");
         let guard = llmux::routing::try_admit(&shared.routing, model).expect("admitted");
         llmux::proxy::prepare_request_headers(h, &ip, &id);
+        let metrics = &guard.incarnation().slot.metrics;
+        metrics.record_head(hyper::StatusCode::OK, started.elapsed());
+        metrics.duration.observe(started.elapsed());
         drop(guard);
     }
     let (after, _) = counting::allocations();

@@ -1,4 +1,5 @@
-//! The endpoints llmux answers itself: `/health` and `/v1/models`.
+//! The endpoints llmux answers itself: `/health`, `/metrics` and
+//! `/v1/models` (the control API is [`crate::control`]).
 
 use bytes::Bytes;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
@@ -12,11 +13,11 @@ use crate::state::Shared;
 /// `GET /health`: the active model and every model's state and queue
 /// depth, in config order.
 pub fn health(shared: &Shared) -> Response<ResponseBody> {
-    let active = shared.active_model().map(|m| shared.slots[m].config.name.as_str());
-    let models: Vec<Value> = shared
-        .slots
-        .iter()
-        .map(|s| json!({ "id": s.config.name, "state": s.state().as_str(), "queued": s.waiting() }))
+    let catalog = shared.catalog();
+    let active = shared.active_model().map(|m| catalog.name(m));
+    let models: Vec<Value> = catalog
+        .live()
+        .map(|(_, m, s)| json!({ "id": m.name, "state": s.state().as_str(), "queued": s.waiting() }))
         .collect();
     let status = if shared.shutdown.is_started() { "shutting_down" } else { "ok" };
     json_response(&json!({ "status": status, "active": active, "models": models }))
@@ -24,31 +25,40 @@ pub fn health(shared: &Shared) -> Response<ResponseBody> {
 
 /// `GET /v1/models`: OpenAI's list shape, in config order.
 pub fn list_models(shared: &Shared) -> Response<ResponseBody> {
-    let data: Vec<Value> = shared.slots.iter().map(|s| model_object(&s.config.name)).collect();
+    let data: Vec<Value> = shared.catalog().live().map(|(_, m, _)| model_object(&m.name)).collect();
     json_response(&json!({ "object": "list", "data": data }))
 }
 
 /// `GET /v1/models/{id}`: one model, or 404.
 pub fn one_model(shared: &Shared, encoded_id: &str) -> Result<Response<ResponseBody>, Error> {
     let id = percent_decode(encoded_id);
-    match shared.lookup(&id) {
-        Some(m) => Ok(json_response(&model_object(&shared.slots[m].config.name))),
+    match shared.catalog().lookup(&id) {
+        Some(_) => Ok(json_response(&model_object(&id))),
         None => Err(Error::unknown_model(&id)),
     }
+}
+
+/// `GET /metrics`: the Prometheus text exposition, format 0.0.4.
+pub fn metrics(shared: &Shared) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::full(Bytes::from(crate::metrics::render(shared))));
+    let content_type = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
+    response.headers_mut().insert(CONTENT_TYPE, content_type);
+    response
 }
 
 fn model_object(name: &str) -> Value {
     json!({ "id": name, "object": "model", "created": 0, "owned_by": "llmux" })
 }
 
-fn json_response(value: &Value) -> Response<ResponseBody> {
+/// `value` as a JSON response.
+pub fn json_response(value: &Value) -> Response<ResponseBody> {
     let mut response = Response::new(ResponseBody::full(Bytes::from(value.to_string())));
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
 /// Decodes `%XX` escapes (model ids may contain `/` or spaces).
-fn percent_decode(s: &str) -> String {
+pub fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -1,12 +1,48 @@
 //! API keys: `Authorization: Bearer <key>`, compared in constant time.
 //!
-//! With `api_keys` configured, every request but `GET /health` must carry
-//! one of them; the header is stripped before the request is forwarded, so
-//! backends never see client keys. Keys never appear in logs or errors.
+//! With `api_keys` configured, every request but `GET /health` (and
+//! `/metrics` with `metrics_public`) must carry one of them; the header is
+//! stripped before the request is forwarded, so backends never see client
+//! keys. The control API (`/llmux/*`) has its own rule, [`check_admin`].
+//! Keys never appear in logs or errors.
 
 use hyper::header::{HeaderMap, AUTHORIZATION};
 
+use crate::config::Config;
 use crate::error::Error;
+
+/// Who may use the control API: with `admin_api_keys`, a client presenting
+/// one of them (an ordinary key gets 403); without, loopback clients only,
+/// and `api_keys` apply to them as to every path.
+pub fn check_admin(config: &Config, headers: &HeaderMap, loopback: bool) -> Result<(), Error> {
+    if !config.admin_api_keys.is_empty() {
+        if check(&config.admin_api_keys, headers).is_ok() {
+            return Ok(());
+        }
+        if !config.api_keys.is_empty() && check(&config.api_keys, headers).is_ok() {
+            return Err(Error::forbidden("the control API needs an admin key (admin_api_keys)"));
+        }
+        return Err(Error::invalid_api_key());
+    }
+    if !loopback {
+        return Err(Error::forbidden(
+            "the control API answers only loopback clients unless admin_api_keys is configured",
+        ));
+    }
+    check(&config.api_keys, headers)
+}
+
+/// `/metrics`: open with `metrics_public`, else like any path (an admin
+/// key is accepted too).
+pub fn check_metrics(config: &Config, headers: &HeaderMap) -> Result<(), Error> {
+    if config.metrics_public || check(&config.api_keys, headers).is_ok() {
+        return Ok(());
+    }
+    match config.admin_api_keys.is_empty() {
+        true => Err(Error::invalid_api_key()),
+        false => check(&config.admin_api_keys, headers),
+    }
+}
 
 /// Checks `headers` against `keys` (no keys: everything passes).
 pub fn check(keys: &[String], headers: &HeaderMap) -> Result<(), Error> {
@@ -60,6 +96,44 @@ mod tests {
         assert!(check(&keys, &with_auth("Bearer ")).is_err());
         assert!(check(&keys, &HeaderMap::new()).is_err());
         assert!(check(&[], &HeaderMap::new()).is_ok());
+    }
+
+    fn config(extra: &str) -> Config {
+        let text = format!("models:\n  a: {{port: 1, wake: w, sleep: s, alive: a}}\n{extra}");
+        Config::parse(&text, crate::config::Format::Yaml, ".".into()).expect("a test config")
+    }
+
+    fn status(r: Result<(), Error>) -> u16 {
+        r.err().map_or(200, |e| e.status().as_u16())
+    }
+
+    #[test]
+    fn the_control_api_is_loopback_only_without_admin_keys() {
+        let open = config("");
+        assert_eq!(status(check_admin(&open, &HeaderMap::new(), true)), 200);
+        assert_eq!(status(check_admin(&open, &HeaderMap::new(), false)), 403);
+        let keyed = config("api_keys: [user]\n");
+        assert_eq!(status(check_admin(&keyed, &HeaderMap::new(), true)), 401);
+        assert_eq!(status(check_admin(&keyed, &with_auth("Bearer user"), true)), 200);
+    }
+
+    #[test]
+    fn admin_keys_open_the_control_api_to_any_address_and_only_to_them() {
+        let c = config("api_keys: [user]\nadmin_api_keys: [root]\n");
+        assert_eq!(status(check_admin(&c, &with_auth("Bearer root"), false)), 200);
+        assert_eq!(status(check_admin(&c, &with_auth("Bearer user"), true)), 403);
+        assert_eq!(status(check_admin(&c, &with_auth("Bearer nope"), true)), 401);
+        assert_eq!(status(check_admin(&c, &HeaderMap::new(), true)), 401);
+    }
+
+    #[test]
+    fn metrics_need_a_key_unless_public() {
+        let c = config("api_keys: [user]\nadmin_api_keys: [root]\n");
+        assert_eq!(status(check_metrics(&c, &HeaderMap::new())), 401);
+        assert_eq!(status(check_metrics(&c, &with_auth("Bearer user"))), 200);
+        assert_eq!(status(check_metrics(&c, &with_auth("Bearer root"))), 200);
+        let public = config("api_keys: [user]\nmetrics_public: true\n");
+        assert_eq!(status(check_metrics(&public, &HeaderMap::new())), 200);
     }
 
     #[test]

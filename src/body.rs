@@ -11,6 +11,7 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -60,8 +61,12 @@ enum Kind {
     /// A body llmux made itself (errors, `/health`, `/v1/models`).
     Full(Option<Bytes>),
     /// A backend's body, streamed; the guard keeps the model busy; the
-    /// connection goes back to the pool when the body ends.
-    Upstream { body: Incoming, in_flight: InFlight, conn: Option<Connection> },
+    /// connection goes back to the pool when the body ends. `started` is
+    /// the request's arrival: its duration is counted when this drops.
+    Upstream { body: Incoming, in_flight: InFlight, conn: Option<Connection>, started: Instant },
+    /// A stream llmux writes itself (`/llmux/events`), until the sender
+    /// goes away.
+    Stream(tokio::sync::mpsc::Receiver<Bytes>),
 }
 
 impl ResponseBody {
@@ -71,9 +76,24 @@ impl ResponseBody {
     }
 
     /// A backend's body, holding `in_flight` until it ends or is dropped,
-    /// and `conn` until it ends (then it is pooled again).
-    pub fn upstream(body: Incoming, in_flight: InFlight, conn: Connection) -> ResponseBody {
-        ResponseBody { kind: Kind::Upstream { body, in_flight, conn: Some(conn) } }
+    /// and `conn` until it ends (then it is pooled again); the request that
+    /// arrived at `started` is counted in its model's duration histogram
+    /// when the body is dropped.
+    pub fn upstream(body: Incoming, in_flight: InFlight, conn: Connection, started: Instant) -> ResponseBody {
+        ResponseBody { kind: Kind::Upstream { body, in_flight, conn: Some(conn), started } }
+    }
+
+    /// A body of the chunks `rx` yields, ending when its sender is dropped.
+    pub fn stream(rx: tokio::sync::mpsc::Receiver<Bytes>) -> ResponseBody {
+        ResponseBody { kind: Kind::Stream(rx) }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        if let Kind::Upstream { in_flight, started, .. } = &self.kind {
+            in_flight.incarnation().slot.metrics.duration.observe(started.elapsed());
+        }
     }
 }
 
@@ -97,7 +117,8 @@ impl Body for ResponseBody {
             Kind::Upstream { in_flight, .. } if in_flight.incarnation().is_cut() => {
                 Poll::Ready(Some(Err("cut: the drain before a model switch timed out".into())))
             }
-            Kind::Upstream { body, in_flight, conn } => match Pin::new(&mut *body).poll_frame(cx) {
+            Kind::Stream(rx) => rx.poll_recv(cx).map(|chunk| chunk.map(|b| Ok(Frame::data(b)))),
+            Kind::Upstream { body, in_flight, conn, .. } => match Pin::new(&mut *body).poll_frame(cx) {
                 Poll::Ready(Some(Err(e))) => {
                     // A broken connection is not pooled again.
                     conn.take();
@@ -123,6 +144,7 @@ impl Body for ResponseBody {
         match &self.kind {
             Kind::Full(bytes) => bytes.is_none(),
             Kind::Upstream { body, .. } => body.is_end_stream(),
+            Kind::Stream(_) => false,
         }
     }
 
@@ -131,6 +153,7 @@ impl Body for ResponseBody {
             Kind::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
             Kind::Upstream { body, .. } => body.size_hint(),
+            Kind::Stream(_) => SizeHint::default(),
         }
     }
 }

@@ -23,6 +23,29 @@ pub struct Options {
     pub config: PathBuf,
     /// Overrides the config's listen port.
     pub port: Option<u16>,
+    /// How log lines are written.
+    pub log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<LogFormat, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("unknown log format `{other}` (text or json)")),
+        }
+    }
 }
 
 /// The `--help` text.
@@ -31,17 +54,23 @@ llmux: one OpenAI-compatible endpoint in front of several LLM backends
 sharing a GPU; switches between them on demand by the request's `model`.
 
 USAGE:
-    llmux -c <FILE> [-p <PORT>] [--check]
+    llmux -c <FILE> [-p <PORT>] [--log-format text|json] [--check]
 
 OPTIONS:
     -c, --config <FILE>  Config file (.yaml, .yml or .json)
     -p, --port <PORT>    Listen port, overriding the config (0: any free port)
+        --log-format <F> Log lines as `text` (default) or `json`
         --check          Validate the config and exit
     -V, --version        Print the version
     -h, --help           Print this help
 
 ENVIRONMENT:
     RUST_LOG             Log filter (default: info), e.g. RUST_LOG=llmux=debug
+                         (debug adds one line per request)
+
+SIGNALS:
+    SIGHUP               Reread the config file (as POST /llmux/reload)
+    SIGTERM, SIGINT      Shut down gracefully
 ";
 
 /// Parses `args` (without the program name).
@@ -58,12 +87,14 @@ pub fn parse(args: Vec<OsString>) -> Result<Command, String> {
         .opt_value_from_os_str(["-c", "--config"], |s| Ok::<_, String>(PathBuf::from(s)))
         .map_err(|e| e.to_string())?;
     let port: Option<u16> = args.opt_value_from_str(["-p", "--port"]).map_err(|e| format!("--port: {e}"))?;
+    let log_format: Option<LogFormat> =
+        args.opt_value_from_str("--log-format").map_err(|e| format!("--log-format: {e}"))?;
     let rest = args.finish();
     if !rest.is_empty() {
         return Err(format!("unexpected argument: {}", rest[0].to_string_lossy()));
     }
     let config = config.ok_or("missing --config <FILE> (see --help)")?;
-    let options = Options { config, port };
+    let options = Options { config, port, log_format: log_format.unwrap_or_default() };
     Ok(if check { Command::Check(options) } else { Command::Run(options) })
 }
 
@@ -77,9 +108,9 @@ mod tests {
 
     #[test]
     fn parses_the_forms() {
-        let run = Options { config: "c.yaml".into(), port: Some(0) };
-        assert_eq!(parse_str(&["-c", "c.yaml", "-p", "0"]), Ok(Command::Run(run)));
-        let check = Options { config: "c.json".into(), port: None };
+        let run = Options { config: "c.yaml".into(), port: Some(0), log_format: LogFormat::Json };
+        assert_eq!(parse_str(&["-c", "c.yaml", "-p", "0", "--log-format", "json"]), Ok(Command::Run(run)));
+        let check = Options { config: "c.json".into(), port: None, log_format: LogFormat::Text };
         assert_eq!(parse_str(&["--check", "--config", "c.json"]), Ok(Command::Check(check)));
         assert_eq!(parse_str(&["--version"]), Ok(Command::Version));
         assert_eq!(parse_str(&["-h"]), Ok(Command::Help));
@@ -90,5 +121,6 @@ mod tests {
         assert!(parse_str(&[]).is_err());
         assert!(parse_str(&["-c", "x.yaml", "--port", "70000"]).is_err());
         assert!(parse_str(&["-c", "x.yaml", "--bogus"]).is_err());
+        assert!(parse_str(&["-c", "x.yaml", "--log-format", "xml"]).is_err());
     }
 }

@@ -41,6 +41,10 @@ pub struct Config {
     /// Keys clients must present as `Authorization: Bearer <key>`; empty:
     /// no authentication.
     pub api_keys: Vec<String>,
+    /// Keys for the control API (`/llmux/*`); empty: loopback clients only.
+    pub admin_api_keys: Vec<String>,
+    /// `/metrics` answers without a key even when `api_keys` is set.
+    pub metrics_public: bool,
     /// Directory hooks run in: the config file's directory.
     pub base_dir: PathBuf,
 }
@@ -58,6 +62,10 @@ pub struct ModelConfig {
     pub sleep: Hook,
     /// Hook that exits 0 when the backend is up.
     pub alive: Hook,
+    /// Sleep the model once it has been idle this long (`None`: never).
+    pub idle_sleep: Option<Duration>,
+    /// Run `alive` this often while the model is active (`None`: never).
+    pub alive_interval: Option<Duration>,
 }
 
 /// A hook: a script run with `sh -c`, bounded by a timeout.
@@ -92,6 +100,8 @@ pub struct Policy {
     pub min_active: Duration,
     /// What a failed sleep hook does to a switch.
     pub on_sleep_failure: OnSleepFailure,
+    /// The model woken at start, after adoption.
+    pub preload: Option<String>,
 }
 
 /// A configuration that could not be loaded, with a message naming the key.
@@ -134,6 +144,10 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     api_keys: Vec<String>,
+    #[serde(default)]
+    admin_api_keys: Vec<String>,
+    #[serde(default)]
+    metrics_public: bool,
 }
 
 /// Bounds on clients, backends and the queue; each has a safe default.
@@ -249,6 +263,8 @@ struct RawModel {
     wake_timeout_secs: Option<u64>,
     sleep_timeout_secs: Option<u64>,
     alive_timeout_secs: Option<u64>,
+    idle_sleep_secs: Option<u64>,
+    alive_interval_secs: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -262,6 +278,9 @@ struct RawPolicy {
     wake_timeout_secs: Option<u64>,
     sleep_timeout_secs: Option<u64>,
     alive_timeout_secs: Option<u64>,
+    idle_sleep_secs: Option<u64>,
+    alive_interval_secs: Option<u64>,
+    preload: Option<String>,
 }
 
 /// `models:` as an ordered list of (name, model), rejecting duplicate names.
@@ -318,6 +337,33 @@ impl Config {
     pub fn model_index(&self, name: &str) -> Option<usize> {
         self.models.iter().position(|m| m.name == name)
     }
+
+    /// True if any key (client or admin) is configured: the client's
+    /// `Authorization` header is then stripped before forwarding.
+    pub fn has_keys(&self) -> bool {
+        !self.api_keys.is_empty() || !self.admin_api_keys.is_empty()
+    }
+
+    /// The settings that differ in `new` and apply only after a restart:
+    /// the listen address, the runtime and the connection-level limits.
+    pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
+        let (a, b) = (&self.limits, &new.limits);
+        [
+            ("host", self.host != new.host),
+            ("port", self.port != new.port),
+            ("workers", self.workers != new.workers),
+            ("limits.header_read_timeout_secs", a.header_read_timeout != b.header_read_timeout),
+            ("limits.max_header_bytes", a.max_header_bytes != b.max_header_bytes),
+            ("limits.max_headers", a.max_headers != b.max_headers),
+            ("limits.max_connections", a.max_connections != b.max_connections),
+            ("limits.h2_max_concurrent_streams", a.h2_max_concurrent_streams != b.h2_max_concurrent_streams),
+            ("limits.h2_max_header_list_bytes", a.h2_max_header_list_bytes != b.h2_max_header_list_bytes),
+            ("limits.h2_max_pending_reset_streams", a.h2_max_pending_reset_streams != b.h2_max_pending_reset_streams),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
+    }
 }
 
 /// A config file's format, chosen by its extension.
@@ -365,14 +411,21 @@ fn validate(raw: RawConfig, base_dir: PathBuf) -> Result<Config, ConfigError> {
         None => std::thread::available_parallelism().map_or(1, usize::from),
     };
     let limits = validate_limits(&raw.limits)?;
-    if let Some(i) = raw.api_keys.iter().position(|k| k.trim().is_empty() || k.chars().any(char::is_whitespace)) {
-        return Err(err(format!("api_keys[{i}]: a key must be non-empty and contain no whitespace")));
+    for (key, keys) in [("api_keys", &raw.api_keys), ("admin_api_keys", &raw.admin_api_keys)] {
+        if let Some(i) = keys.iter().position(|k| k.trim().is_empty() || k.chars().any(char::is_whitespace)) {
+            return Err(err(format!("{key}[{i}]: a key must be non-empty and contain no whitespace")));
+        }
+    }
+    if let Some(name) = policy.preload.as_deref().filter(|p| !models.iter().any(|m| m.name == *p)) {
+        return Err(err(format!("policy.preload: `{name}` is not a configured model")));
     }
     Ok(Config {
         models,
         policy,
         limits,
         api_keys: raw.api_keys,
+        admin_api_keys: raw.admin_api_keys,
+        metrics_public: raw.metrics_public,
         host: raw.host.unwrap_or(IpAddr::from([0, 0, 0, 0])),
         port: raw.port.unwrap_or(DEFAULT_PORT),
         max_body_bytes,
@@ -399,6 +452,7 @@ fn validate_policy(p: &RawPolicy) -> Result<Policy, ConfigError> {
         drain_timeout: p.drain_timeout_secs.map(secs),
         min_active: secs(p.min_active_secs.unwrap_or(0)),
         on_sleep_failure: p.on_sleep_failure.unwrap_or(OnSleepFailure::Abort),
+        preload: p.preload.clone(),
     })
 }
 
@@ -429,7 +483,11 @@ fn validate_model(
         }
         Ok(Hook { script, timeout: secs(timeout) })
     };
+    // A model's own setting wins over the policy's; 0 turns it off.
+    let every = |own: Option<u64>, default: Option<u64>| own.or(default).filter(|s| *s > 0).map(secs);
     Ok(ModelConfig {
+        idle_sleep: every(m.idle_sleep_secs, policy.idle_sleep_secs),
+        alive_interval: every(m.alive_interval_secs, policy.alive_interval_secs),
         wake: hook("wake", m.wake, m.wake_timeout_secs, policy.wake_timeout_secs, DEFAULT_WAKE_TIMEOUT_SECS)?,
         sleep: hook("sleep", m.sleep, m.sleep_timeout_secs, policy.sleep_timeout_secs, DEFAULT_SLEEP_TIMEOUT_SECS)?,
         alive: hook("alive", m.alive, m.alive_timeout_secs, policy.alive_timeout_secs, DEFAULT_ALIVE_TIMEOUT_SECS)?,
@@ -527,6 +585,27 @@ mod tests {
         assert_eq!(c.models[0].name, "z");
         assert_eq!(c.policy.request_timeout, Some(Duration::from_secs(5)));
         assert_eq!(c.policy.on_sleep_failure, OnSleepFailure::Continue);
+    }
+
+    #[test]
+    fn idle_and_alive_intervals_resolve_per_model() {
+        let text = "models:\n  a: {port: 1, wake: w, sleep: s, alive: a}\n  b: {port: 2, wake: w, sleep: s, alive: a, idle_sleep_secs: 0, alive_interval_secs: 7}\npolicy: {idle_sleep_secs: 30, preload: b}\n";
+        let c = yaml(text).expect("valid");
+        assert_eq!(c.models[0].idle_sleep, Some(Duration::from_secs(30)));
+        assert_eq!(c.models[1].idle_sleep, None);
+        assert_eq!(c.models[0].alive_interval, None);
+        assert_eq!(c.models[1].alive_interval, Some(Duration::from_secs(7)));
+        assert_eq!(c.policy.preload.as_deref(), Some("b"));
+        let e = yaml(&format!("{TWO}policy: {{preload: zz}}\n")).expect_err("unknown preload");
+        assert!(e.to_string().contains("policy.preload"), "{e}");
+    }
+
+    #[test]
+    fn restart_needed_names_the_listen_address_and_connection_limits() {
+        let a = yaml(TWO).expect("valid");
+        let b = yaml(&format!("{TWO}port: 9\nmax_body_bytes: 5\nlimits: {{max_connections: 3}}\n")).expect("valid");
+        assert_eq!(a.restart_needed(&b), ["port", "limits.max_connections"]);
+        assert!(a.restart_needed(&a).is_empty());
     }
 
     #[test]

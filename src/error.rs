@@ -15,6 +15,7 @@ use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 
 use crate::body::ResponseBody;
+use crate::metrics::Limit;
 
 /// Who caused an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,8 +50,12 @@ enum Kind {
     Backend,
     BackendTimeout,
     BodyTimeout,
-    QueueFull,
+    /// True: `max_queued_requests`; false: `max_queued_body_bytes`.
+    QueueFull(bool),
     InvalidApiKey,
+    Forbidden,
+    InvalidConfig,
+    Conflict,
 }
 
 impl Error {
@@ -90,10 +95,41 @@ impl Error {
         Error::new(Kind::InvalidApiKey, "Incorrect or missing API key: send `Authorization: Bearer <key>`")
     }
 
-    /// The queue for models that are not active is full.
-    pub fn queue_full(which: &'static str) -> Error {
+    /// The queue for models that are not active is full; `requests`: by
+    /// `max_queued_requests`, else by `max_queued_body_bytes`.
+    pub fn queue_full(requests: bool) -> Error {
+        let which = if requests { "max_queued_requests" } else { "max_queued_body_bytes" };
         let msg = format!("too many requests are waiting for a model ({which}); retry shortly");
-        Error::new(Kind::QueueFull, msg).with_retry_after(Duration::from_secs(1))
+        Error::new(Kind::QueueFull(requests), msg).with_retry_after(Duration::from_secs(1))
+    }
+
+    /// The control API refused a client: not loopback, or an ordinary key
+    /// where an admin key is needed.
+    pub fn forbidden(message: impl Into<Cow<'static, str>>) -> Error {
+        Error::new(Kind::Forbidden, message)
+    }
+
+    /// A reload found the new configuration invalid.
+    pub fn invalid_config(message: impl Into<Cow<'static, str>>) -> Error {
+        Error::new(Kind::InvalidConfig, message)
+    }
+
+    /// An operator's command lost to another (a removed model, a sleep
+    /// overtaken by a wake).
+    pub fn conflict(message: impl Into<Cow<'static, str>>) -> Error {
+        Error::new(Kind::Conflict, message)
+    }
+
+    /// The limit this error enforces, for `llmux_rejected_total`.
+    pub fn limit(&self) -> Option<Limit> {
+        match self.kind {
+            Kind::BodyTooLarge => Some(Limit::MaxBodyBytes),
+            Kind::BodyTimeout => Some(Limit::BodyReadTimeout),
+            Kind::QueueFull(true) => Some(Limit::MaxQueuedRequests),
+            Kind::QueueFull(false) => Some(Limit::MaxQueuedBodyBytes),
+            Kind::InvalidApiKey | Kind::Forbidden => Some(Limit::ApiKey),
+            _ => None,
+        }
     }
 
     /// Upgrade (WebSocket) requests are not proxied.
@@ -143,8 +179,11 @@ impl Error {
             | Kind::UpgradeUnsupported
             | Kind::WaitTimeout
             | Kind::BodyTimeout
-            | Kind::QueueFull
-            | Kind::InvalidApiKey => Fault::Client,
+            | Kind::QueueFull(_)
+            | Kind::InvalidApiKey
+            | Kind::Forbidden
+            | Kind::InvalidConfig
+            | Kind::Conflict => Fault::Client,
             Kind::ModelUnavailable(fault) => fault,
             Kind::Backend | Kind::BackendTimeout => Fault::Backend,
         }
@@ -173,7 +212,7 @@ impl Error {
     /// The HTTP status this error is answered with.
     pub fn status(&self) -> StatusCode {
         match self.kind {
-            Kind::InvalidBody => StatusCode::BAD_REQUEST,
+            Kind::InvalidBody | Kind::InvalidConfig => StatusCode::BAD_REQUEST,
             Kind::UnknownModel | Kind::UnknownRoute => StatusCode::NOT_FOUND,
             Kind::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Kind::UpgradeUnsupported => StatusCode::NOT_IMPLEMENTED,
@@ -181,8 +220,10 @@ impl Error {
             Kind::WaitTimeout | Kind::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
             Kind::Backend => StatusCode::BAD_GATEWAY,
             Kind::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Kind::QueueFull => StatusCode::TOO_MANY_REQUESTS,
+            Kind::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
             Kind::InvalidApiKey => StatusCode::UNAUTHORIZED,
+            Kind::Forbidden => StatusCode::FORBIDDEN,
+            Kind::Conflict => StatusCode::CONFLICT,
         }
     }
 
@@ -198,8 +239,11 @@ impl Error {
             Kind::BackendTimeout => "backend_timeout",
             Kind::Backend => "backend_error",
             Kind::BodyTimeout => "body_read_timeout",
-            Kind::QueueFull => "queue_full",
+            Kind::QueueFull(_) => "queue_full",
             Kind::InvalidApiKey => "invalid_api_key",
+            Kind::Forbidden => "forbidden",
+            Kind::InvalidConfig => "invalid_config",
+            Kind::Conflict => "conflict",
         }
     }
 
@@ -262,7 +306,9 @@ mod tests {
             (Error::wait_timeout("m", Duration::from_secs(1)), 504, Fault::Client),
             (Error::backend("refused"), 502, Fault::Backend),
             (Error::body_timeout(Duration::from_secs(1)), 408, Fault::Client),
-            (Error::queue_full("max_queued_requests"), 429, Fault::Client),
+            (Error::queue_full(true), 429, Fault::Client),
+            (Error::forbidden("x"), 403, Fault::Client),
+            (Error::invalid_config("x"), 400, Fault::Client),
             (Error::backend_timeout("slow"), 504, Fault::Backend),
         ];
         for (e, status, fault) in cases {

@@ -22,17 +22,18 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{Child, Command};
 
 use crate::config::ModelConfig;
+use crate::events::Events;
 use crate::state::Shutdown;
 
-/// Which of a model's hooks.
+/// Which of a model's hooks (the discriminant indexes per-hook metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HookKind {
     /// Makes the backend ready.
-    Wake,
+    Wake = 0,
     /// Frees the GPU.
-    Sleep,
+    Sleep = 1,
     /// Exits 0 when the backend is up.
-    Alive,
+    Alive = 2,
 }
 
 impl HookKind {
@@ -100,11 +101,19 @@ impl fmt::Display for Outcome {
     }
 }
 
-/// Runs `model`'s `kind` hook in `dir` and waits for it to exit.
+/// Runs `model`'s `kind` hook in `dir` and waits for it to exit; its
+/// output lines go to the log and to `events`.
 ///
 /// Once `shutdown` starts, the hook gets `grace` more time, then its
 /// process group is killed.
-pub async fn run(model: &ModelConfig, kind: HookKind, dir: &Path, shutdown: &Shutdown, grace: Duration) -> HookRun {
+pub async fn run(
+    model: &ModelConfig,
+    kind: HookKind,
+    dir: &Path,
+    shutdown: &Shutdown,
+    grace: Duration,
+    events: &Events,
+) -> HookRun {
     let hook = match kind {
         HookKind::Wake => &model.wake,
         HookKind::Sleep => &model.sleep,
@@ -116,7 +125,7 @@ pub async fn run(model: &ModelConfig, kind: HookKind, dir: &Path, shutdown: &Shu
         Err(e) => return HookRun { outcome: Outcome::SpawnFailed(e), started, duration: started.elapsed() },
     };
     let killer = GroupKiller::new(child.id());
-    forward_output(&mut child, &model.name, kind);
+    forward_output(&mut child, &model.name, kind, events);
     tracing::debug!(model = %model.name, hook = %kind, "hook started");
     let outcome = wait(&mut child, &killer, hook.timeout, shutdown, grace).await;
     // Exited (or already killed): a server it started in the background lives on.
@@ -232,17 +241,28 @@ const LINE_BURST: u32 = 200;
 /// Lines per second logged after the burst.
 const LINES_PER_SEC: u32 = 20;
 
-fn forward_output(child: &mut Child, model: &str, kind: HookKind) {
+fn forward_output(child: &mut Child, model: &str, kind: HookKind, events: &Events) {
     if let Some(out) = child.stdout.take() {
-        tokio::spawn(log_lines(out, model.to_owned(), kind, "stdout"));
+        let to = LineSink { model: model.to_owned(), kind, stream: "stdout", events: events.clone() };
+        tokio::spawn(log_lines(out, to));
     }
     if let Some(err) = child.stderr.take() {
-        tokio::spawn(log_lines(err, model.to_owned(), kind, "stderr"));
+        let to = LineSink { model: model.to_owned(), kind, stream: "stderr", events: events.clone() };
+        tokio::spawn(log_lines(err, to));
     }
 }
 
+/// Where one pipe's lines go: the log and the event stream.
+struct LineSink {
+    model: String,
+    kind: HookKind,
+    stream: &'static str,
+    events: Events,
+}
+
 /// Reads `pipe` to EOF, logging each line (rate-limited, truncated).
-async fn log_lines(mut pipe: impl AsyncRead + Unpin, model: String, kind: HookKind, stream: &'static str) {
+async fn log_lines(mut pipe: impl AsyncRead + Unpin, to: LineSink) {
+    let LineSink { ref model, kind, stream, .. } = to;
     let mut limiter = LineLimiter::new(Instant::now());
     let mut line = Vec::with_capacity(256);
     let mut buf = [0u8; 8192];
@@ -252,24 +272,30 @@ async fn log_lines(mut pipe: impl AsyncRead + Unpin, model: String, kind: HookKi
         }
         for &byte in &buf[..n] {
             if byte == b'\n' {
-                emit(&mut limiter, &mut line, &model, kind, stream);
+                emit(&mut limiter, &mut line, &to);
             } else if line.len() < MAX_LINE_BYTES {
                 line.push(byte);
             }
         }
     }
     if !line.is_empty() {
-        emit(&mut limiter, &mut line, &model, kind, stream);
+        emit(&mut limiter, &mut line, &to);
     }
     if limiter.dropped > 0 {
         tracing::warn!(model, hook = %kind, stream, dropped = limiter.dropped, "hook output rate-limited: lines dropped");
     }
 }
 
-fn emit(limiter: &mut LineLimiter, line: &mut Vec<u8>, model: &str, kind: HookKind, stream: &'static str) {
+fn emit(limiter: &mut LineLimiter, line: &mut Vec<u8>, to: &LineSink) {
     if limiter.allow(Instant::now()) {
         let text = String::from_utf8_lossy(line);
-        tracing::info!(model, hook = %kind, stream, "{}", text.trim_end_matches('\r'));
+        let text = text.trim_end_matches('\r');
+        let (model, hook, stream) = (to.model.as_str(), to.kind.as_str(), to.stream);
+        tracing::info!(model, hook, stream, line = text, "hook output");
+        to.events.emit(
+            "hook_output",
+            || serde_json::json!({ "model": model, "hook": hook, "stream": stream, "line": text }),
+        );
     }
     line.clear();
 }
@@ -307,12 +333,28 @@ mod tests {
 
     fn model(wake: &str, timeout_ms: u64) -> ModelConfig {
         let hook = |s: &str| Hook { script: s.into(), timeout: Duration::from_millis(timeout_ms) };
-        ModelConfig { name: "m".into(), port: 4242, wake: hook(wake), sleep: hook("true"), alive: hook("true") }
+        ModelConfig {
+            name: "m".into(),
+            port: 4242,
+            wake: hook(wake),
+            sleep: hook("true"),
+            alive: hook("true"),
+            idle_sleep: None,
+            alive_interval: None,
+        }
     }
 
     async fn run_wake(script: &str, timeout_ms: u64) -> HookRun {
         let dir = std::env::temp_dir();
-        run(&model(script, timeout_ms), HookKind::Wake, &dir, &Shutdown::default(), Duration::from_secs(1)).await
+        run(
+            &model(script, timeout_ms),
+            HookKind::Wake,
+            &dir,
+            &Shutdown::default(),
+            Duration::from_secs(1),
+            &Events::default(),
+        )
+        .await
     }
 
     #[tokio::test]

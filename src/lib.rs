@@ -45,11 +45,15 @@ pub mod auth;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod error;
+pub mod events;
 pub mod hooks;
+pub mod metrics;
 pub mod model;
 pub mod policy;
 pub mod proxy;
+pub mod queue;
 pub mod routing;
 pub mod server;
 pub mod service;
@@ -83,7 +87,7 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging();
+    init_logging(options.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(config.workers).enable_all().build()
     {
         Ok(rt) => rt,
@@ -92,7 +96,8 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let exit = runtime.block_on(serve_until_signal(config));
+    let file = state::ConfigFile { path: options.config.clone(), port: options.port };
+    let exit = runtime.block_on(serve_until_signal(config, file));
     // Hooks still running are killed as their tasks are dropped here.
     drop(runtime);
     exit
@@ -124,15 +129,18 @@ fn check(options: &cli::Options) -> ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(format: cli::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        cli::LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init(),
+        cli::LogFormat::Json => builder.json().try_init(),
+    };
 }
 
-async fn serve_until_signal(config: Config) -> ExitCode {
-    let server = match Server::bind(config).await {
+async fn serve_until_signal(config: Config, file: state::ConfigFile) -> ExitCode {
+    let server = match Server::bind_from(config, Some(file)).await {
         Ok(server) => server,
         Err(e) => {
             eprintln!("llmux: cannot listen: {e}");
@@ -149,6 +157,7 @@ async fn serve_until_signal(config: Config) -> ExitCode {
         }
         Err(e) => tracing::warn!("cannot read the bound address: {e}"),
     }
+    tokio::spawn(reload_on_sighup(std::sync::Arc::clone(server.shared())));
     let exit = server.serve(shutdown_signal()).await;
     if exit.clean {
         tracing::info!("shut down cleanly");
@@ -156,6 +165,19 @@ async fn serve_until_signal(config: Config) -> ExitCode {
     } else {
         tracing::warn!("shut down with requests or hooks cut short");
         ExitCode::FAILURE
+    }
+}
+
+/// Rereads the config at each SIGHUP (errors are logged by the reload).
+async fn reload_on_sighup(shared: std::sync::Arc<state::Shared>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot install the SIGHUP handler; reload with POST /llmux/reload");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP received: reloading the config");
+        let _ = control::reload(&shared);
     }
 }
 

@@ -17,13 +17,14 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use crossbeam::utils::CachePadded;
 use tokio::sync::Notify;
 
 use crate::proxy::Upstream;
+use crate::state::ModelSlot;
 
 /// What the hot path reads: the resident models.
 ///
@@ -63,8 +64,10 @@ impl Routing {
 /// set) before it is unpublished. Counters start at zero for each period,
 /// so requests cut from an earlier period never hold up a later drain.
 pub struct Incarnation {
-    /// Index of the model in the config.
+    /// The model's slot index.
     pub model: usize,
+    /// The model's slot: its requests count themselves in its metrics.
+    pub slot: Arc<ModelSlot>,
     /// Connection pool to the backend, new for each incarnation.
     pub upstream: Upstream,
     /// When the model was published (min_active_secs counts from here).
@@ -73,6 +76,10 @@ pub struct Incarnation {
     /// included). Written by [`try_admit`] and [`InFlight`]'s drop; read by
     /// the switch task while draining.
     in_flight: CachePadded<AtomicUsize>,
+    /// When `in_flight` last fell to zero, in µs after `published_at`.
+    /// Written by [`InFlight`]'s drop; read by the switch task for idle
+    /// sleep.
+    last_done: CachePadded<AtomicU64>,
     /// Set by the switch task when it starts to drain or retire this
     /// incarnation; cleared only if a drain is abandoned.
     draining: AtomicBool,
@@ -93,12 +100,14 @@ pub struct Incarnation {
 
 impl Incarnation {
     /// A new incarnation of `model`, published now.
-    pub fn new(model: usize, upstream: Upstream) -> Incarnation {
+    pub fn new(model: usize, slot: Arc<ModelSlot>, upstream: Upstream) -> Incarnation {
         Incarnation {
             model,
+            slot,
             upstream,
             published_at: Instant::now(),
             in_flight: CachePadded::new(AtomicUsize::new(0)),
+            last_done: CachePadded::new(AtomicU64::new(0)),
             draining: AtomicBool::new(false),
             drained: Notify::new(),
             cut: AtomicBool::new(false),
@@ -111,6 +120,20 @@ impl Incarnation {
     /// Requests in flight.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(SeqCst)
+    }
+
+    /// How long nothing has been in flight, or `None` if something is.
+    pub fn idle_for(&self, now: Instant) -> Option<Duration> {
+        if self.in_flight() > 0 {
+            return None;
+        }
+        let last = self.published_at + Duration::from_micros(self.last_done.load(Relaxed));
+        Some(now.saturating_duration_since(last))
+    }
+
+    fn stamp_idle(&self) {
+        let since_publish = self.published_at.elapsed().as_micros();
+        self.last_done.store(u64::try_from(since_publish).unwrap_or(u64::MAX), Relaxed);
     }
 
     /// True once a drain or retirement began.
@@ -212,7 +235,19 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         let inc = &self.incarnation;
-        if inc.in_flight.fetch_sub(1, SeqCst) == 1 && inc.draining.load(SeqCst) {
+        // The idle clock starts when the count falls to zero: stamped
+        // before the decrement (so the switch task never sees zero with an
+        // old stamp) and again after it if a race hid the transition. The
+        // clock is read only then, not per request under load.
+        let last = inc.in_flight.load(Relaxed) == 1;
+        if last {
+            inc.stamp_idle();
+        }
+        let was = inc.in_flight.fetch_sub(1, SeqCst);
+        if was == 1 && !last {
+            inc.stamp_idle();
+        }
+        if was == 1 && inc.draining.load(SeqCst) {
             // `notify_one` stores a permit, so a drain that has not started
             // waiting yet still sees this.
             inc.drained.notify_one();
@@ -245,6 +280,7 @@ mod tests {
     fn routing_with(model: usize) -> (ArcSwap<Routing>, Arc<Incarnation>) {
         let inc = Arc::new(Incarnation::new(
             model,
+            Arc::new(ModelSlot::new("m")),
             Upstream::new(1, UpstreamOptions::with_idle_timeout(Duration::from_secs(1))),
         ));
         (ArcSwap::from_pointee(Routing::with_active(inc.clone())), inc)

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,9 +19,10 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, Limits};
+use crate::metrics::Limit;
 use crate::policy::Fifo;
 use crate::service::{self, Peer};
-use crate::state::Shared;
+use crate::state::{ConfigFile, Shared};
 use crate::switcher;
 
 /// A bound, not yet serving, llmux.
@@ -48,8 +50,14 @@ impl Drop for AbortOnDrop {
 impl Server {
     /// Binds the configured address (port 0 picks a free port).
     pub async fn bind(config: Config) -> io::Result<Server> {
+        Server::bind_from(config, None).await
+    }
+
+    /// Binds like [`Server::bind`]; `file` is where `config` came from,
+    /// reread by a reload (`SIGHUP`, `POST /llmux/reload`).
+    pub async fn bind_from(config: Config, file: Option<ConfigFile>) -> io::Result<Server> {
         let listener = TcpListener::bind(SocketAddr::new(config.host, config.port)).await?;
-        Ok(Server { listener, shared: Arc::new(Shared::new(config)) })
+        Ok(Server { listener, shared: Arc::new(Shared::new(config, file)) })
     }
 
     /// The address actually bound.
@@ -72,7 +80,7 @@ impl Server {
         accept_until(&listener, &shared, &graceful, shutdown).await;
         drop(listener);
         shared.shutdown.trigger();
-        let grace = shared.config.shutdown_grace;
+        let grace = shared.catalog().config.shutdown_grace;
         tracing::info!(grace_secs = grace.as_secs(), "shutting down: waiting for in-flight requests");
         let drained = tokio::time::timeout(grace, graceful.shutdown()).await.is_ok();
         if !drained {
@@ -99,12 +107,20 @@ async fn accept_until(
     graceful: &GracefulShutdown,
     shutdown: impl Future<Output = ()>,
 ) {
-    let builders = Arc::new(Builders::new(&shared.config.limits));
-    let slots = Arc::new(Semaphore::new(shared.config.limits.max_connections));
+    // Connection-level settings are read once: a reload lists them as
+    // needing a restart.
+    let (builders, max_connections, header_timeout) = {
+        let config = &shared.catalog().config;
+        (Arc::new(Builders::new(&config.limits)), config.limits.max_connections, config.limits.header_read_timeout)
+    };
+    let slots = Arc::new(Semaphore::new(max_connections));
     tokio::pin!(shutdown);
     loop {
         // Past max_connections, new connections wait in the kernel's
         // backlog until one closes.
+        if slots.available_permits() == 0 {
+            shared.metrics.reject(Limit::MaxConnections);
+        }
         let permit = tokio::select! {
             permit = Arc::clone(&slots).acquire_owned() => match permit {
                 Ok(permit) => permit,
@@ -118,9 +134,13 @@ async fn accept_until(
                     let _ = stream.set_nodelay(true);
                     let (shared, builders, watcher) = (Arc::clone(shared), Arc::clone(&builders), graceful.watcher());
                     tokio::spawn(async move {
-                        let timeout = shared.config.limits.header_read_timeout;
-                        let Some(protocol) = detect_protocol(&stream, timeout).await else { return };
-                        let service = service_for(shared, addr);
+                        let _open = OpenConnection::count(&shared);
+                        let protocol = match detect_protocol(&stream, header_timeout).await {
+                            Ok(Some(protocol)) => protocol,
+                            Ok(None) => return,
+                            Err(_) => return shared.metrics.reject(Limit::HeaderReadTimeout),
+                        };
+                        let service = service_for(Arc::clone(&shared), addr);
                         let io = TokioIo::new(stream);
                         let result = match protocol {
                             Protocol::Http1 => watcher.watch(builders.http1.serve_connection(io, service)).await,
@@ -141,6 +161,22 @@ async fn accept_until(
             },
             () = &mut shutdown => return,
         }
+    }
+}
+
+/// Counts an open client connection for as long as it lives.
+struct OpenConnection(Arc<Shared>);
+
+impl OpenConnection {
+    fn count(shared: &Arc<Shared>) -> OpenConnection {
+        shared.metrics.open_connections.fetch_add(1, Relaxed);
+        OpenConnection(Arc::clone(shared))
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.metrics.open_connections.fetch_sub(1, Relaxed);
     }
 }
 
@@ -183,9 +219,12 @@ impl Builders {
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Peeks at the first bytes, within `timeout`: the HTTP/2 preface means
-/// h2c, anything else HTTP/1.1. `None` if the client closes or stays
-/// silent (the connection is then dropped).
-async fn detect_protocol(stream: &tokio::net::TcpStream, timeout: Duration) -> Option<Protocol> {
+/// h2c, anything else HTTP/1.1. `Ok(None)` if the client closes, `Err` if
+/// it stays silent (the connection is then dropped).
+async fn detect_protocol(
+    stream: &tokio::net::TcpStream,
+    timeout: Duration,
+) -> Result<Option<Protocol>, tokio::time::error::Elapsed> {
     let detect = async {
         let mut buf = [0u8; 24];
         loop {
@@ -204,7 +243,7 @@ async fn detect_protocol(stream: &tokio::net::TcpStream, timeout: Duration) -> O
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     };
-    tokio::time::timeout(timeout, detect).await.ok().flatten()
+    tokio::time::timeout(timeout, detect).await
 }
 
 /// llmux's service for one connection from `addr`.
@@ -217,7 +256,7 @@ fn service_for(
     Error = std::convert::Infallible,
     Future = impl Future<Output = Result<hyper::Response<crate::body::ResponseBody>, std::convert::Infallible>> + Send,
 > + Clone {
-    let peer = Peer { ip: ip_header(addr) };
+    let peer = Peer { ip: ip_header(addr), loopback: addr.ip().is_loopback() };
     service_fn(move |req| service::handle(Arc::clone(&shared), peer.clone(), req))
 }
 
@@ -228,7 +267,7 @@ pub async fn serve_io<I>(shared: Arc<Shared>, io: I, addr: SocketAddr) -> Result
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let builders = Builders::new(&shared.config.limits);
+    let builders = Builders::new(&shared.catalog().config.limits);
     builders.http1.serve_connection(TokioIo::new(io), service_for(shared, addr)).await
 }
 

@@ -1,11 +1,12 @@
 //! One request's path through llmux: route it, find its model, admit it,
-//! forward it, and turn any error into a response in one place.
+//! forward it, count it, and turn any error into a response in one place.
 
 use std::convert::Infallible;
-
-use bytes::BytesMut;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
 
 use hyper::body::{Body as _, Incoming};
 use hyper::header::{self, HeaderValue};
@@ -14,9 +15,11 @@ use hyper::{Method, Request, Response};
 use crate::api;
 use crate::auth;
 use crate::body::{read_request_body, ResponseBody};
+use crate::control;
 use crate::error::{Error, Fault};
 use crate::model;
 use crate::proxy::{prepare_request_headers, Forwarded, X_REQUEST_ID};
+use crate::queue;
 use crate::state::Shared;
 use crate::switcher;
 
@@ -25,6 +28,9 @@ use crate::switcher;
 pub struct Peer {
     /// The client's IP address, ready for `X-Forwarded-For`.
     pub ip: HeaderValue,
+    /// True if the client is on a loopback address (the control API's
+    /// default exposure).
+    pub loopback: bool,
 }
 
 /// Handles one request; never fails (errors become responses).
@@ -33,27 +39,46 @@ pub async fn handle(
     peer: Peer,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
+    let started = Instant::now();
     let request_id = request_id(&req);
-    let mut response = match route(&shared, &peer, req, &request_id).await {
+    let mut response = match route(&shared, &peer, req, &request_id, started).await {
         Ok(response) => response,
         Err(e) => {
+            if let Some(limit) = e.limit() {
+                shared.metrics.reject(limit);
+            }
             log_error(&e, &request_id);
             e.into_response()
         }
     };
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let id = request_id.to_str().unwrap_or("-");
+        let status = response.status().as_u16();
+        tracing::debug!(request_id = id, status, head_ms = started.elapsed().as_millis() as u64, "request");
+    }
     response.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
     Ok(response)
 }
 
 async fn route(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     peer: &Peer,
     req: Request<Incoming>,
     request_id: &HeaderValue,
+    started: Instant,
 ) -> Result<Response<ResponseBody>, Error> {
+    if control::is_control(req.uri().path()) {
+        auth::check_admin(&shared.catalog().config, req.headers(), peer.loopback)?;
+        return control::handle(shared, req).await;
+    }
     let local = Local::of(&req);
-    if !matches!(local, Some(Local::Health)) {
-        auth::check(&shared.config.api_keys, req.headers())?;
+    {
+        let catalog = shared.catalog();
+        match local {
+            Some(Local::Health) => {}
+            Some(Local::Metrics) => auth::check_metrics(&catalog.config, req.headers())?,
+            _ => auth::check(&catalog.config.api_keys, req.headers())?,
+        }
     }
     if is_upgrade(&req) {
         return Err(Error::upgrade_unsupported());
@@ -61,7 +86,7 @@ async fn route(
     match local {
         // The usual case: no body, so no body model; answer at once.
         Some(local) if req.body().is_end_stream() => local.answer(shared, req.uri().path()),
-        _ => proxy(shared, peer, req, request_id, local).await,
+        _ => proxy(shared, peer, req, request_id, local, started).await,
     }
 }
 
@@ -69,6 +94,7 @@ async fn route(
 #[derive(Clone, Copy)]
 enum Local {
     Health,
+    Metrics,
     Models,
     Model,
 }
@@ -80,6 +106,7 @@ impl Local {
         }
         match req.uri().path() {
             "/health" => Some(Local::Health),
+            "/metrics" => Some(Local::Metrics),
             "/v1/models" => Some(Local::Models),
             path if path.starts_with("/v1/models/") => Some(Local::Model),
             _ => None,
@@ -90,6 +117,7 @@ impl Local {
     fn answer(self, shared: &Shared, path: &str) -> Result<Response<ResponseBody>, Error> {
         match self {
             Local::Health => Ok(api::health(shared)),
+            Local::Metrics => Ok(api::metrics(shared)),
             Local::Models => Ok(api::list_models(shared)),
             Local::Model => api::one_model(shared, path.strip_prefix("/v1/models/").unwrap_or_default()),
         }
@@ -104,14 +132,17 @@ async fn proxy(
     req: Request<Incoming>,
     request_id: &HeaderValue,
     local: Option<Local>,
+    started: Instant,
 ) -> Result<Response<ResponseBody>, Error> {
-    let limit = shared.config.max_body_bytes;
+    let (limit, read_limit) = {
+        let config = &shared.catalog().config;
+        (config.max_body_bytes, config.limits.body_read_timeout)
+    };
     let content_length = content_length(&req)?;
     if content_length.is_some_and(|n| n > limit) {
         return Err(Error::body_too_large(limit));
     }
     let (mut head, body) = req.into_parts();
-    let read_limit = shared.config.limits.body_read_timeout;
     // `timeout` polls the read first: a body that came with its head never
     // touches the timer.
     let body = tokio::time::timeout(read_limit, read_request_body(body, content_length, limit))
@@ -120,19 +151,43 @@ async fn proxy(
     let found = match (body.is_empty(), local) {
         (true, Some(local)) => return local.answer(shared, head.uri.path()),
         (true, None) => return Err(Error::unknown_route(&head.method, head.uri.path())),
-        (false, _) => model::with_model(&body, |name| shared.lookup(name).ok_or_else(|| Error::unknown_model(name))),
+        (false, _) => {
+            let catalog = shared.catalog();
+            model::with_model(&body, |name| catalog.lookup(name).ok_or_else(|| Error::unknown_model(name)))
+        }
     };
     let model = match (found, local) {
         (Ok(model), _) => model?,
         (Err(_), Some(local)) => return local.answer(shared, head.uri.path()),
         (Err(e), None) => return Err(Error::invalid_body(e.to_string())),
     };
-    let in_flight = switcher::admit(shared, model, body.len()).await?;
     prepare_request_headers(&mut head.headers, &peer.ip, request_id);
-    if !shared.config.api_keys.is_empty() {
+    if shared.catalog().config.has_keys() {
         // Checked above; the backend never sees a client's key.
         head.headers.remove(header::AUTHORIZATION);
     }
+    let result = serve_model(shared, model, head, body, started).await;
+    if let Err(e) = &result {
+        // Counted here when no response body will count it.
+        let elapsed = started.elapsed();
+        let catalog = shared.catalog();
+        let metrics = &catalog.slot(model).metrics;
+        metrics.record_head(e.status(), elapsed);
+        metrics.duration.observe(elapsed);
+    }
+    result
+}
+
+/// Admits a request for `model` (queueing if it is not active) and
+/// forwards it; counts its response head in the model's metrics.
+async fn serve_model(
+    shared: &Shared,
+    model: usize,
+    head: hyper::http::request::Parts,
+    body: Bytes,
+    started: Instant,
+) -> Result<Response<ResponseBody>, Error> {
+    let in_flight = queue::admit(shared, model, body.len()).await?;
     let (response, conn, in_flight) = match in_flight.incarnation().upstream.forward(head, body.clone()).await? {
         Forwarded::Answered(response, conn) => (response, conn, in_flight),
         Forwarded::Refused(head) => {
@@ -141,7 +196,7 @@ async fn proxy(
             if !switcher::backend_refused(shared, in_flight).await {
                 return Err(Error::backend("the backend refused the connection (its alive hook still passes)"));
             }
-            let in_flight = switcher::admit(shared, model, body.len()).await?;
+            let in_flight = queue::admit(shared, model, body.len()).await?;
             match in_flight.incarnation().upstream.forward(head, body).await? {
                 Forwarded::Answered(response, conn) => (response, conn, in_flight),
                 Forwarded::Refused(_) => {
@@ -150,7 +205,8 @@ async fn proxy(
             }
         }
     };
-    Ok(response.map(|body| ResponseBody::upstream(body, in_flight, conn)))
+    in_flight.incarnation().slot.metrics.record_head(response.status(), started.elapsed());
+    Ok(response.map(|body| ResponseBody::upstream(body, in_flight, conn, started)))
 }
 
 fn content_length(req: &Request<Incoming>) -> Result<Option<u64>, Error> {

@@ -1,10 +1,12 @@
 //! The state shared by the server, the request handlers and the switch task.
 //!
 //! Who writes what is the whole design, so each field says it. The hot path
-//! reads only `routing` and `index` (see [`crate::routing`]); everything
-//! behind a lock here is touched by a request only when it has to queue.
+//! reads only `catalog` and `routing` (see [`crate::routing`]), each with
+//! one `ArcSwap` load, and counts itself in its model's preallocated
+//! metrics; everything behind a lock here is touched by a request only when
+//! it has to queue.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
@@ -12,9 +14,11 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 
 use crate::config::{Config, ModelConfig};
+use crate::events::Events;
+use crate::metrics::{ModelMetrics, ProcessMetrics};
 use crate::routing::Routing;
 
 /// A model's state, reported by `/health` (and later metrics and the
@@ -37,6 +41,16 @@ pub enum ModelState {
 }
 
 impl ModelState {
+    /// Every state, in the order metrics list them.
+    pub const ALL: [ModelState; 6] = [
+        ModelState::Asleep,
+        ModelState::Waking,
+        ModelState::Active,
+        ModelState::Draining,
+        ModelState::Sleeping,
+        ModelState::Failed,
+    ];
+
     /// The word used in `/health`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -69,27 +83,21 @@ impl fmt::Display for ModelState {
 
 /// Everything llmux shares between tasks.
 pub struct Shared {
-    /// The configuration; fixed for the life of the process.
-    pub config: Config,
-    /// Model name to index. Built at start, read by every request.
-    pub index: HashMap<Box<str>, usize>,
-    /// Per-model state, indexed like `config.models`.
-    pub slots: Box<[ModelSlot]>,
+    /// The configuration in force and the models it names. Swapped whole
+    /// by a reload; read (one `ArcSwap` load) by every request.
+    pub catalog: ArcSwap<Catalog>,
     /// The published routing snapshot. Written only by the switch task;
     /// read lock-free by every request.
     pub routing: ArcSwap<Routing>,
-    /// Raised when a request queues or leaves the queue; awaited only by
-    /// the switch task.
+    /// Raised when a request queues or leaves the queue, when a command is
+    /// queued and after a reload; awaited only by the switch task.
     pub switch_needed: Notify,
     /// Set once at shutdown; awaited by queued requests, the switch task
     /// and running hooks.
     pub shutdown: Shutdown,
-    /// Measured switch cost (drain + sleep + wake) per (from, to); row
-    /// `models.len()` is "from nothing". Written by the switch task, read
-    /// by the policy.
-    pub switch_costs: Mutex<Vec<Option<Duration>>>,
-    /// Requests cut at a drain timeout. Written by the switch task.
-    pub cut_requests: AtomicU64,
+    /// Measured switch cost (drain + sleep + wake) per (from, to) slot.
+    /// Written by the switch task, read by the policy and `/llmux/status`.
+    pub switch_costs: Mutex<HashMap<(Option<usize>, usize), Duration>>,
     /// Requests queued for any model, and their body bytes: the global
     /// queue bounds. Written by queued requests (cold path).
     pub queued_requests: AtomicUsize,
@@ -97,6 +105,172 @@ pub struct Shared {
     pub queued_body_bytes: AtomicU64,
     /// The last switch, as it went. Written by the switch task.
     pub last_switch: Mutex<Option<SwitchRecord>>,
+    /// The last hook that failed. Written by the switch task.
+    pub last_hook_error: Mutex<Option<HookError>>,
+    /// Operator commands for the switch task (control API). Pushed by
+    /// control requests, taken by the switch task.
+    pub commands: Mutex<VecDeque<Command>>,
+    /// Live events for `/llmux/events`.
+    pub events: Events,
+    /// Process-wide metrics.
+    pub metrics: ProcessMetrics,
+    /// Where the config came from, for reloads (`None`: built in memory).
+    pub config_file: Option<ConfigFile>,
+    /// Serialises reloads.
+    pub reload_lock: Mutex<()>,
+}
+
+/// The file a config was read from and the command line's overrides.
+#[derive(Debug, Clone)]
+pub struct ConfigFile {
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// `-p`: overrides the file's port at every load.
+    pub port: Option<u16>,
+}
+
+/// A hook failure, for `/llmux/status`.
+#[derive(Debug, Clone)]
+pub struct HookError {
+    /// The model.
+    pub model: Box<str>,
+    /// Which hook.
+    pub hook: &'static str,
+    /// How it failed.
+    pub error: String,
+    /// When, as [`crate::metrics::now_micros`].
+    pub at_micros: u64,
+}
+
+/// Something an operator asked the switch task to do.
+pub enum Command {
+    /// Drain and sleep `model` if it is active (`None`: whatever is
+    /// active); answers with the model that was put to sleep, if any.
+    Sleep {
+        /// The model, or whatever is active.
+        model: Option<usize>,
+        /// Where the answer goes.
+        done: oneshot::Sender<Result<Option<usize>, String>>,
+    },
+}
+
+/// The models of one configuration, by stable slot index.
+///
+/// Slots are never removed: a model dropped by a reload keeps its slot (and
+/// its index, which the routing snapshot, the switch costs and the metrics
+/// use), and gets it back if a later reload names it again.
+pub struct Catalog {
+    /// The configuration in force.
+    pub config: Config,
+    /// Every model ever configured, by slot index.
+    pub slots: Vec<Arc<ModelSlot>>,
+    /// Slot index to position in `config.models`; `None`: removed.
+    configs: Vec<Option<usize>>,
+    /// Configured model name to slot index.
+    index: HashMap<Box<str>, usize>,
+    /// The last configuration of each removed model: its hooks still put
+    /// it to sleep if it was active when it was removed.
+    retired: HashMap<usize, ModelConfig>,
+}
+
+/// What a reload changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changes {
+    /// Models that appeared.
+    pub added: Vec<String>,
+    /// Models that are gone.
+    pub removed: Vec<String>,
+    /// Models whose port, hooks or timers changed.
+    pub changed: Vec<String>,
+    /// Settings that apply only after a restart.
+    pub restart_needed: Vec<&'static str>,
+}
+
+impl Catalog {
+    /// The catalog of a first configuration.
+    pub fn new(config: Config) -> Catalog {
+        let slots = config.models.iter().map(|m| Arc::new(ModelSlot::new(&m.name))).collect();
+        Catalog::build(config, slots, HashMap::new())
+    }
+
+    fn build(config: Config, slots: Vec<Arc<ModelSlot>>, mut retired: HashMap<usize, ModelConfig>) -> Catalog {
+        let mut configs = vec![None; slots.len()];
+        let mut index = HashMap::with_capacity(config.models.len());
+        for (position, m) in config.models.iter().enumerate() {
+            if let Some(slot) = slots.iter().position(|s| *s.name == *m.name) {
+                configs[slot] = Some(position);
+                index.insert(m.name.as_str().into(), slot);
+                retired.remove(&slot);
+            }
+        }
+        Catalog { config, slots, configs, index, retired }
+    }
+
+    /// The catalog of `config`, keeping this one's slots; and what changed.
+    pub fn reload(&self, config: Config) -> (Catalog, Changes) {
+        let mut slots = self.slots.clone();
+        let mut changes = Changes { restart_needed: self.config.restart_needed(&config), ..Changes::default() };
+        for m in &config.models {
+            match self.lookup(&m.name).and_then(|i| self.model(i)) {
+                Some(old) if old != m => changes.changed.push(m.name.clone()),
+                Some(_) => {}
+                None => {
+                    changes.added.push(m.name.clone());
+                    if !slots.iter().any(|s| *s.name == *m.name) {
+                        slots.push(Arc::new(ModelSlot::new(&m.name)));
+                    }
+                }
+            }
+        }
+        let mut retired = self.retired.clone();
+        for m in self.config.models.iter().filter(|m| config.model_index(&m.name).is_none()) {
+            changes.removed.push(m.name.clone());
+            if let Some(slot) = self.lookup(&m.name) {
+                retired.insert(slot, m.clone());
+            }
+        }
+        (Catalog::build(config, slots, retired), changes)
+    }
+
+    /// The slot of the configured model called `name`.
+    #[inline]
+    pub fn lookup(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+
+    /// The configuration of slot `slot`, if the model is configured.
+    pub fn model(&self, slot: usize) -> Option<&ModelConfig> {
+        self.configs.get(slot).copied().flatten().and_then(|i| self.config.models.get(i))
+    }
+
+    /// The hooks of slot `slot`: its configuration, or the last one it had
+    /// if a reload removed it.
+    pub fn hooks_of(&self, slot: usize) -> Option<&ModelConfig> {
+        self.model(slot).or_else(|| self.retired.get(&slot))
+    }
+
+    /// True if slot `slot` is not configured any more.
+    pub fn is_removed(&self, slot: usize) -> bool {
+        self.model(slot).is_none()
+    }
+
+    /// Slot `slot`'s state. Slot indices are valid in every later catalog.
+    pub fn slot(&self, slot: usize) -> &Arc<ModelSlot> {
+        &self.slots[slot]
+    }
+
+    /// The configured models in config order: (slot, config, state).
+    pub fn live(&self) -> impl Iterator<Item = (usize, &ModelConfig, &Arc<ModelSlot>)> {
+        self.config.models.iter().filter_map(|m| {
+            let slot = self.lookup(&m.name)?;
+            Some((slot, m, &self.slots[slot]))
+        })
+    }
+
+    /// A model's name for logs (removed models keep theirs).
+    pub fn name(&self, slot: usize) -> &str {
+        self.slots.get(slot).map_or("(unknown)", |s| &s.name)
+    }
 }
 
 /// How a switch ended.
@@ -108,6 +282,17 @@ pub enum SwitchResult {
     Abandoned,
     /// A hook failed; the target's waiters got 503.
     Failed,
+}
+
+impl SwitchResult {
+    /// The word used in metrics and the control API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SwitchResult::Done => "done",
+            SwitchResult::Abandoned => "abandoned",
+            SwitchResult::Failed => "failed",
+        }
+    }
 }
 
 /// What happened in one switch, phase by phase.
@@ -142,29 +327,29 @@ impl SwitchRecord {
 
 impl Shared {
     /// Shared state for `config`, with nothing active yet.
-    pub fn new(config: Config) -> Shared {
-        let index = config.models.iter().enumerate().map(|(i, m)| (m.name.as_str().into(), i)).collect();
-        let slots = config.models.iter().map(|m| ModelSlot::new(m.clone())).collect();
-        let n = config.models.len();
+    pub fn new(config: Config, config_file: Option<ConfigFile>) -> Shared {
         Shared {
-            index,
-            slots,
+            catalog: ArcSwap::from_pointee(Catalog::new(config)),
             routing: ArcSwap::from_pointee(Routing::empty()),
             switch_needed: Notify::new(),
             shutdown: Shutdown::default(),
-            switch_costs: Mutex::new(vec![None; (n + 1) * n]),
-            cut_requests: AtomicU64::new(0),
+            switch_costs: Mutex::new(HashMap::new()),
             last_switch: Mutex::new(None),
+            last_hook_error: Mutex::new(None),
             queued_requests: AtomicUsize::new(0),
             queued_body_bytes: AtomicU64::new(0),
-            config,
+            commands: Mutex::new(VecDeque::new()),
+            events: Events::default(),
+            metrics: ProcessMetrics::default(),
+            config_file,
+            reload_lock: Mutex::new(()),
         }
     }
 
-    /// The index of the model called `name`.
+    /// The catalog in force (one `ArcSwap` load).
     #[inline]
-    pub fn lookup(&self, name: &str) -> Option<usize> {
-        self.index.get(name).copied()
+    pub fn catalog(&self) -> arc_swap::Guard<Arc<Catalog>> {
+        self.catalog.load()
     }
 
     /// The index of the active model, if any.
@@ -174,20 +359,18 @@ impl Shared {
 
     /// Records a switch's cost for the policy.
     pub fn record_switch_cost(&self, from: Option<usize>, to: usize, cost: Duration) {
-        let n = self.slots.len();
-        let row = from.unwrap_or(n);
-        if let Some(cell) = self.switch_costs.lock().get_mut(row * n + to) {
-            *cell = Some(cost);
-        }
+        self.switch_costs.lock().insert((from, to), cost);
     }
 }
 
-/// One configured model's state outside the routing snapshot.
+/// One model's state outside the routing snapshot.
 pub struct ModelSlot {
-    /// The model's configuration.
-    pub config: ModelConfig,
+    /// The model's name (fixed for the slot's life).
+    pub name: Box<str>,
     /// The model's [`ModelState`]. Written only by the switch task.
     state: AtomicU8,
+    /// When `state` last changed, as [`crate::metrics::now_micros`].
+    state_since: AtomicU64,
     /// Requests waiting for this model and when the oldest arrived.
     /// Written by queued requests (cold path), read by the switch task.
     pub queue: Mutex<QueueState>,
@@ -196,16 +379,21 @@ pub struct ModelSlot {
     pub ready: Notify,
     /// Failure backoff. Written by the switch task, read by queued requests.
     pub backoff: Mutex<Backoff>,
+    /// What its requests and hooks count.
+    pub metrics: ModelMetrics,
 }
 
 impl ModelSlot {
-    fn new(config: ModelConfig) -> ModelSlot {
+    /// A slot for the model `name`, asleep.
+    pub fn new(name: &str) -> ModelSlot {
         ModelSlot {
-            config,
+            name: name.into(),
             state: AtomicU8::new(ModelState::Asleep as u8),
+            state_since: AtomicU64::new(crate::metrics::now_micros()),
             queue: Mutex::new(QueueState::default()),
             ready: Notify::new(),
             backoff: Mutex::new(Backoff::default()),
+            metrics: ModelMetrics::default(),
         }
     }
 
@@ -214,9 +402,23 @@ impl ModelSlot {
         ModelState::from_u8(self.state.load(SeqCst))
     }
 
-    /// Sets the model's state (switch task only).
+    /// How long the model has been in its current state.
+    pub fn time_in_state(&self) -> Duration {
+        let since = self.state_since.load(SeqCst);
+        Duration::from_micros(crate::metrics::now_micros().saturating_sub(since))
+    }
+
+    /// Sets the model's state (switch task only); time spent active is
+    /// added to its metrics as it leaves `active`.
     pub fn set_state(&self, state: ModelState) {
-        self.state.store(state as u8, SeqCst);
+        let old = self.state.swap(state as u8, SeqCst);
+        if old != state as u8 {
+            let now = crate::metrics::now_micros();
+            let since = self.state_since.swap(now, SeqCst);
+            if old == ModelState::Active as u8 {
+                self.metrics.add_active(Duration::from_micros(now.saturating_sub(since)));
+            }
+        }
     }
 
     /// Requests waiting for this model.
@@ -339,6 +541,44 @@ mod tests {
         assert_eq!(b.remaining(now), None);
         b.fail(now, Arc::from("x"));
         assert_eq!(b.remaining(now), Some(Duration::from_secs(1)));
+    }
+
+    fn config(models: &[(&str, u16)]) -> Config {
+        let mut text = String::from("models:\n");
+        for (name, port) in models {
+            text.push_str(&format!("  {name}: {{port: {port}, wake: w, sleep: s, alive: a}}\n"));
+        }
+        Config::parse(&text, crate::config::Format::Yaml, ".".into()).expect("a test config")
+    }
+
+    #[test]
+    fn a_reload_keeps_slots_stable_and_reports_what_changed() {
+        let first = Catalog::new(config(&[("a", 1), ("b", 2)]));
+        let (second, changes) = first.reload(config(&[("b", 3), ("c", 4)]));
+        assert_eq!(changes.added, ["c"]);
+        assert_eq!(changes.removed, ["a"]);
+        assert_eq!(changes.changed, ["b"]);
+        assert_eq!((second.lookup("a"), second.lookup("b"), second.lookup("c")), (None, Some(1), Some(2)));
+        assert!(Arc::ptr_eq(&first.slots[1], &second.slots[1]), "b keeps its slot");
+        assert!(second.is_removed(0));
+        assert_eq!(second.hooks_of(0).map(|m| m.port), Some(1), "a removed model keeps its hooks");
+        let names: Vec<&str> = second.live().map(|(_, m, _)| m.name.as_str()).collect();
+        assert_eq!(names, ["b", "c"]);
+        let (third, changes) = second.reload(config(&[("a", 5), ("c", 4)]));
+        assert_eq!((changes.added, changes.removed), (vec!["a".to_owned()], vec!["b".to_owned()]));
+        assert_eq!(third.lookup("a"), Some(0), "a returning model gets its old slot back");
+        assert_eq!(third.model(0).map(|m| m.port), Some(5));
+        assert_eq!(third.slots.len(), 3);
+    }
+
+    #[test]
+    fn time_active_is_counted_as_a_model_leaves_active() {
+        let slot = ModelSlot::new("m");
+        slot.set_state(ModelState::Active);
+        std::thread::sleep(Duration::from_millis(5));
+        slot.set_state(ModelState::Draining);
+        let counted = slot.metrics.active_time();
+        assert!(counted >= Duration::from_millis(5), "{counted:?}");
     }
 
     #[test]

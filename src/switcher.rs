@@ -1,140 +1,32 @@
-//! The queue a request joins on a miss, and the one task that switches.
+//! The one task that switches models.
 //!
-//! A request whose model is not active (or is draining) calls [`admit`],
-//! which takes a [`Ticket`] in that model's queue, raises `switch_needed`
-//! and waits for the model's `ready` notification, its request timeout or
-//! shutdown. Each wait creates its `Notified` before re-checking the
-//! routing snapshot, so a publish between the check and the wait is never
-//! lost.
-//!
-//! [`run`] is the switch task, the only code that runs wake and sleep
-//! hooks. It sleeps until a miss raises `switch_needed` (or the
-//! min_active window it waits for ends), asks the policy what to do
-//! ([`crate::policy::next_step`]) and performs one switch at a time:
-//! drain A, sleep A, wake B, publish B, wake B's waiters.
+//! [`run`] is the only code that runs wake and sleep hooks. It sleeps until
+//! something needs it: a miss (a request queued, see [`crate::queue`]), an
+//! operator's command, a reload, or one of its own timers (the min_active
+//! window, idle sleep, the periodic alive check). Each time, in this order:
+//! a backend a request found refusing connections is checked; a command is
+//! carried out; an active model a reload removed is put to sleep; then the
+//! policy ([`crate::policy::next_step`]) picks the next switch: drain A,
+//! sleep A, wake B, publish B, wake B's waiters.
 
-use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde_json::json;
 use tokio::task::JoinSet;
 
-use crate::config::OnSleepFailure;
-use crate::error::Error;
+use crate::config::{ModelConfig, OnSleepFailure};
 use crate::hooks::{self, HookKind, HookRun, Outcome};
 use crate::policy::{self, ActiveView, DrainVerdict, ModelView, Next, PolicyContext, SwitchPolicy};
 use crate::proxy::{Upstream, UpstreamOptions};
-use crate::routing::{try_admit, InFlight, Incarnation, Routing};
-use crate::state::{ModelSlot, ModelState, Shared, SwitchRecord, SwitchResult};
-
-/// Admits a request for `model`: at once if it is active, else after
-/// queueing for it.
-#[inline]
-///
-/// `body_len` counts against `max_queued_body_bytes` while it waits.
-pub async fn admit(shared: &Shared, model: usize, body_len: usize) -> Result<InFlight, Error> {
-    match try_admit(&shared.routing, model) {
-        Some(guard) => Ok(guard),
-        None => wait_for(shared, model, body_len).await,
-    }
-}
-
-/// The slow path: queue for `model` until it is published.
-async fn wait_for(shared: &Shared, model: usize, body_len: usize) -> Result<InFlight, Error> {
-    let slot = &shared.slots[model];
-    check_backoff(slot)?;
-    let _ticket = Ticket::join(shared, model, body_len as u64)?;
-    let started = Instant::now();
-    let deadline = shared.config.policy.request_timeout.map(|t| started + t);
-    loop {
-        let ready = slot.ready.notified();
-        tokio::pin!(ready);
-        ready.as_mut().enable();
-        if shared.shutdown.is_started() {
-            return Err(Error::shutting_down());
-        }
-        if let Some(guard) = try_admit(&shared.routing, model) {
-            return Ok(guard);
-        }
-        check_backoff(slot)?;
-        tokio::select! {
-            () = ready => {}
-            () = shared.shutdown.started() => return Err(Error::shutting_down()),
-            () = sleep_until(deadline) => return Err(Error::wait_timeout(&slot.config.name, started.elapsed())),
-        }
-    }
-}
-
-/// 503 with `Retry-After` while the model's backoff runs.
-fn check_backoff(slot: &ModelSlot) -> Result<(), Error> {
-    let backoff = slot.backoff.lock();
-    match backoff.remaining(Instant::now()) {
-        Some(left) => Err(Error::hook_failed(backoff.reason.to_string(), left)),
-        None => Ok(()),
-    }
-}
-
-/// Sleeps until `deadline`, or forever if there is none.
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// A place in a model's queue; leaving (drop) is what a timeout or a
-/// client disconnect does. Holds its share of the global queue bounds.
-struct Ticket<'a> {
-    shared: &'a Shared,
-    model: usize,
-    body_len: u64,
-}
-
-impl<'a> Ticket<'a> {
-    /// Joins `model`'s queue, or fails with 429 past the queue bounds.
-    fn join(shared: &'a Shared, model: usize, body_len: u64) -> Result<Ticket<'a>, Error> {
-        let limits = &shared.config.limits;
-        let requests = shared.queued_requests.fetch_add(1, SeqCst) + 1;
-        let bytes = shared.queued_body_bytes.fetch_add(body_len, SeqCst) + body_len;
-        if requests > limits.max_queued_requests || bytes > limits.max_queued_body_bytes {
-            shared.queued_requests.fetch_sub(1, SeqCst);
-            shared.queued_body_bytes.fetch_sub(body_len, SeqCst);
-            let which =
-                if requests > limits.max_queued_requests { "max_queued_requests" } else { "max_queued_body_bytes" };
-            return Err(Error::queue_full(which));
-        }
-        {
-            let mut queue = shared.slots[model].queue.lock();
-            queue.waiting += 1;
-            queue.since.get_or_insert_with(Instant::now);
-        }
-        shared.switch_needed.notify_one();
-        Ok(Ticket { shared, model, body_len })
-    }
-}
-
-impl Drop for Ticket<'_> {
-    fn drop(&mut self) {
-        self.shared.queued_requests.fetch_sub(1, SeqCst);
-        self.shared.queued_body_bytes.fetch_sub(self.body_len, SeqCst);
-        let emptied = {
-            let mut queue = self.shared.slots[self.model].queue.lock();
-            queue.waiting = queue.waiting.saturating_sub(1);
-            if queue.waiting == 0 {
-                queue.since = None;
-            }
-            queue.waiting == 0
-        };
-        if emptied {
-            // A drain towards this model may now be abandoned.
-            self.shared.switch_needed.notify_one();
-        }
-    }
-}
+use crate::queue::{self, sleep_until};
+use crate::routing::{InFlight, Incarnation, Routing};
+use crate::state::{Command, HookError, ModelState, Shared, SwitchRecord, SwitchResult};
 
 /// The switch task. Returns at shutdown.
 pub async fn run(shared: Arc<Shared>, policy: Box<dyn SwitchPolicy>) {
     start_up(&shared).await;
+    let mut alive_checked = AliveClock::default();
     loop {
         let woken = shared.switch_needed.notified();
         tokio::pin!(woken);
@@ -142,17 +34,36 @@ pub async fn run(shared: Arc<Shared>, policy: Box<dyn SwitchPolicy>) {
         if shared.shutdown.is_started() {
             return;
         }
-        if let Some(suspect) = shared.routing.load_full().active().filter(|i| i.take_suspect()).cloned() {
-            check_refusing_backend(&shared, &suspect).await;
+        let active = shared.routing.load_full().active().cloned();
+        if let Some(suspect) = active.as_ref().filter(|i| i.take_suspect()) {
+            check_alive(&shared, suspect, "the backend refused a connection").await;
+            continue;
+        }
+        let command = shared.commands.lock().pop_front();
+        if let Some(command) = command {
+            perform(&shared, command).await;
+            continue;
+        }
+        if let Some(removed) = active.as_ref().filter(|a| shared.catalog().is_removed(a.model)) {
+            let _ = sleep_active(&shared, removed, "removed from the config").await;
             continue;
         }
         match plan(&shared, policy.as_ref()) {
             Next::SwitchTo(target) => switch_to(&shared, target).await,
-            Next::Wait(until) => tokio::select! {
-                () = woken => {}
-                () = sleep_until(until) => {}
-                () = shared.shutdown.started() => return,
-            },
+            Next::Wait(until) => {
+                let idle = active.as_ref().and_then(|a| idle_deadline(&shared, a));
+                let alive = active.as_ref().and_then(|a| alive_checked.next(&shared, a));
+                tokio::select! {
+                    () = woken => {}
+                    () = sleep_until(until) => {}
+                    () = sleep_until(idle) => if let Some(a) = &active { sleep_if_idle(&shared, a).await },
+                    () = sleep_until(alive) => if let Some(a) = &active {
+                        alive_checked.record(a);
+                        check_alive(&shared, a, "the periodic alive check failed").await;
+                    },
+                    () = shared.shutdown.started() => return,
+                }
+            }
         }
     }
 }
@@ -160,88 +71,127 @@ pub async fn run(shared: Arc<Shared>, policy: Box<dyn SwitchPolicy>) {
 /// Gathers what the policy needs and asks it for the next step.
 fn plan(shared: &Shared, policy: &dyn SwitchPolicy) -> Next {
     let now = Instant::now();
+    let catalog = shared.catalog();
     let routing = shared.routing.load();
     let active = routing.active();
-    let models: Vec<ModelView> = shared
+    let models: Vec<ModelView> = catalog
         .slots
         .iter()
         .enumerate()
         .map(|(i, slot)| {
             let queue = *slot.queue.lock();
             ModelView {
-                waiting: queue.waiting,
+                // A removed model's waiters are answered 404, never served.
+                waiting: if catalog.is_removed(i) { 0 } else { queue.waiting },
                 oldest_wait: queue.since,
                 in_flight: active.filter(|a| a.model == i).map_or(0, |a| a.in_flight()),
                 in_backoff: slot.backoff.lock().remaining(now).is_some(),
             }
         })
         .collect();
-    let costs = shared.switch_costs.lock().clone();
+    let n = models.len();
+    let mut costs = vec![None; (n + 1) * n];
+    for (&(from, to), cost) in shared.switch_costs.lock().iter() {
+        if let Some(cell) = costs.get_mut(from.unwrap_or(n) * n + to) {
+            *cell = Some(*cost);
+        }
+    }
     let ctx = PolicyContext {
         now,
         active: active.map(|a| ActiveView { model: a.model, since: a.published_at }),
         models: &models,
         switch_costs: &costs,
     };
-    policy::next_step(&ctx, policy, shared.config.policy.min_active)
+    policy::next_step(&ctx, policy, catalog.config.policy.min_active)
 }
 
-/// Runs one of `model`'s hooks with the configured directory and grace.
+/// Runs one of `model`'s hooks with the configuration in force (or the
+/// last one a removed model had), counting it in the model's metrics.
 async fn hook(shared: &Shared, model: usize, kind: HookKind) -> HookRun {
-    let cfg = &shared.config;
-    let run = hooks::run(&cfg.models[model], kind, &cfg.base_dir, &shared.shutdown, cfg.shutdown_grace).await;
-    if matches!(run.outcome, Outcome::CutByShutdown) {
-        shared.shutdown.record_cut();
+    let catalog = shared.catalog.load_full();
+    let Some(config) = catalog.hooks_of(model) else {
+        let e = std::io::Error::new(std::io::ErrorKind::NotFound, "the model has no configuration");
+        return HookRun { outcome: Outcome::SpawnFailed(e), started: Instant::now(), duration: Duration::ZERO };
+    };
+    let cfg = &catalog.config;
+    let run = hooks::run(config, kind, &cfg.base_dir, &shared.shutdown, cfg.shutdown_grace, &shared.events).await;
+    catalog.slot(model).metrics.hooks[kind as usize].record(&run);
+    match &run.outcome {
+        Outcome::Success => {}
+        Outcome::CutByShutdown => shared.shutdown.record_cut(),
+        // A failing alive hook is an answer ("down"), not an error.
+        Outcome::Failed(_) if kind == HookKind::Alive => {}
+        failed => {
+            *shared.last_hook_error.lock() = Some(HookError {
+                model: config.name.as_str().into(),
+                hook: kind.as_str(),
+                error: format!("{kind} hook {failed}"),
+                at_micros: crate::metrics::now_micros(),
+            });
+        }
     }
     run
 }
 
 /// Start-up: every model's `alive` at once; adopt the first model that is
-/// up, put every other up (or unknown) model to sleep.
+/// up, put every other up (or unknown) model to sleep; then preload.
 async fn start_up(shared: &Arc<Shared>) {
+    let models: Vec<usize> = shared.catalog().live().map(|(i, _, _)| i).collect();
     let mut checks = JoinSet::new();
-    for model in 0..shared.slots.len() {
+    for &model in &models {
         let shared = Arc::clone(shared);
         checks.spawn(async move { (model, hook(&shared, model, HookKind::Alive).await.outcome) });
     }
     // Some(true): up; Some(false): down; None: unknown (timed out).
-    let mut up: Vec<Option<bool>> = vec![Some(false); shared.slots.len()];
+    let mut up: Vec<(usize, Option<bool>)> = Vec::with_capacity(models.len());
     while let Some(Ok((model, outcome))) = checks.join_next().await {
-        up[model] = match outcome {
+        let state = match outcome {
             Outcome::Success => Some(true),
             Outcome::Failed(_) => Some(false),
             _ => None,
         };
+        up.push((model, state));
     }
-    let adopted = up.iter().position(|u| *u == Some(true));
+    // Config order decides which of several running models is adopted.
+    up.sort_by_key(|(model, _)| models.iter().position(|m| m == model));
+    let adopted = up.iter().find(|(_, state)| *state == Some(true)).map(|(m, _)| *m);
     if let Some(model) = adopted {
         publish(shared, model);
-        tracing::info!(model = %shared.slots[model].config.name, "adopted the running model as active");
+        tracing::info!(model = %shared.catalog().name(model), "adopted the running model as active");
     }
-    for (model, state) in up.iter().enumerate() {
-        if Some(model) == adopted || *state == Some(false) || shared.shutdown.is_started() {
+    for &(model, state) in &up {
+        if Some(model) == adopted || state == Some(false) || shared.shutdown.is_started() {
             continue;
         }
-        let slot = &shared.slots[model];
+        let slot = Arc::clone(shared.catalog().slot(model));
         slot.set_state(ModelState::Sleeping);
         let run = hook(shared, model, HookKind::Sleep).await;
         slot.set_state(if run.succeeded() { ModelState::Asleep } else { ModelState::Failed });
     }
+    let preload = shared.catalog().config.policy.preload.clone();
+    if let Some(model) = preload.and_then(|name| shared.catalog().lookup(&name)) {
+        if Some(model) != adopted {
+            tracing::info!(model = %shared.catalog().name(model), "preloading");
+            queue::wake_in_background(shared, model);
+        }
+    }
 }
 
-/// Publishes `model` as active with a fresh incarnation.
+/// Publishes `model` as active with a fresh incarnation, connecting to the
+/// port the configuration in force gives it.
 fn publish(shared: &Shared, model: usize) {
-    let cfg = &shared.config;
+    let catalog = shared.catalog();
+    let cfg = &catalog.config;
     let options = UpstreamOptions {
         idle_timeout: cfg.upstream_idle_timeout,
         connect_timeout: cfg.limits.upstream_connect_timeout,
         first_byte_timeout: cfg.limits.upstream_first_byte_timeout,
     };
-    let upstream = Upstream::new(cfg.models[model].port, options);
-    let incarnation = Arc::new(Incarnation::new(model, upstream));
+    let port = catalog.hooks_of(model).map_or(0, |m| m.port);
+    let slot = Arc::clone(catalog.slot(model));
+    let incarnation = Arc::new(Incarnation::new(model, Arc::clone(&slot), Upstream::new(port, options)));
     tokio::spawn(reap_idle_connections(Arc::downgrade(&incarnation)));
     shared.routing.store(Arc::new(Routing::with_active(incarnation)));
-    let slot = &shared.slots[model];
     slot.set_state(ModelState::Active);
     slot.backoff.lock().reset();
     slot.ready.notify_waiters();
@@ -263,19 +213,122 @@ async fn reap_idle_connections(incarnation: std::sync::Weak<Incarnation>) {
     }
 }
 
-/// A request's connection to the active backend was refused: run `alive`
-/// once. If it fails, the model is marked failed and unpublished, so its
-/// requests queue and the next switch re-wakes it.
-async fn check_refusing_backend(shared: &Shared, incarnation: &Arc<Incarnation>) {
-    let slot = &shared.slots[incarnation.model];
+/// Runs the active model's `alive` once (a request found its backend
+/// refusing connections, or the periodic check is due). If it fails, the
+/// model is marked failed and unpublished, so its requests queue and the
+/// next switch wakes it again.
+async fn check_alive(shared: &Shared, incarnation: &Arc<Incarnation>, why: &str) {
     let alive = hook(shared, incarnation.model, HookKind::Alive).await;
-    if !alive.succeeded() {
-        tracing::warn!(model = %slot.config.name, "the backend refused a connection and its alive hook failed: marked failed, the next request wakes it again");
+    if !alive.succeeded() && !incarnation.is_draining() {
+        let name = shared.catalog().name(incarnation.model).to_owned();
+        tracing::warn!(model = %name, "{why} and its alive hook failed: marked failed, the next request wakes it again");
         incarnation.start_draining();
         shared.routing.store(Arc::new(Routing::empty()));
-        slot.set_state(ModelState::Failed);
+        incarnation.slot.set_state(ModelState::Failed);
+        shared.events.emit("failed", || json!({ "model": name, "reason": format!("{why}; alive hook failed") }));
     }
     incarnation.record_verdict();
+}
+
+/// When the periodic alive check of each incarnation last ran.
+#[derive(Default)]
+struct AliveClock {
+    /// The incarnation (by its publish instant) and the check's instant.
+    last: Option<(Instant, Instant)>,
+}
+
+impl AliveClock {
+    /// When `active`'s next check is due, if its model has an interval.
+    fn next(&self, shared: &Shared, active: &Incarnation) -> Option<Instant> {
+        let interval = shared.catalog().model(active.model)?.alive_interval?;
+        let base = match self.last {
+            Some((published, checked)) if published == active.published_at => checked,
+            _ => active.published_at,
+        };
+        Some(base + interval)
+    }
+
+    fn record(&mut self, active: &Incarnation) {
+        self.last = Some((active.published_at, Instant::now()));
+    }
+}
+
+/// When `active` may be put to sleep for idleness, if its model has an
+/// idle timeout. While requests are in flight, look again in a second.
+fn idle_deadline(shared: &Shared, active: &Incarnation) -> Option<Instant> {
+    let idle = shared.catalog().model(active.model)?.idle_sleep?;
+    let now = Instant::now();
+    Some(match active.idle_for(now) {
+        Some(for_how_long) => now + idle.saturating_sub(for_how_long),
+        None => now + idle.min(Duration::from_secs(1)),
+    })
+}
+
+/// Puts `active` to sleep if it is still idle; a request that slipped in
+/// first keeps it active.
+async fn sleep_if_idle(shared: &Shared, active: &Arc<Incarnation>) {
+    let Some(idle) = shared.catalog().model(active.model).and_then(|m| m.idle_sleep) else { return };
+    if active.idle_for(Instant::now()).is_none_or(|d| d < idle) {
+        return;
+    }
+    // Stop admitting, then look again: a request admitted in between is
+    // seen here (see the drain protocol in `routing`).
+    active.start_draining();
+    if active.in_flight() > 0 {
+        reinstate(shared, active);
+        return;
+    }
+    let name = shared.catalog().name(active.model).to_owned();
+    tracing::info!(model = %name, idle_secs = idle.as_secs(), "idle: putting the model to sleep");
+    let _ = sleep_active(shared, active, "idle").await;
+}
+
+/// Carries out an operator's command.
+async fn perform(shared: &Shared, command: Command) {
+    match command {
+        Command::Sleep { model, done } => {
+            let active = shared.routing.load_full().active().cloned();
+            let result = match active.filter(|a| model.is_none_or(|m| m == a.model)) {
+                None => Ok(None),
+                Some(a) => sleep_active(shared, &a, "asked by an operator").await.map(|()| Some(a.model)),
+            };
+            let _ = done.send(result);
+        }
+    }
+}
+
+/// Drains and sleeps the active model with nothing to wake after it
+/// (idle, removed, or an operator's command). Requests that arrive
+/// meanwhile queue, and wake it again once it is asleep.
+async fn sleep_active(shared: &Shared, old: &Arc<Incarnation>, why: &str) -> Result<(), String> {
+    let slot = &old.slot;
+    old.start_draining();
+    slot.set_state(ModelState::Draining);
+    if shared.catalog().config.policy.drain_before_switch && drain(shared, old, None).await == DrainVerdict::Wait {
+        return Err("shutting down".to_owned());
+    }
+    shared.routing.store(Arc::new(Routing::empty()));
+    slot.set_state(ModelState::Sleeping);
+    let run = hook(shared, old.model, HookKind::Sleep).await;
+    let name = slot.name.to_string();
+    if run.succeeded() {
+        slot.set_state(ModelState::Asleep);
+        tracing::info!(model = %name, why, "model put to sleep");
+        shared.events.emit("asleep", || json!({ "model": name, "reason": why }));
+        return Ok(());
+    }
+    let reason = format!("sleep hook of model `{name}` {}", run.outcome);
+    let still_up = hook(shared, old.model, HookKind::Alive).await.succeeded();
+    if still_up && !shared.catalog().is_removed(old.model) {
+        // It still answers: serve it again rather than leave it loaded
+        // and unreachable.
+        reinstate(shared, old);
+    } else {
+        slot.set_state(ModelState::Failed);
+    }
+    tracing::warn!(model = %name, still_up, "{reason}");
+    shared.events.emit("failed", || json!({ "model": name, "reason": reason }));
+    Err(reason)
 }
 
 /// Called by a request whose connection the backend refused before
@@ -303,7 +356,7 @@ enum Retired {
 /// One switch from whatever is active to `target`.
 async fn switch_to(shared: &Shared, target: usize) {
     let from = shared.routing.load_full().active().cloned();
-    let slot = &shared.slots[target];
+    let slot = Arc::clone(shared.catalog().slot(target));
     let miss = slot.queue.lock().since.unwrap_or_else(Instant::now);
     let mut record = SwitchRecord {
         from: from.as_ref().map(|o| o.model),
@@ -316,47 +369,94 @@ async fn switch_to(shared: &Shared, target: usize) {
         published: None,
         result: SwitchResult::Failed,
     };
+    emit_switch(shared, "switch_started", &record, None);
     if let Some(old) = &from {
         if let Retired::Stop(result) = retire(shared, old, target, &mut record).await {
             record.result = result;
-            *shared.last_switch.lock() = Some(record);
+            finish(shared, record);
             return;
         }
     }
     slot.set_state(ModelState::Waking);
-    match wake_and_confirm(shared, target, &mut record).await {
+    let woken = wake_and_confirm(shared, target, &mut record).await;
+    emit_switch(shared, "phase_done", &record, Some("wake"));
+    match woken {
         Ok(()) => {
             publish(shared, target);
             record.published = Some(Instant::now());
             record.result = SwitchResult::Done;
             shared.record_switch_cost(record.from, target, record.cost());
             log_switch(shared, &record);
-            *shared.last_switch.lock() = Some(record);
+            let (name, ms) = (slot.name.to_string(), millis(miss.elapsed()));
+            shared.events.emit("activated", || json!({ "model": name, "ms": ms }));
+            finish(shared, record);
         }
         Err(reason) => {
-            *shared.last_switch.lock() = Some(record);
+            finish(shared, record);
             fail_target(shared, target, reason);
             if shared.shutdown.is_started() {
                 return;
             }
-            // A half-started backend must not hold the GPU.
-            slot.set_state(ModelState::Sleeping);
+            // A half-started backend must not hold the GPU. The model
+            // stays `failed` meanwhile: that is what its waiters were told.
             let _ = hook(shared, target, HookKind::Sleep).await;
-            slot.set_state(ModelState::Failed);
         }
     }
+}
+
+/// Files a finished switch: the last switch, and its metrics.
+fn finish(shared: &Shared, record: SwitchRecord) {
+    shared.metrics.record_switch(&record);
+    *shared.last_switch.lock() = Some(record);
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A switch event: `switch_started`, or `phase_done` for `phase`.
+fn emit_switch(shared: &Shared, kind: &str, r: &SwitchRecord, phase: Option<&str>) {
+    shared.events.emit(kind, || {
+        let catalog = shared.catalog();
+        let mut data = json!({ "from": r.from.map(|f| catalog.name(f)), "to": catalog.name(r.to) });
+        if let Some(phase) = phase {
+            let took = match phase {
+                "drain" => r.drain,
+                "sleep" => r.sleep.map_or(Duration::ZERO, |s| s.1),
+                _ => r.wake.map_or(Duration::ZERO, |w| w.1) + r.alive,
+            };
+            data["phase"] = json!(phase);
+            data["ms"] = json!(millis(took));
+        }
+        data
+    });
 }
 
 /// Runs the wake hook, then `alive` until it passes (a wake hook may exit
 /// 0 before its backend answers), all within the wake timeout.
 async fn wake_and_confirm(shared: &Shared, target: usize, record: &mut SwitchRecord) -> Result<(), String> {
-    let model = &shared.slots[target].config;
+    let catalog = shared.catalog.load_full();
+    let Some(model) = catalog.model(target) else {
+        return Err(format!("model `{}` was removed from the config", catalog.name(target)));
+    };
     let run = hook(shared, target, HookKind::Wake).await;
     record.wake = Some((run.started, run.duration));
     if !run.succeeded() {
         return Err(format!("wake hook of model `{}` {}", model.name, run.outcome));
     }
-    let deadline = run.started + model.wake.timeout;
+    confirm_alive(shared, target, model, run.started, record).await
+}
+
+/// `alive` until it passes, backing off from 25 ms to 1 s, until the wake
+/// timeout (counted from the wake hook's spawn) runs out.
+async fn confirm_alive(
+    shared: &Shared,
+    target: usize,
+    model: &ModelConfig,
+    woken_at: Instant,
+    record: &mut SwitchRecord,
+) -> Result<(), String> {
+    let deadline = woken_at + model.wake.timeout;
     let mut pause = Duration::from_millis(25);
     loop {
         let alive = hook(shared, target, HookKind::Alive).await;
@@ -381,23 +481,25 @@ async fn wake_and_confirm(shared: &Shared, target: usize, record: &mut SwitchRec
 
 /// One log line per switch, with its phase durations.
 fn log_switch(shared: &Shared, r: &SwitchRecord) {
-    let name = |m: usize| shared.slots[m].config.name.as_str();
-    let ms = |d: Duration| d.as_millis() as u64;
+    let catalog = shared.catalog();
     tracing::info!(
-        from = r.from.map_or("(none)", name),
-        to = name(r.to),
-        drain_ms = ms(r.drain),
-        sleep_ms = ms(r.sleep.map_or(Duration::ZERO, |s| s.1)),
-        wake_ms = ms(r.wake.map_or(Duration::ZERO, |w| w.1)),
-        waited_ms = ms(r.miss.elapsed()),
+        from = r.from.map_or("(none)", |m| catalog.name(m)),
+        to = catalog.name(r.to),
+        drain_ms = millis(r.drain),
+        sleep_ms = millis(r.sleep.map_or(Duration::ZERO, |s| s.1)),
+        wake_ms = millis(r.wake.map_or(Duration::ZERO, |w| w.1)),
+        alive_ms = millis(r.alive),
+        waited_ms = millis(r.miss.elapsed()),
         "switch done"
     );
 }
 
 /// Answers every waiter of `target` with 503 and starts its backoff.
 fn fail_target(shared: &Shared, target: usize, reason: String) {
-    let slot = &shared.slots[target];
-    tracing::warn!(model = %slot.config.name, "switch failed: {reason}");
+    let slot = Arc::clone(shared.catalog().slot(target));
+    tracing::warn!(model = %slot.name, "switch failed: {reason}");
+    let name = slot.name.to_string();
+    shared.events.emit("failed", || json!({ "model": name, "reason": reason }));
     slot.backoff.lock().fail(Instant::now(), Arc::from(reason));
     slot.set_state(ModelState::Failed);
     slot.ready.notify_waiters();
@@ -405,17 +507,18 @@ fn fail_target(shared: &Shared, target: usize, reason: String) {
 
 /// Drains and sleeps the active model `old` on the way to `target`.
 async fn retire(shared: &Shared, old: &Arc<Incarnation>, target: usize, record: &mut SwitchRecord) -> Retired {
-    let slot = &shared.slots[old.model];
+    let slot = &old.slot;
     old.start_draining();
     slot.set_state(ModelState::Draining);
-    if shared.config.policy.drain_before_switch {
+    if shared.catalog().config.policy.drain_before_switch {
         let started = Instant::now();
-        let verdict = drain(shared, old, target).await;
+        let verdict = drain(shared, old, Some(target)).await;
         record.drain = started.elapsed();
+        emit_switch(shared, "phase_done", record, Some("drain"));
         match verdict {
             DrainVerdict::Drained | DrainVerdict::Cut => {}
             DrainVerdict::Abandon => {
-                tracing::info!(model = %slot.config.name, "switch abandoned: nobody waits for it any more");
+                tracing::info!(model = %slot.name, "switch abandoned: nobody waits for it any more");
                 reinstate(shared, old);
                 return Retired::Stop(SwitchResult::Abandoned);
             }
@@ -426,8 +529,11 @@ async fn retire(shared: &Shared, old: &Arc<Incarnation>, target: usize, record: 
     slot.set_state(ModelState::Sleeping);
     let run = hook(shared, old.model, HookKind::Sleep).await;
     record.sleep = Some((run.started, run.duration));
+    emit_switch(shared, "phase_done", record, Some("sleep"));
     if run.succeeded() {
         slot.set_state(ModelState::Asleep);
+        let name = slot.name.to_string();
+        shared.events.emit("asleep", || json!({ "model": name, "reason": "switch" }));
         return Retired::Done;
     }
     sleep_failed(shared, old, target, run).await
@@ -436,17 +542,16 @@ async fn retire(shared: &Shared, old: &Arc<Incarnation>, target: usize, record: 
 /// A failed sleep: if the old model still answers, the switch fails
 /// (unless the policy says to continue) and the old model stays active.
 async fn sleep_failed(shared: &Shared, old: &Arc<Incarnation>, target: usize, run: HookRun) -> Retired {
-    let slot = &shared.slots[old.model];
-    let name = &slot.config.name;
+    let name = &old.slot.name;
     let still_up = hook(shared, old.model, HookKind::Alive).await.succeeded();
-    if still_up && shared.config.policy.on_sleep_failure == OnSleepFailure::Abort {
+    if still_up && shared.catalog().config.policy.on_sleep_failure == OnSleepFailure::Abort {
         reinstate(shared, old);
         let reason = format!("sleep hook of model `{name}` {}; `{name}` is still active", run.outcome);
         fail_target(shared, target, reason);
         return Retired::Stop(SwitchResult::Failed);
     }
     tracing::warn!(model = %name, still_up, "sleep hook {}; switching anyway", run.outcome);
-    slot.set_state(ModelState::Failed);
+    old.slot.set_state(ModelState::Failed);
     Retired::Done
 }
 
@@ -454,28 +559,29 @@ async fn sleep_failed(shared: &Shared, old: &Arc<Incarnation>, target: usize, ru
 fn reinstate(shared: &Shared, old: &Arc<Incarnation>) {
     old.stop_draining();
     shared.routing.store(Arc::new(Routing::with_active(Arc::clone(old))));
-    let slot = &shared.slots[old.model];
-    slot.set_state(ModelState::Active);
-    slot.ready.notify_waiters();
+    old.slot.set_state(ModelState::Active);
+    old.slot.ready.notify_waiters();
 }
 
-/// Waits for `old`'s in-flight requests, abandoning the drain if nobody
-/// waits for `target` any more. Returns `Wait` only at shutdown.
-async fn drain(shared: &Shared, old: &Incarnation, target: usize) -> DrainVerdict {
-    let deadline = shared.config.policy.drain_timeout.map(|t| Instant::now() + t);
+/// Waits for `old`'s in-flight requests. On the way to a `target`, the
+/// drain is abandoned if nobody waits for it any more; with no target it
+/// never is. Returns `Wait` only at shutdown.
+async fn drain(shared: &Shared, old: &Incarnation, target: Option<usize>) -> DrainVerdict {
+    let deadline = shared.catalog().config.policy.drain_timeout.map(|t| Instant::now() + t);
     loop {
         let woken = shared.switch_needed.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
         let timed_out = deadline.is_some_and(|d| Instant::now() >= d);
-        let verdict = policy::drain_verdict(shared.slots[target].waiting(), old.in_flight(), timed_out);
+        let waiting = target.map_or(1, |t| shared.catalog().slot(t).waiting());
+        let verdict = policy::drain_verdict(waiting, old.in_flight(), timed_out);
         match verdict {
             DrainVerdict::Wait => {}
             DrainVerdict::Cut => {
                 let n = old.in_flight();
                 old.cut();
-                shared.cut_requests.fetch_add(n as u64, SeqCst);
-                tracing::warn!(model = %shared.slots[old.model].config.name, cut = n, "drain timed out: cutting in-flight requests");
+                shared.metrics.cut_requests.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(model = %old.slot.name, cut = n, "drain timed out: cutting in-flight requests");
                 return verdict;
             }
             _ => return verdict,

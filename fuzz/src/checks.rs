@@ -482,7 +482,7 @@ async fn start(seen: Arc<Mutex<Vec<Seen>>>, busy: Arc<AtomicUsize>) -> Arc<Share
          max_body_bytes: {REQUEST_MAX_BODY}\nshutdown_grace_secs: 1\nupstream_idle_timeout_secs: 30\n"
     );
     let config = Config::parse(&yaml, Format::Yaml, std::env::temp_dir()).expect("the harness config");
-    let shared = Arc::new(Shared::new(config));
+    let shared = Arc::new(Shared::new(config, None));
     tokio::spawn(llmux::switcher::run(Arc::clone(&shared), Box::new(llmux::policy::Fifo)));
     let deadline = Instant::now() + Duration::from_secs(20);
     while shared.active_model() != Some(0) {

@@ -5,10 +5,15 @@ mod support;
 
 mod auth;
 mod config_cli;
+mod control;
 mod errors;
 mod fuzz_corpus;
+mod idle;
 mod limits;
+mod logs;
+mod metrics;
 mod real;
+mod reload;
 mod routing;
 mod soak;
 mod switching;

@@ -10,6 +10,7 @@
 
 #![allow(dead_code)]
 
+pub mod admin;
 pub mod backend;
 pub mod http;
 pub mod wire;
@@ -133,6 +134,8 @@ pub struct Builder {
     extra: Vec<String>,
     up_at_start: Vec<String>,
     format_json: bool,
+    model_lines: Vec<(String, String)>,
+    args: Vec<String>,
 }
 
 impl Builder {
@@ -160,6 +163,19 @@ impl Builder {
         self
     }
 
+    /// Adds a line under `model`'s block, after its hooks, e.g.
+    /// `idle_sleep_secs: 1`.
+    pub fn model_line(mut self, model: &str, line: &str) -> Builder {
+        self.model_lines.push((model.to_owned(), line.to_owned()));
+        self
+    }
+
+    /// Adds command-line arguments for llmux, e.g. `["--log-format", "json"]`.
+    pub fn args(mut self, args: &[&str]) -> Builder {
+        self.args.extend(args.iter().map(|a| (*a).to_owned()));
+        self
+    }
+
     /// Writes the config as JSON instead of YAML.
     pub fn json(mut self) -> Builder {
         self.format_json = true;
@@ -179,31 +195,15 @@ impl Builder {
         let ext = if self.format_json { "json" } else { "yaml" };
         let config_path = dir.join(format!("llmux.{ext}"));
         std::fs::write(&config_path, config).expect("write config");
-        let llmux = start_llmux(&config_path);
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let llmux = start_llmux_with_args(&config_path, &args);
         Mux { hooks, backends, models: self.models, llmux, config_path }
     }
 
     fn yaml_config(&self, backends: &[Process]) -> String {
-        let mut c = String::from("host: 127.0.0.1\nport: 0\nmodels:\n");
-        for (m, b) in self.models.iter().zip(backends) {
-            let _ = writeln!(c, "  {m}:\n    port: {}", b.port());
-            for hook in ["wake", "sleep", "alive"] {
-                let _ = writeln!(c, "    {hook}: sh hook.sh {hook}");
-            }
-        }
-        c.push_str("policy:\n");
-        for line in &self.policy {
-            let _ = writeln!(c, "  {line}");
-        }
-        for (key, secs) in [("wake_timeout_secs", 10), ("sleep_timeout_secs", 10), ("alive_timeout_secs", 5)] {
-            if !self.policy.iter().any(|l| l.starts_with(key)) {
-                let _ = writeln!(c, "  {key}: {secs}");
-            }
-        }
-        for line in &self.extra {
-            let _ = writeln!(c, "{line}");
-        }
-        c
+        let models: Vec<(&str, u16)> = self.models.iter().zip(backends).map(|(m, b)| (m.as_str(), b.port())).collect();
+        let spec = Spec { model_lines: &self.model_lines, policy: &self.policy, extra: &self.extra };
+        harness_yaml(&models, &spec)
     }
 
     fn json_config(&self, backends: &[Process]) -> String {
@@ -219,9 +219,52 @@ impl Builder {
                 format!("{}: {model}", serde_json::Value::from(m.as_str()))
             })
             .collect();
-        assert!(self.policy.is_empty() && self.extra.is_empty(), "JSON harness takes no extra lines");
+        assert!(
+            self.policy.is_empty() && self.extra.is_empty() && self.model_lines.is_empty(),
+            "JSON harness takes no extra lines"
+        );
         format!("{{\"host\": \"127.0.0.1\", \"port\": 0, \"models\": {{{}}}}}", models.join(", "))
     }
+}
+
+/// The lines a harness config holds besides its models.
+#[derive(Default)]
+pub struct Spec<'a> {
+    /// Lines under a model's block, after its hooks: (model, line).
+    pub model_lines: &'a [(String, String)],
+    /// `policy:` lines.
+    pub policy: &'a [String],
+    /// Top-level lines.
+    pub extra: &'a [String],
+}
+
+/// The harness's YAML config for `models` (name, backend port): every
+/// model with the `hook.sh` hooks, listening on 127.0.0.1 port 0, short
+/// hook timeouts unless `spec.policy` sets them.
+pub fn harness_yaml(models: &[(&str, u16)], spec: &Spec) -> String {
+    let mut c = String::from("host: 127.0.0.1\nport: 0\nmodels:\n");
+    for (m, port) in models {
+        let _ = writeln!(c, "  {m}:\n    port: {port}");
+        for hook in ["wake", "sleep", "alive"] {
+            let _ = writeln!(c, "    {hook}: sh hook.sh {hook}");
+        }
+        for (_, line) in spec.model_lines.iter().filter(|(model, _)| model == m) {
+            let _ = writeln!(c, "    {line}");
+        }
+    }
+    c.push_str("policy:\n");
+    for line in spec.policy {
+        let _ = writeln!(c, "  {line}");
+    }
+    for (key, secs) in [("wake_timeout_secs", 10), ("sleep_timeout_secs", 10), ("alive_timeout_secs", 5)] {
+        if !spec.policy.iter().any(|l| l.starts_with(key)) {
+            let _ = writeln!(c, "  {key}: {secs}");
+        }
+    }
+    for line in spec.extra {
+        let _ = writeln!(c, "{line}");
+    }
+    c
 }
 
 /// Starts the real `llmux` binary on `config`.
@@ -229,11 +272,23 @@ pub fn start_llmux(config: &Path) -> Process {
     start_llmux_with_env(config, &[])
 }
 
+/// Starts the real `llmux` binary on `config` with extra command-line
+/// arguments, e.g. `["--log-format", "json"]`.
+pub fn start_llmux_with_args(config: &Path, args: &[&str]) -> Process {
+    Process::start(llmux_command(config, &[], args))
+}
+
 /// Starts the real `llmux` binary on `config` with extra environment
 /// variables (inherited by its hooks).
 pub fn start_llmux_with_env(config: &Path, env: &[(String, String)]) -> Process {
+    Process::start(llmux_command(config, env, &[]))
+}
+
+/// The command `start_llmux*` run: `llmux -c CONFIG ARGS`, debug logs to
+/// `llmux.log` next to the config.
+fn llmux_command(config: &Path, env: &[(String, String)], args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_llmux"));
-    cmd.arg("-c").arg(config).env("RUST_LOG", "llmux=debug");
+    cmd.arg("-c").arg(config).args(args).env("RUST_LOG", "llmux=debug");
     cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     // The log goes next to the config (`Mux::log`), or to the terminal
     // with LLMUX_TEST_LOG set.
@@ -244,7 +299,7 @@ pub fn start_llmux_with_env(config: &Path, env: &[(String, String)]) -> Process 
             Err(_) => cmd.stderr(Stdio::null()),
         };
     }
-    Process::start(cmd)
+    cmd
 }
 
 /// llmux in front of stand-ins, with its hook directory.
@@ -263,7 +318,15 @@ pub struct Mux {
 
 /// Starts describing a harness.
 pub fn mux() -> Builder {
-    Builder { models: Vec::new(), policy: Vec::new(), extra: Vec::new(), up_at_start: Vec::new(), format_json: false }
+    Builder {
+        models: Vec::new(),
+        policy: Vec::new(),
+        extra: Vec::new(),
+        up_at_start: Vec::new(),
+        format_json: false,
+        model_lines: Vec::new(),
+        args: Vec::new(),
+    }
 }
 
 impl Mux {

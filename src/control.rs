@@ -1,0 +1,260 @@
+//! The control API under `/llmux/`: status, waking and sleeping by hand,
+//! the live event stream and reloading the config.
+//!
+//! Every action goes through the switch task and the same drain rules as a
+//! switch: a wake joins the model's queue like a request, a sleep is a
+//! [`Command`] the switch task carries out. Who may call it is decided by
+//! [`crate::auth::check_admin`] before anything here runs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::api::json_response;
+use crate::body::ResponseBody;
+use crate::config::Config;
+use crate::error::Error;
+use crate::events;
+use crate::queue;
+use crate::state::{Changes, Command, Shared};
+
+/// True for a path of the control API.
+pub fn is_control(path: &str) -> bool {
+    path == "/llmux" || path.starts_with("/llmux/")
+}
+
+/// Answers a control request (already authorised).
+pub async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<ResponseBody>, Error> {
+    let path = req.uri().path();
+    let wait = !req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv == "wait=false"));
+    match (req.method(), path) {
+        (&Method::GET | &Method::HEAD, "/llmux/status") => Ok(json_response(&status(shared))),
+        (&Method::GET, "/llmux/events") => Ok(event_stream(shared)),
+        (&Method::POST, "/llmux/sleep") => sleep(shared, None).await,
+        (&Method::POST, "/llmux/reload") => reload(shared).map(|changes| json_response(&changes_json(&changes))),
+        (&Method::POST, _) => match model_action(path) {
+            Some((name, "wake")) => wake(shared, &name, wait).await,
+            Some((name, "sleep")) => {
+                let model = shared.catalog().lookup(&name).ok_or_else(|| Error::unknown_model(&name))?;
+                sleep(shared, Some(model)).await
+            }
+            _ => Err(Error::unknown_route(req.method(), path)),
+        },
+        _ => Err(Error::unknown_route(req.method(), path)),
+    }
+}
+
+/// `/llmux/models/{name}/{action}` → (name, action), the name decoded.
+fn model_action(path: &str) -> Option<(String, &str)> {
+    let rest = path.strip_prefix("/llmux/models/")?;
+    let (name, action) = rest.rsplit_once('/')?;
+    Some((crate::api::percent_decode(name), action))
+}
+
+/// `GET /llmux/status`.
+fn status(shared: &Shared) -> Value {
+    let catalog = shared.catalog();
+    let routing = shared.routing.load();
+    let active = routing.active();
+    let models: Vec<Value> = catalog
+        .live()
+        .map(|(i, m, slot)| {
+            let queue = *slot.queue.lock();
+            json!({
+                "id": m.name,
+                "state": slot.state().as_str(),
+                "queued": queue.waiting,
+                "oldest_wait_ms": queue.since.map(|s| millis(s.elapsed())),
+                "in_flight": active.filter(|a| a.model == i).map_or(0, |a| a.in_flight()),
+                "state_secs": slot.time_in_state().as_secs_f64(),
+                "port": m.port,
+            })
+        })
+        .collect();
+    let name = |slot: usize| catalog.name(slot).to_owned();
+    let last_switch = shared.last_switch.lock().as_ref().map(|r| {
+        json!({
+            "from": r.from.map(name),
+            "to": name(r.to),
+            "result": r.result.as_str(),
+            "drain_ms": millis(r.drain),
+            "sleep_ms": millis(r.sleep.map_or(Duration::ZERO, |s| s.1)),
+            "wake_ms": millis(r.wake.map_or(Duration::ZERO, |w| w.1)),
+            "alive_ms": millis(r.alive),
+            "total_ms": millis(r.published.map_or(r.cost(), |p| p.saturating_duration_since(r.miss))),
+        })
+    });
+    let last_hook_error = shared.last_hook_error.lock().as_ref().map(|e| {
+        let ago = Duration::from_micros(crate::metrics::now_micros().saturating_sub(e.at_micros));
+        json!({ "model": &*e.model, "hook": e.hook, "error": e.error, "secs_ago": ago.as_secs() })
+    });
+    let mut costs: Vec<((Option<usize>, usize), Duration)> =
+        shared.switch_costs.lock().iter().map(|(k, v)| (*k, *v)).collect();
+    costs.sort();
+    let switch_costs: Vec<Value> =
+        costs.into_iter().map(|((f, t), c)| json!({ "from": f.map(name), "to": name(t), "ms": millis(c) })).collect();
+    json!({
+        "active": active.map(|a| name(a.model)),
+        "models": models,
+        "last_switch": last_switch,
+        "last_hook_error": last_hook_error,
+        "switch_costs": switch_costs,
+    })
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `POST /llmux/models/{name}/wake[?wait=false]`.
+async fn wake(shared: &Arc<Shared>, name: &str, wait: bool) -> Result<Response<ResponseBody>, Error> {
+    let model = shared.catalog().lookup(name).ok_or_else(|| Error::unknown_model(name))?;
+    if !wait {
+        let position = queue::position_of(shared, model);
+        queue::wake_in_background(shared, model);
+        let state = shared.catalog().slot(model).state().as_str();
+        let mut response = json_response(&json!({ "model": name, "state": state, "position": position }));
+        *response.status_mut() = StatusCode::ACCEPTED;
+        return Ok(response);
+    }
+    let woken = queue::wake_by_hand(shared, model).await?;
+    let state = shared.catalog().slot(model).state().as_str();
+    Ok(json_response(&json!({
+        "model": name,
+        "state": state,
+        "position": woken.position,
+        "waited_ms": millis(woken.waited),
+    })))
+}
+
+/// `POST /llmux/sleep` (`model` None) and `POST /llmux/models/{name}/sleep`.
+async fn sleep(shared: &Shared, model: Option<usize>) -> Result<Response<ResponseBody>, Error> {
+    let (done, answer) = oneshot::channel();
+    shared.commands.lock().push_back(Command::Sleep { model, done });
+    shared.switch_needed.notify_one();
+    let slept = tokio::select! {
+        answer = answer => answer.map_err(|_| Error::shutting_down())?,
+        () = shared.shutdown.started() => return Err(Error::shutting_down()),
+    };
+    let slept = slept.map_err(|reason| Error::hook_failed(reason, Duration::from_secs(1)))?;
+    let catalog = shared.catalog();
+    Ok(json_response(&match model {
+        Some(m) => json!({ "model": catalog.name(m), "state": catalog.slot(m).state().as_str() }),
+        None => json!({ "slept": slept.map(|m| catalog.name(m)) }),
+    }))
+}
+
+/// `GET /llmux/events`: a `hello` with the active model, then every event
+/// as it happens, with a keep-alive comment every 15 s. Ends at shutdown.
+fn event_stream(shared: &Arc<Shared>) -> Response<ResponseBody> {
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    let events = shared.events.subscribe();
+    let active = shared.active_model().map(|m| shared.catalog().name(m).to_owned());
+    let hello = events::frame("hello", &json!({ "active": active }));
+    tokio::spawn(pump_events(Arc::clone(shared), events, tx, hello));
+    let mut response = Response::new(ResponseBody::stream(rx));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// Copies events to one client until it goes away or llmux shuts down.
+async fn pump_events(
+    shared: Arc<Shared>,
+    mut events: broadcast::Receiver<Bytes>,
+    tx: mpsc::Sender<Bytes>,
+    hello: Bytes,
+) {
+    if tx.send(hello).await.is_err() {
+        return;
+    }
+    let mut keep_alive = tokio::time::interval(Duration::from_secs(15));
+    keep_alive.tick().await;
+    loop {
+        let frame = tokio::select! {
+            event = events.recv() => match event {
+                Ok(frame) => frame,
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    events::frame("lagged", &json!({ "dropped": n }))
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            _ = keep_alive.tick() => Bytes::from_static(b": keep-alive\n\n"),
+            () = tx.closed() => return,
+            () = shared.shutdown.started() => return,
+        };
+        if tx.send(frame).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// `POST /llmux/reload` and `SIGHUP`: rereads the config file. An invalid
+/// file changes nothing; the error says why.
+pub fn reload(shared: &Shared) -> Result<Changes, Error> {
+    let _one_at_a_time = shared.reload_lock.lock();
+    let Some(file) = &shared.config_file else {
+        return Err(Error::invalid_config("llmux was not started from a config file"));
+    };
+    let mut config = Config::load(&file.path).map_err(|e| {
+        tracing::error!("config reload failed, the old config stays in force: {e}");
+        Error::invalid_config(e.to_string())
+    })?;
+    if let Some(port) = file.port {
+        config.port = port;
+    }
+    let (catalog, changes) = shared.catalog.load().reload(config);
+    shared.catalog.store(Arc::new(catalog));
+    // Requests queued for a removed model get 404; a removed active model
+    // is put to sleep by the switch task.
+    let catalog = shared.catalog();
+    for slot in catalog.slots.iter().enumerate().filter(|(i, _)| catalog.is_removed(*i)).map(|(_, s)| s) {
+        slot.ready.notify_waiters();
+    }
+    shared.switch_needed.notify_one();
+    log_reload(shared, &changes);
+    Ok(changes)
+}
+
+fn log_reload(shared: &Shared, changes: &Changes) {
+    tracing::info!(
+        added = ?changes.added,
+        removed = ?changes.removed,
+        changed = ?changes.changed,
+        "config reloaded"
+    );
+    if !changes.restart_needed.is_empty() {
+        tracing::warn!(settings = ?changes.restart_needed, "changed settings need a restart to apply");
+    }
+    shared.events.emit("reloaded", || changes_json(changes));
+}
+
+fn changes_json(changes: &Changes) -> Value {
+    json!({
+        "added": changes.added,
+        "removed": changes.removed,
+        "changed": changes.changed,
+        "restart_needed": changes.restart_needed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_actions_are_parsed_and_decoded() {
+        assert_eq!(model_action("/llmux/models/a/wake"), Some(("a".to_owned(), "wake")));
+        assert_eq!(model_action("/llmux/models/org%2Fm/sleep"), Some(("org/m".to_owned(), "sleep")));
+        assert_eq!(model_action("/llmux/models/"), None);
+        assert_eq!(model_action("/llmux/status"), None);
+        assert!(is_control("/llmux/status") && is_control("/llmux") && !is_control("/llmuxx"));
+    }
+}

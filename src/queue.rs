@@ -1,0 +1,175 @@
+//! The queue a request joins on a miss.
+//!
+//! A request whose model is not active (or is draining) calls [`admit`],
+//! which takes a [`Ticket`] in that model's queue, raises `switch_needed`
+//! and waits for the model's `ready` notification, its request timeout or
+//! shutdown. Each wait creates its `Notified` before re-checking the
+//! routing snapshot, so a publish between the check and the wait is never
+//! lost. A wake asked for by an operator ([`wake_by_hand`]) joins the same
+//! queue, so it obeys the same policy as a request.
+
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::Error;
+use crate::routing::{try_admit, InFlight};
+use crate::state::{ModelSlot, ModelState, Shared};
+
+/// Admits a request for `model`: at once if it is active, else after
+/// queueing for it. `body_len` counts against `max_queued_body_bytes`
+/// while it waits.
+#[inline]
+pub async fn admit(shared: &Shared, model: usize, body_len: usize) -> Result<InFlight, Error> {
+    match try_admit(&shared.routing, model) {
+        Some(guard) => Ok(guard),
+        None => wait_for(shared, model, body_len).await,
+    }
+}
+
+/// The slow path: queue for `model` until it is published.
+async fn wait_for(shared: &Shared, model: usize, body_len: usize) -> Result<InFlight, Error> {
+    let catalog = shared.catalog.load_full();
+    let slot = catalog.slot(model);
+    check_backoff(slot)?;
+    let _ticket = Ticket::join(shared, model, body_len as u64)?;
+    let started = Instant::now();
+    let deadline = catalog.config.policy.request_timeout.map(|t| started + t);
+    loop {
+        let ready = slot.ready.notified();
+        tokio::pin!(ready);
+        ready.as_mut().enable();
+        if shared.shutdown.is_started() {
+            return Err(Error::shutting_down());
+        }
+        if let Some(guard) = try_admit(&shared.routing, model) {
+            return Ok(guard);
+        }
+        if shared.catalog().is_removed(model) {
+            // A reload removed the model while this request waited.
+            return Err(Error::unknown_model(&slot.name));
+        }
+        check_backoff(slot)?;
+        tokio::select! {
+            () = ready => {}
+            () = shared.shutdown.started() => return Err(Error::shutting_down()),
+            () = sleep_until(deadline) => return Err(Error::wait_timeout(&slot.name, started.elapsed())),
+        }
+    }
+}
+
+/// 503 with `Retry-After` while the model's backoff runs.
+fn check_backoff(slot: &ModelSlot) -> Result<(), Error> {
+    let backoff = slot.backoff.lock();
+    match backoff.remaining(Instant::now()) {
+        Some(left) => Err(Error::hook_failed(backoff.reason.to_string(), left)),
+        None => Ok(()),
+    }
+}
+
+/// Sleeps until `deadline`, or forever if there is none.
+pub async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A place in a model's queue; leaving (drop) is what a timeout or a
+/// client disconnect does. Holds its share of the global queue bounds.
+struct Ticket<'a> {
+    shared: &'a Shared,
+    model: usize,
+    body_len: u64,
+}
+
+impl<'a> Ticket<'a> {
+    /// Joins `model`'s queue, or fails with 429 past the queue bounds.
+    fn join(shared: &'a Shared, model: usize, body_len: u64) -> Result<Ticket<'a>, Error> {
+        let catalog = shared.catalog();
+        let limits = &catalog.config.limits;
+        let requests = shared.queued_requests.fetch_add(1, SeqCst) + 1;
+        let bytes = shared.queued_body_bytes.fetch_add(body_len, SeqCst) + body_len;
+        if requests > limits.max_queued_requests || bytes > limits.max_queued_body_bytes {
+            shared.queued_requests.fetch_sub(1, SeqCst);
+            shared.queued_body_bytes.fetch_sub(body_len, SeqCst);
+            return Err(Error::queue_full(requests > limits.max_queued_requests));
+        }
+        {
+            let mut queue = catalog.slot(model).queue.lock();
+            queue.waiting += 1;
+            queue.since.get_or_insert_with(Instant::now);
+        }
+        shared.switch_needed.notify_one();
+        Ok(Ticket { shared, model, body_len })
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        self.shared.queued_requests.fetch_sub(1, SeqCst);
+        self.shared.queued_body_bytes.fetch_sub(self.body_len, SeqCst);
+        let emptied = {
+            let catalog = self.shared.catalog();
+            let mut queue = catalog.slot(self.model).queue.lock();
+            queue.waiting = queue.waiting.saturating_sub(1);
+            if queue.waiting == 0 {
+                queue.since = None;
+            }
+            queue.waiting == 0
+        };
+        if emptied {
+            // A drain towards this model may now be abandoned.
+            self.shared.switch_needed.notify_one();
+        }
+    }
+}
+
+/// How an operator's wake went.
+#[derive(Debug, Clone, Copy)]
+pub struct Woken {
+    /// Where the model stood when the wake was asked for: 0 if it was
+    /// active, else its rank among the queued models (1: next).
+    pub position: usize,
+    /// How long it took.
+    pub waited: Duration,
+}
+
+/// Wakes `model` as a request for it would: joins its queue and waits
+/// until it is active (or its wake fails, or the request timeout passes).
+pub async fn wake_by_hand(shared: &Shared, model: usize) -> Result<Woken, Error> {
+    let started = Instant::now();
+    let position = position_of(shared, model);
+    drop(admit(shared, model, 0).await?);
+    Ok(Woken { position, waited: started.elapsed() })
+}
+
+/// `model`'s place: 0 if it is active, else 1 + the queued models whose
+/// oldest request is older than its own (the FIFO policy serves those
+/// first), not counting one being woken now.
+pub fn position_of(shared: &Shared, model: usize) -> usize {
+    let routing = shared.routing.load();
+    if routing.resident(model).is_some_and(|i| !i.is_draining()) {
+        return 0;
+    }
+    let catalog = shared.catalog();
+    let mine = catalog.slot(model).queue.lock().since.unwrap_or_else(Instant::now);
+    let active = routing.active().map(|a| a.model);
+    // A model being woken now is not ahead: its switch is under way.
+    let ahead = catalog
+        .live()
+        .filter(|(i, _, slot)| *i != model && Some(*i) != active && slot.state() != ModelState::Waking)
+        .filter(|(_, _, slot)| slot.queue.lock().since.is_some_and(|since| since < mine))
+        .count();
+    1 + ahead
+}
+
+/// Starts a wake that outlives the caller (`?wait=false`, `preload`).
+pub fn wake_in_background(shared: &Arc<Shared>, model: usize) {
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        if let Err(e) = wake_by_hand(&shared, model).await {
+            tracing::warn!(model = %shared.catalog().name(model), "wake failed: {e}");
+        }
+    });
+}

@@ -1,0 +1,131 @@
+//! `--log-format`: JSON lines a log shipper can read, with one summary per
+//! switch and hook output tagged by model and hook; text stays the default.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::backend::free_port;
+use crate::support::http::{self, chat};
+use crate::support::{mux, Mux, PATIENCE};
+
+const CHAT: &str = "/v1/chat/completions";
+
+/// Every log line as JSON, failing the test on one that is not an object.
+fn json_lines(log: &str) -> Vec<Value> {
+    let parse = |l: &str| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+    let lines: Vec<Value> = log.lines().filter(|l| !l.trim().is_empty()).map(parse).collect();
+    for line in &lines {
+        assert!(line.is_object(), "not an object: {line}");
+    }
+    lines
+}
+
+/// Field `name` of a JSON log line: the event's own, else its spans'.
+fn field<'a>(line: &'a Value, name: &str) -> Option<&'a Value> {
+    let spans = line["spans"].as_array().into_iter().flatten();
+    [&line["fields"], &line["span"]].into_iter().chain(spans).map(|s| &s[name]).find(|v| !v.is_null())
+}
+
+/// A field as text, whether logged as a string (`%`) or debug-quoted (`?`).
+fn text(line: &Value, name: &str) -> String {
+    let v = field(line, name).unwrap_or_else(|| panic!("no field {name} in {line}"));
+    v.as_str().map_or_else(|| v.to_string(), |s| s.trim_matches('"').to_owned())
+}
+
+/// True if field `name` holds a whole number of milliseconds.
+fn is_ms(line: &Value, name: &str) -> bool {
+    field(line, name).is_some_and(|v| v.is_u64() || v.as_str().is_some_and(|s| s.parse::<u64>().is_ok()))
+}
+
+/// Waits until some JSON log line satisfies `check`; returns every line.
+async fn wait_json_line(mux: &Mux, what: &str, check: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let lines = json_lines(&mux.log());
+        if lines.iter().any(&check) {
+            return lines;
+        }
+        assert!(Instant::now() < deadline, "no log line for {what}:\n{}", mux.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// With `--log-format json` every line is a JSON object with timestamp,
+/// level, target and message, and each switch logs one `switch done` line
+/// with its endpoints and phase timings.
+#[tokio::test]
+async fn json_logs_are_objects_with_one_summary_per_switch() {
+    let mux = mux().model("a").model("b").args(&["--log-format", "json"]).start();
+    for model in ["a", "b"] {
+        assert_eq!(http::post(&mux.url(CHAT), &chat(model)).await.served_by(), model);
+    }
+    let done = |l: &Value| l["fields"]["message"] == "switch done";
+    let lines = wait_json_line(&mux, "the switch a -> b", |l| done(l) && text(l, "to") == "b").await;
+    for line in &lines {
+        for key in ["timestamp", "level", "target"] {
+            assert!(line[key].is_string(), "no {key} in {line}");
+        }
+        assert!(line["fields"]["message"].is_string(), "no message in {line}");
+    }
+    let switches: Vec<&Value> = lines.iter().filter(|l| done(l)).collect();
+    assert_eq!(switches.len(), 2, "{switches:?}");
+    let a_to_b = switches.iter().find(|l| text(l, "to") == "b").expect("the switch to b");
+    assert_eq!(text(a_to_b, "from"), "a", "{a_to_b}");
+    for key in ["drain_ms", "sleep_ms", "wake_ms"] {
+        assert!(is_ms(a_to_b, key), "{key} in {a_to_b}");
+    }
+}
+
+/// Hook output is logged line by line at info level, tagged with its model
+/// and hook.
+#[tokio::test]
+async fn hook_output_is_logged_with_its_model_and_hook() {
+    let mux = mux().model("a").args(&["--log-format", "json"]).start();
+    assert_eq!(http::post(&mux.url(CHAT), &chat("a")).await.served_by(), "a");
+    let output = |l: &Value| l["fields"]["message"] == "hook output" && text(l, "hook") == "wake";
+    let lines = wait_json_line(&mux, "the wake hook's output", output).await;
+    let line = lines.iter().find(|l| output(l)).expect("hook output line");
+    assert_eq!(line["level"], "INFO", "{line}");
+    assert_eq!((text(line, "model"), text(line, "line")), ("a".to_owned(), "running wake for a".to_owned()));
+}
+
+/// Text is the default format (and may be named); an unknown format is a
+/// usage error: exit code 2 and nothing served.
+#[tokio::test]
+async fn text_is_the_default_log_format_and_unknown_ones_exit_2() {
+    let mux = mux().model("a").args(&["--log-format", "text"]).start();
+    assert_eq!(http::post(&mux.url(CHAT), &chat("a")).await.served_by(), "a");
+    let log = mux.wait_log("listening").await;
+    assert!(log.lines().all(|l| serde_json::from_str::<Value>(l).is_err()), "JSON in a text log:\n{log}");
+    let config = mux.config_path.with_file_name("other.yaml");
+    let text = format!(
+        "host: 127.0.0.1\nport: 0\nmodels:\n  a:\n    port: {}\n    wake: w\n    sleep: s\n    alive: a\n",
+        free_port()
+    );
+    std::fs::write(&config, text).expect("write config");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_llmux"))
+        .arg("--log-format")
+        .arg("xml")
+        .arg("-c")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn llmux");
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("llmux ran with --log-format xml");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(status.code(), Some(2));
+}
