@@ -5,11 +5,13 @@
 //!
 //! 1. [`server`] accepts the connection (HTTP/1.1 or h2c) and hands each
 //!    request to [`service::handle`].
-//! 2. [`service`] answers `/health` and `/v1/models` itself ([`api`])
-//!    unless the body names a model; anything else has its body read whole
-//!    ([`body`]), bounded by `max_body_bytes`, and its top-level `model`
-//!    found by a simd-json scan ([`model`]).
-//! 3. [`switcher::admit`] admits it. If its model is the active one, that
+//! 2. [`service`] answers `/health`, `/metrics` and `/v1/models` itself
+//!    ([`api`], [`metrics`]) unless the body names a model, and hands
+//!    `/llmux/*` to the control API ([`control`]); anything else has its
+//!    body read whole ([`body`]), bounded by `max_body_bytes`, and its
+//!    top-level `model` found by a simd-json scan ([`model`]) and looked up
+//!    in the [`state::Catalog`] (one `ArcSwap` load).
+//! 3. [`queue::admit`] admits it. If its model is the active one, that
 //!    is [`routing::try_admit`]: one `ArcSwap` load and two atomics, no
 //!    lock, no channel, no allocation. Otherwise the request queues for its
 //!    model and raises the switch task.
@@ -19,6 +21,9 @@
 //!    [`routing::InFlight`] guard until the last byte or a disconnect.
 //! 5. Any failure is an [`error::Error`], which knows who is at fault and
 //!    becomes OpenAI's error JSON in one place.
+//! 6. The request counts itself in its model's preallocated
+//!    [`metrics::ModelMetrics`]: status and first byte when the head goes
+//!    out, duration when the response body is dropped.
 //!
 //! # Switching
 //!
@@ -27,7 +32,10 @@
 //! to serve, drains the active model (its incarnation stops admitting, then
 //! its in-flight count reaches zero), runs its sleep hook, runs the wake
 //! hook of the next model, publishes it in a new [`routing::Routing`]
-//! snapshot and wakes its waiters. [`state`] documents who reads and
+//! snapshot and wakes its waiters. The same task carries out operators'
+//! commands from the control API, puts an idle model to sleep, runs the
+//! periodic `alive` check and sleeps a model a reload removed; it reports
+//! all of it on the [`events`] bus. [`state`] documents who reads and
 //! writes each piece of shared state.
 //!
 //! ```text

@@ -314,9 +314,12 @@ fn render_models(out: &mut String, shared: &Shared, catalog: &Catalog) {
     }
 }
 
+/// Picks one counter of a hook's statistics.
+type HookCounter = fn(&HookMetrics) -> &AtomicU64;
+
 fn render_hooks(out: &mut String, catalog: &Catalog) {
     let kinds = [HookKind::Wake, HookKind::Sleep, HookKind::Alive];
-    let counters: [(&str, &str, fn(&HookMetrics) -> &AtomicU64); 3] = [
+    let counters: [(&str, &str, HookCounter); 3] = [
         ("llmux_hook_runs_total", "Hook runs.", |h| &h.runs),
         ("llmux_hook_failures_total", "Hook runs that failed (timeouts included).", |h| &h.failures),
         ("llmux_hook_timeouts_total", "Hook runs killed at their timeout.", |h| &h.timeouts),

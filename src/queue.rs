@@ -1,7 +1,7 @@
 //! The queue a request joins on a miss.
 //!
 //! A request whose model is not active (or is draining) calls [`admit`],
-//! which takes a [`Ticket`] in that model's queue, raises `switch_needed`
+//! which takes a `Ticket` in that model's queue, raises `switch_needed`
 //! and waits for the model's `ready` notification, its request timeout or
 //! shutdown. Each wait creates its `Notified` before re-checking the
 //! routing snapshot, so a publish between the check and the wait is never

@@ -134,9 +134,9 @@ async fn proxy(
     local: Option<Local>,
     started: Instant,
 ) -> Result<Response<ResponseBody>, Error> {
-    let (limit, read_limit) = {
+    let (limit, read_limit, strip_auth) = {
         let config = &shared.catalog().config;
-        (config.max_body_bytes, config.limits.body_read_timeout)
+        (config.max_body_bytes, config.limits.body_read_timeout, config.has_keys())
     };
     let content_length = content_length(&req)?;
     if content_length.is_some_and(|n| n > limit) {
@@ -162,7 +162,7 @@ async fn proxy(
         (Err(e), None) => return Err(Error::invalid_body(e.to_string())),
     };
     prepare_request_headers(&mut head.headers, &peer.ip, request_id);
-    if shared.catalog().config.has_keys() {
+    if strip_auth {
         // Checked above; the backend never sees a client's key.
         head.headers.remove(header::AUTHORIZATION);
     }

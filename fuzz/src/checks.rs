@@ -999,7 +999,7 @@ fn check_response(r: &Parsed) -> Result<(), String> {
     let Some(e) = json("an llmux error")? else { return Ok(()) };
     let kind = if r.status < 500 { "invalid_request_error" } else { "server_error" };
     let error = &e["error"];
-    if !error["message"].as_str().is_some_and(|m| !m.is_empty())
+    if error["message"].as_str().is_none_or(|m| m.is_empty())
         || error["type"] != kind
         || !error["code"].is_string()
         || error.get("param").is_none()
