@@ -155,6 +155,9 @@ async fn serve_until_signal(config: Config, file: state::ConfigFile) -> ExitCode
             return ExitCode::FAILURE;
         }
     };
+    // Handlers go in before the `listening` line: a signal sent as soon as
+    // it appears must not find the default action (which ends the process).
+    let signals = Signals::install();
     match server.local_addr() {
         Ok(addr) => {
             // The first stdout line, so scripts and tests can find the port.
@@ -165,8 +168,10 @@ async fn serve_until_signal(config: Config, file: state::ConfigFile) -> ExitCode
         }
         Err(e) => tracing::warn!("cannot read the bound address: {e}"),
     }
-    tokio::spawn(reload_on_sighup(std::sync::Arc::clone(server.shared())));
-    let exit = server.serve(shutdown_signal()).await;
+    if let Some(hup) = signals.hup {
+        tokio::spawn(reload_on_sighup(std::sync::Arc::clone(server.shared()), hup));
+    }
+    let exit = server.serve(shutdown_signal(signals.term, signals.int)).await;
     if exit.clean {
         tracing::info!("shut down cleanly");
         ExitCode::SUCCESS
@@ -176,13 +181,26 @@ async fn serve_until_signal(config: Config, file: state::ConfigFile) -> ExitCode
     }
 }
 
+/// The signal streams llmux listens to, installed together.
+struct Signals {
+    hup: Option<tokio::signal::unix::Signal>,
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        let hup = signal(SignalKind::hangup()).ok();
+        if hup.is_none() {
+            tracing::warn!("cannot install the SIGHUP handler; reload with POST /llmux/reload");
+        }
+        Signals { hup, term: signal(SignalKind::terminate()).ok(), int: signal(SignalKind::interrupt()).ok() }
+    }
+}
+
 /// Rereads the config at each SIGHUP (errors are logged by the reload).
-async fn reload_on_sighup(shared: std::sync::Arc<state::Shared>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot install the SIGHUP handler; reload with POST /llmux/reload");
-        return;
-    };
+async fn reload_on_sighup(shared: std::sync::Arc<state::Shared>, mut hup: tokio::signal::unix::Signal) {
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP received: reloading the config");
         let _ = control::reload(&shared);
@@ -190,9 +208,8 @@ async fn reload_on_sighup(shared: std::sync::Arc<state::Shared>) {
 }
 
 /// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+async fn shutdown_signal(term: Option<tokio::signal::unix::Signal>, int: Option<tokio::signal::unix::Signal>) {
+    let (Some(mut term), Some(mut int)) = (term, int) else {
         tracing::warn!("cannot install signal handlers; stop llmux with SIGKILL");
         return std::future::pending().await;
     };

@@ -90,10 +90,13 @@ pub fn extract(body: &[u8]) -> Result<String, ExtractError> {
 
 fn scan<R>(scratch: &mut Scratch, body: &[u8], f: impl FnOnce(&str) -> R) -> Result<R, ExtractError> {
     let Scratch { input, buffers, tape } = scratch;
+    // The copy carries simd-json's padding itself, so simd-json reads it in
+    // place instead of copying the body a second time into its own buffer.
     input.clear();
     input.extend_from_slice(body);
+    input.resize(body.len() + simd_json::INPUT_PADDING, b' ');
     let mut nodes = tape.take().unwrap_or_else(Tape::null).reset();
-    let result = match simd_json::fill_tape(input, buffers, &mut nodes) {
+    let result = match simd_json::fill_tape_padded(input, body.len(), buffers, &mut nodes) {
         Ok(()) if has_lone_surrogate(body) => Err(ExtractError::InvalidJson("lone surrogate in a \\u escape".into())),
         Ok(()) => find_model(&nodes.0).map(f),
         Err(e) => Err(ExtractError::InvalidJson(e.to_string())),

@@ -135,6 +135,21 @@ async fn sighup_reloads_the_config() {
     served(&mux, "c").await;
 }
 
+/// A SIGHUP sent as soon as llmux says it is listening reloads the config
+/// instead of killing llmux.
+#[tokio::test]
+async fn a_sighup_right_after_start_reloads() {
+    let mut mux = mux().model("a").start();
+    mux.llmux.signal(Signal::SIGHUP);
+    let deadline = Instant::now() + PATIENCE;
+    while !mux.log().contains("config reloaded") {
+        assert!(mux.llmux.running(), "llmux died of a SIGHUP sent after `listening on`:\n{}", mux.log());
+        assert!(Instant::now() < deadline, "no reload logged:\n{}", mux.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    served(&mux, "a").await;
+}
+
 /// A new backend port for the active model is used from its next wake on;
 /// until then its requests still go to the old port.
 #[tokio::test]

@@ -44,8 +44,25 @@ struct Tally {
     wrong: AtomicUsize,
 }
 
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+/// Open TCP sockets (any process, this network namespace) with an end on
+/// one of `ports`, listeners excluded. Unlike this process's fd count, it
+/// is not moved by the tests running beside this one.
+fn open_sockets(ports: &[u16]) -> usize {
+    let tables = ["/proc/net/tcp", "/proc/net/tcp6"].map(|t| std::fs::read_to_string(t).unwrap_or_default());
+    let port_of = |addr: &str| addr.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+    tables
+        .iter()
+        .flat_map(|t| t.lines().skip(1))
+        .filter(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local, remote, state ("0A": listen), ..., inode (0: no fd).
+            let (Some(local), Some(remote), Some(state), Some(inode)) = (f.get(1), f.get(2), f.get(3), f.get(9)) else {
+                return false;
+            };
+            let ours = [port_of(local), port_of(remote)].iter().flatten().any(|p| ports.contains(p));
+            ours && *state != "0A" && *inode != "0"
+        })
+        .count()
 }
 
 fn rss_kib() -> u64 {
@@ -72,11 +89,12 @@ fn soak_mixed_models_with_random_disconnects() {
     let config = Config::parse(&yaml, Format::Yaml, hooks.path().to_path_buf()).expect("config");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
 
-    let (fds_before, rss_before) = (open_fds(), rss_kib());
+    let rss_before = rss_kib();
+    let backend_ports: Vec<u16> = backends.iter().map(|b| b.port()).collect();
     let tasks_before = rt.metrics().num_alive_tasks();
     let started = Instant::now();
     let tally = Arc::new(Tally::default());
-    let shared = rt.block_on(run_soak(config, Arc::clone(&tally)));
+    let (shared, llmux_port) = rt.block_on(run_soak(config, Arc::clone(&tally)));
 
     let answered = tally.answered.load(Relaxed);
     let aborted = tally.aborted.load(Relaxed);
@@ -86,7 +104,8 @@ fn soak_mixed_models_with_random_disconnects() {
     assert_eq!(in_flight, 0);
     assert_eq!(shared.queued_requests.load(Relaxed), 0);
     wait_until("live tasks back to their start value", || rt.metrics().num_alive_tasks() <= tasks_before);
-    wait_until("file descriptors back to their start value", || open_fds() <= fds_before);
+    let ports: Vec<u16> = backend_ports.iter().copied().chain([llmux_port]).collect();
+    wait_until("every socket to llmux and from it to the backends closed", || open_sockets(&ports) == 0);
     hooks.assert_never_two_awake();
     let switches = hooks.events().iter().filter(|e| e.starts_with("wake-end")).count();
     let rss_after = rss_kib();
@@ -99,7 +118,7 @@ fn soak_mixed_models_with_random_disconnects() {
 }
 
 /// Serves llmux until every client is done, then shuts it down.
-async fn run_soak(config: Config, tally: Arc<Tally>) -> Arc<llmux::state::Shared> {
+async fn run_soak(config: Config, tally: Arc<Tally>) -> (Arc<llmux::state::Shared>, u16) {
     let server = llmux::Server::bind(config).await.expect("bind");
     let addr = server.local_addr().expect("addr");
     let shared = Arc::clone(server.shared());
@@ -116,7 +135,7 @@ async fn run_soak(config: Config, tally: Arc<Tally>) -> Arc<llmux::state::Shared
     let _ = stop.send(());
     let exit = tokio::time::timeout(Duration::from_secs(60), serving).await.expect("shutdown").expect("join");
     assert!(exit.clean, "llmux shut down uncleanly");
-    shared
+    (shared, addr.port())
 }
 
 /// One client: a keep-alive connection, reopened after every abort.

@@ -75,6 +75,11 @@ impl Process {
         }
     }
 
+    /// True while the process has not exited.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
     /// The port of its address.
     pub fn port(&self) -> u16 {
         self.addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port")
