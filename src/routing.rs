@@ -80,6 +80,9 @@ pub struct Incarnation {
     /// Written by [`InFlight`]'s drop; read by the switch task for idle
     /// sleep.
     last_done: CachePadded<AtomicU64>,
+    /// True if the model has an idle timeout: only then is `last_done`
+    /// kept (it costs a clock read when the count falls to zero).
+    track_idle: bool,
     /// Set by the switch task when it starts to drain or retire this
     /// incarnation; cleared only if a drain is abandoned.
     draining: AtomicBool,
@@ -108,6 +111,7 @@ impl Incarnation {
             published_at: Instant::now(),
             in_flight: CachePadded::new(AtomicUsize::new(0)),
             last_done: CachePadded::new(AtomicU64::new(0)),
+            track_idle: false,
             draining: AtomicBool::new(false),
             drained: Notify::new(),
             cut: AtomicBool::new(false),
@@ -122,13 +126,27 @@ impl Incarnation {
         self.in_flight.load(SeqCst)
     }
 
-    /// How long nothing has been in flight, or `None` if something is.
+    /// Keeps the time the in-flight count last fell to zero, for
+    /// [`Incarnation::idle_for`] (set before publishing).
+    pub fn with_idle_tracking(mut self) -> Incarnation {
+        self.track_idle = true;
+        self
+    }
+
+    /// How long nothing has been in flight; `None` if something is, or if
+    /// this incarnation was not published [with idle
+    /// tracking](Incarnation::with_idle_tracking).
     pub fn idle_for(&self, now: Instant) -> Option<Duration> {
-        if self.in_flight() > 0 {
+        if !self.track_idle || self.in_flight() > 0 {
             return None;
         }
         let last = self.published_at + Duration::from_micros(self.last_done.load(Relaxed));
         Some(now.saturating_duration_since(last))
+    }
+
+    /// True if published with idle tracking.
+    pub fn tracks_idle(&self) -> bool {
+        self.track_idle
     }
 
     fn stamp_idle(&self) {
@@ -239,12 +257,12 @@ impl Drop for InFlight {
         // before the decrement (so the switch task never sees zero with an
         // old stamp) and again after it if a race hid the transition. The
         // clock is read only then, not per request under load.
-        let last = inc.in_flight.load(Relaxed) == 1;
+        let last = inc.track_idle && inc.in_flight.load(Relaxed) == 1;
         if last {
             inc.stamp_idle();
         }
         let was = inc.in_flight.fetch_sub(1, SeqCst);
-        if was == 1 && !last {
+        if was == 1 && inc.track_idle && !last {
             inc.stamp_idle();
         }
         if was == 1 && inc.draining.load(SeqCst) {

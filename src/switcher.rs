@@ -187,9 +187,13 @@ fn publish(shared: &Shared, model: usize) {
         connect_timeout: cfg.limits.upstream_connect_timeout,
         first_byte_timeout: cfg.limits.upstream_first_byte_timeout,
     };
-    let port = catalog.hooks_of(model).map_or(0, |m| m.port);
+    let (port, idle_sleep) = catalog.hooks_of(model).map_or((0, None), |m| (m.port, m.idle_sleep));
     let slot = Arc::clone(catalog.slot(model));
-    let incarnation = Arc::new(Incarnation::new(model, Arc::clone(&slot), Upstream::new(port, options)));
+    let mut incarnation = Incarnation::new(model, Arc::clone(&slot), Upstream::new(port, options));
+    if idle_sleep.is_some() {
+        incarnation = incarnation.with_idle_tracking();
+    }
+    let incarnation = Arc::new(incarnation);
     tokio::spawn(reap_idle_connections(Arc::downgrade(&incarnation)));
     shared.routing.store(Arc::new(Routing::with_active(incarnation)));
     slot.set_state(ModelState::Active);
@@ -257,6 +261,11 @@ impl AliveClock {
 /// idle timeout. While requests are in flight, look again in a second.
 fn idle_deadline(shared: &Shared, active: &Incarnation) -> Option<Instant> {
     let idle = shared.catalog().model(active.model)?.idle_sleep?;
+    if !active.tracks_idle() {
+        // Idle sleep was turned on by a reload: it applies from the
+        // model's next wake.
+        return None;
+    }
     let now = Instant::now();
     Some(match active.idle_for(now) {
         Some(for_how_long) => now + idle.saturating_sub(for_how_long),
