@@ -129,3 +129,24 @@ async fn text_is_the_default_log_format_and_unknown_ones_exit_2() {
     };
     assert_eq!(status.code(), Some(2));
 }
+
+/// Per-request lines are at debug level: none at the default `info`, and
+/// with `RUST_LOG=llmux=debug` one per request, carrying its request id
+/// and status.
+#[tokio::test]
+async fn per_request_lines_are_debug_only() {
+    let quiet = mux().model("a").env("RUST_LOG", "info").args(&["--log-format", "json"]).start();
+    let loud = mux().model("a").args(&["--log-format", "json"]).start();
+    for mux in [&quiet, &loud] {
+        let r = http::post(&mux.url(CHAT), &chat("a")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let id = http::post(&loud.url(CHAT), &chat("a")).await.header("x-request-id").expect("an id").to_owned();
+    let is_request = |l: &Value| text(l, "message") == "request";
+    let lines = wait_json_line(&loud, "a request", |l| is_request(l) && text(l, "request_id") == id).await;
+    let line = lines.iter().find(|l| is_request(l) && text(l, "request_id") == id).expect("the line");
+    assert_eq!(text(line, "status"), "200", "{line}");
+    // The quiet llmux logged its switch at info, but no request line.
+    wait_json_line(&quiet, "the switch", |l| text(l, "message") == "switch done").await;
+    assert!(!json_lines(&quiet.log()).iter().any(is_request), "{}", quiet.log());
+}

@@ -141,6 +141,7 @@ pub struct Builder {
     format_json: bool,
     model_lines: Vec<(String, String)>,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Builder {
@@ -181,6 +182,13 @@ impl Builder {
         self
     }
 
+    /// Sets an environment variable for llmux (e.g. `RUST_LOG`, which the
+    /// harness otherwise sets to `llmux=debug`).
+    pub fn env(mut self, key: &str, value: &str) -> Builder {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
     /// Writes the config as JSON instead of YAML.
     pub fn json(mut self) -> Builder {
         self.format_json = true;
@@ -201,7 +209,7 @@ impl Builder {
         let config_path = dir.join(format!("llmux.{ext}"));
         std::fs::write(&config_path, config).expect("write config");
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        let llmux = start_llmux_with_args(&config_path, &args);
+        let llmux = Process::start(llmux_command(&config_path, &self.env, &args));
         Mux { hooks, backends, models: self.models, llmux, config_path }
     }
 
@@ -331,6 +339,7 @@ pub fn mux() -> Builder {
         format_json: false,
         model_lines: Vec::new(),
         args: Vec::new(),
+        env: Vec::new(),
     }
 }
 
