@@ -6,12 +6,15 @@
 #
 #   benches/cpu_per_request.sh BODY.json [N] [LLMUX_BINARY]
 #
-# oha is the one benches/compare.sh installs (or set OHA).
+# oha is the one benches/compare.sh installs (or set OHA). HEADER adds one
+# request header, e.g. HEADER='x-standin-chunks: 20' for a 20-chunk stream.
 set -euo pipefail
 body=$1
 n=${2:-20000}
 llmux=${3:-./target/release/llmux}
 oha=${OHA:-$HOME/.cache/llmux-bench/cargo/bin/oha}
+extra=()
+[[ -n ${HEADER:-} ]] && extra=(-H "$HEADER")
 cd "$(dirname "$0")/.."
 tmp=$(mktemp -d)
 pids=()
@@ -42,9 +45,9 @@ pids+=("$pid")
 addr=$(first_line "$tmp/llmux.out" | awk '{print $3}')
 url=http://$addr/v1/chat/completions
 # Warm up until the model is adopted and connections are pooled.
-taskset -c 0 "$oha" -n 2000 -c 16 --no-tui -m POST -D "$body" -T application/json "$url" >/dev/null 2>&1
+taskset -c 0 "$oha" -n 2000 -c 16 --no-tui -m POST -D "$body" -T application/json "${extra[@]}" "$url" >/dev/null 2>&1
 ticks=$(getconf CLK_TCK)
 before=$(awk '{print $14 + $15}' "/proc/$pid/stat")
-taskset -c 0 "$oha" -n "$n" -c 16 --no-tui -m POST -D "$body" -T application/json "$url" >/dev/null 2>&1
+taskset -c 0 "$oha" -n "$n" -c 16 --no-tui -m POST -D "$body" -T application/json "${extra[@]}" "$url" >/dev/null 2>&1
 after=$(awk '{print $14 + $15}' "/proc/$pid/stat")
 python3 -c "print(f'{($after - $before) / $ticks / $n * 1e6:.2f} µs/req')"

@@ -104,6 +104,19 @@ fn release(in_flight: &InFlight, conn: &mut Option<Connection>) {
     }
 }
 
+/// Drives the connection's I/O (it has no task of its own), then reads
+/// the next frame of the body it feeds.
+fn poll_upstream(
+    body: &mut Incoming,
+    conn: &mut Option<Connection>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    if let Some(conn) = conn.as_mut() {
+        conn.poll_io(cx);
+    }
+    Pin::new(body).poll_frame(cx)
+}
+
 /// A response body's error: the backend's, or a cut by a drain timeout.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -118,7 +131,7 @@ impl Body for ResponseBody {
                 Poll::Ready(Some(Err("cut: the drain before a model switch timed out".into())))
             }
             Kind::Stream(rx) => rx.poll_recv(cx).map(|chunk| chunk.map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream { body, in_flight, conn, .. } => match Pin::new(&mut *body).poll_frame(cx) {
+            Kind::Upstream { body, in_flight, conn, .. } => match poll_upstream(body, conn, cx) {
                 Poll::Ready(Some(Err(e))) => {
                     // A broken connection is not pooled again.
                     conn.take();

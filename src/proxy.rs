@@ -3,16 +3,22 @@
 //! Each [`Upstream`] owns the keep-alive HTTP/1.1 connections to one
 //! backend port: hyper's client connections (`client::conn::http1`) in a
 //! lock-free queue. It is created when its model is published, so no
-//! connection survives a sleep/wake. A connection goes back to the queue
-//! when its response body has been read to the end (see
-//! [`crate::body::ResponseBody`]); one dropped early is closed by hyper,
-//! which cancels the generation. Idle connections older than the idle
+//! connection survives a sleep/wake. A [`Connection`] has no task of its
+//! own: the request using it drives its I/O, while waiting for the
+//! response head and then from the response body's `poll_frame`, so a
+//! request (and each chunk of a stream) costs no hop between tasks. A
+//! connection goes back to the queue when its response body has been read
+//! to the end (see [`crate::body::ResponseBody`]); one dropped early is
+//! closed, which cancels the generation. Idle connections older than the idle
 //! timeout are dropped when next taken (llama-server and uvicorn close
 //! idle connections after 5 s, so the default is 4). A request that finds
 //! a pooled connection dead before any byte was written is retried once on
 //! a new connection.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -49,8 +55,66 @@ pub enum Forwarded {
     Refused(hyper::http::request::Parts),
 }
 
-/// A connection to a backend, ready for one request.
-pub type Connection = SendRequest<Full<Bytes>>;
+/// hyper's connection future: reads and writes the socket.
+type Driver = http1::Connection<TokioIo<tokio::net::TcpStream>, Full<Bytes>>;
+
+/// A connection to a backend: hyper's request handle and the future that
+/// does the connection's I/O, polled by whichever request holds it.
+pub struct Connection {
+    sender: SendRequest<Full<Bytes>>,
+    driver: Pin<Box<Driver>>,
+    /// The driver has finished: the connection is closed.
+    closed: bool,
+}
+
+impl Connection {
+    /// Drives the connection's I/O; true once the connection is over.
+    pub fn poll_io(&mut self, cx: &mut Context<'_>) -> bool {
+        poll_driver(&mut self.driver, &mut self.closed, cx)
+    }
+
+    /// Sends `request`, driving the connection until the response head.
+    async fn send(
+        &mut self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Full<Bytes>>>> {
+        let response = self.sender.try_send_request(request);
+        tokio::pin!(response);
+        let (driver, closed) = (&mut self.driver, &mut self.closed);
+        std::future::poll_fn(|cx| {
+            poll_driver(driver, closed, cx);
+            response.as_mut().poll(cx)
+        })
+        .await
+    }
+
+    /// Drives a pooled connection until it can take a request; false if it
+    /// closed meanwhile.
+    async fn ready(&mut self) -> bool {
+        let (sender, driver, closed) = (&mut self.sender, &mut self.driver, &mut self.closed);
+        std::future::poll_fn(|cx| {
+            let over = poll_driver(driver, closed, cx);
+            match sender.poll_ready(cx) {
+                Poll::Ready(result) => Poll::Ready(result.is_ok() && !over),
+                Poll::Pending if over => Poll::Ready(false),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    }
+}
+
+fn poll_driver(driver: &mut Pin<Box<Driver>>, closed: &mut bool, cx: &mut Context<'_>) -> bool {
+    if !*closed {
+        if let Poll::Ready(result) = driver.as_mut().poll(cx) {
+            if let Err(e) = result {
+                tracing::debug!("backend connection ended: {e}");
+            }
+            *closed = true;
+        }
+    }
+    *closed
+}
 
 /// The keep-alive connections to one backend port.
 pub struct Upstream {
@@ -124,14 +188,14 @@ impl Upstream {
                 None => return Ok(Forwarded::Refused(request.into_parts().0)),
             },
         };
-        match conn.try_send_request(request).await {
+        match conn.send(request).await {
             Ok(response) => Ok(Forwarded::Answered(response, conn)),
             Err(mut e) => match e.take_message() {
                 Some(request) if reused => {
                     let Some(mut fresh) = self.connect().await? else {
                         return Ok(Forwarded::Refused(request.into_parts().0));
                     };
-                    let response = fresh.send_request(request).await.map_err(backend_error)?;
+                    let response = fresh.send(request).await.map_err(|e| backend_error(e.into_error()))?;
                     Ok(Forwarded::Answered(response, fresh))
                 }
                 _ => Err(backend_error(e.into_error())),
@@ -142,20 +206,20 @@ impl Upstream {
     /// A pooled connection that is still open and not past the idle timeout.
     async fn take_idle(&self) -> Option<Connection> {
         while let Some((mut conn, since)) = self.idle.pop() {
-            if conn.is_closed() || since.elapsed() >= self.options.idle_timeout {
+            if conn.closed || since.elapsed() >= self.options.idle_timeout {
                 continue;
             }
-            // Released right after its response's last frame: the connection
-            // task may need a moment to mark it idle.
-            if conn.ready().await.is_ok() {
+            // Nobody drove it while it was pooled: this reads a close the
+            // backend sent meanwhile, and finishes the last response.
+            if conn.ready().await {
                 return Some(conn);
             }
         }
         None
     }
 
-    /// A new connection (TCP_NODELAY), its task spawned; `None` if the
-    /// backend refused it (nothing listens on its port).
+    /// A new connection (TCP_NODELAY); `None` if the backend refused it
+    /// (nothing listens on its port).
     async fn connect(&self) -> Result<Option<Connection>, Error> {
         let limit = self.options.connect_timeout;
         let stream = match tokio::time::timeout(limit, tokio::net::TcpStream::connect(self.addr)).await {
@@ -165,13 +229,8 @@ impl Upstream {
             Err(_) => return Err(Error::backend(format!("connecting to the backend took over {}s", limit.as_secs()))),
         };
         let _ = stream.set_nodelay(true);
-        let (conn, driver) = http1::handshake(TokioIo::new(stream)).await.map_err(backend_error)?;
-        tokio::spawn(async move {
-            if let Err(e) = driver.await {
-                tracing::debug!("backend connection ended: {e}");
-            }
-        });
-        Ok(Some(conn))
+        let (sender, driver) = http1::handshake(TokioIo::new(stream)).await.map_err(backend_error)?;
+        Ok(Some(Connection { sender, driver: Box::pin(driver), closed: false }))
     }
 
     /// Closes pooled connections idle past the idle timeout; run
@@ -179,7 +238,7 @@ impl Upstream {
     pub fn reap_idle(&self) {
         for _ in 0..self.idle.len() {
             let Some((conn, since)) = self.idle.pop() else { break };
-            if !conn.is_closed() && since.elapsed() < self.options.idle_timeout {
+            if !conn.closed && since.elapsed() < self.options.idle_timeout {
                 let _ = self.idle.push((conn, since));
             }
         }
