@@ -6,12 +6,15 @@
 //! arrays by their node count, so a `"model"` inside `messages` or `tools`
 //! is never taken for the request's model.
 //!
-//! simd-json decodes strings in place, so the scan works on a copy of the
-//! body held in a per-thread [`Scratch`] that is reused from request to
-//! request: the body that is forwarded is the original, byte for byte. The
-//! result agrees with `serde_json` (the crate's fuzz target checks it): a
-//! body is accepted only if serde_json would parse it as an object with
-//! exactly one top-level `model` that is a string.
+//! simd-json decodes strings in place, so the scan works on a padded copy
+//! of the body (the only copy: simd-json reads it where it is) held in a
+//! per-thread [`Scratch`] that is reused from request to request: the body
+//! that is forwarded is the original, byte for byte. The result agrees with
+//! `serde_json` (the crate's differential fuzz target checks it): a body is
+//! accepted only if serde_json would parse it as an object with exactly one
+//! top-level `model` that is a string. That includes rejecting a `\u`
+//! escape that is half of a surrogate pair, which simd-json 0.19 does
+//! itself while it decodes (earlier versions needed a second pass).
 
 use std::cell::RefCell;
 use std::fmt;
@@ -97,7 +100,6 @@ fn scan<R>(scratch: &mut Scratch, body: &[u8], f: impl FnOnce(&str) -> R) -> Res
     input.resize(body.len() + simd_json::INPUT_PADDING, b' ');
     let mut nodes = tape.take().unwrap_or_else(Tape::null).reset();
     let result = match simd_json::fill_tape_padded(input, body.len(), buffers, &mut nodes) {
-        Ok(()) if has_lone_surrogate(body) => Err(ExtractError::InvalidJson("lone surrogate in a \\u escape".into())),
         Ok(()) => find_model(&nodes.0).map(f),
         Err(e) => Err(ExtractError::InvalidJson(e.to_string())),
     };
@@ -106,70 +108,6 @@ fn scan<R>(scratch: &mut Scratch, body: &[u8], f: impl FnOnce(&str) -> R) -> Res
         *scratch = Scratch::new();
     }
     result
-}
-
-/// True if a `\\u` escape in `body` is a UTF-16 surrogate without its
-/// pair. serde_json rejects such bodies; simd-json decodes them to NUL, so
-/// the raw body is checked. Only called on valid JSON, where a backslash
-/// only ever starts an escape inside a string.
-fn has_lone_surrogate(body: &[u8]) -> bool {
-    let mut at = 0;
-    while let Some(slash) = find_backslash(body, at) {
-        // Valid JSON: an escape is `\\` plus one char, or `\\u` plus 4 hex digits.
-        if body.get(slash + 1) != Some(&b'u') {
-            at = slash + 2;
-            continue;
-        }
-        match surrogate_kind(body.get(slash + 2..slash + 4)) {
-            Surrogate::None => at = slash + 6,
-            Surrogate::Low => return true,
-            Surrogate::High => {
-                let next = body.get(slash + 6..slash + 10);
-                let paired = next.is_some_and(|n| n.starts_with(b"\\u")) && {
-                    matches!(surrogate_kind(body.get(slash + 8..slash + 10)), Surrogate::Low)
-                };
-                if !paired {
-                    return true;
-                }
-                at = slash + 12;
-            }
-        }
-    }
-    false
-}
-
-/// What a `\\u` escape is, from its first two hex digits.
-enum Surrogate {
-    None,
-    High,
-    Low,
-}
-
-fn surrogate_kind(first_two: Option<&[u8]>) -> Surrogate {
-    match first_two {
-        Some([b'd' | b'D', b'8' | b'9' | b'a' | b'b' | b'A' | b'B']) => Surrogate::High,
-        Some([b'd' | b'D', b'c' | b'd' | b'e' | b'f' | b'C' | b'D' | b'E' | b'F']) => Surrogate::Low,
-        _ => Surrogate::None,
-    }
-}
-
-/// The first `\\` at or after `from`, eight bytes at a time.
-fn find_backslash(body: &[u8], from: usize) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    const SLASHES: u64 = ONES * b'\\' as u64;
-    let mut at = from;
-    while let Some(chunk) = body.get(at..at + 8) {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        let x = u64::from_le_bytes(word) ^ SLASHES;
-        let zero_bytes = x.wrapping_sub(ONES) & !x & HIGHS;
-        if zero_bytes != 0 {
-            return Some(at + (zero_bytes.trailing_zeros() / 8) as usize);
-        }
-        at += 8;
-    }
-    body.get(at..)?.iter().position(|&b| b == b'\\').map(|i| at + i)
 }
 
 /// Steps over the top-level object's keys and returns the one `model`.
@@ -320,18 +258,6 @@ mod tests {
         ];
         for body in bodies {
             agree(body);
-        }
-    }
-
-    #[test]
-    fn finds_backslashes_at_every_offset() {
-        for len in 0..40 {
-            for pos in 0..len {
-                let mut body = vec![b'a'; len];
-                body[pos] = b'\\';
-                assert_eq!(find_backslash(&body, 0), Some(pos));
-                assert_eq!(find_backslash(&body, pos + 1), None);
-            }
         }
     }
 
