@@ -583,14 +583,7 @@ mod tests {
 
     #[test]
     fn state_words() {
-        for s in [
-            ModelState::Asleep,
-            ModelState::Waking,
-            ModelState::Active,
-            ModelState::Draining,
-            ModelState::Sleeping,
-            ModelState::Failed,
-        ] {
+        for s in ModelState::ALL {
             assert_eq!(ModelState::from_u8(s as u8), s);
         }
         assert_eq!(ModelState::Draining.to_string(), "draining");

@@ -10,20 +10,9 @@ use serde_json::{json, Value};
 use crate::support::admin::{ask_as, Event, Events};
 use crate::support::backend::free_port;
 use crate::support::http::{self, chat, chat_stream, frames};
-use crate::support::{mux, Mux};
+use crate::support::mux;
 
 const CHAT: &str = "/v1/chat/completions";
-
-/// Sends a chat request for `model` that must be served by it.
-async fn served(mux: &Mux, model: &str) {
-    let r = http::post(&mux.url(CHAT), &chat(model)).await;
-    assert_eq!((r.status.as_u16(), r.served_by()), (200, model), "{}", r.text());
-}
-
-/// How many times `hooks.log` has the line `event`.
-fn count(mux: &Mux, event: &str) -> usize {
-    mux.hooks.events().iter().filter(|e| *e == event).count()
-}
 
 /// Where the first event of `kind` whose data has `key: value` is in `events`.
 fn find(events: &[Event], kind: &str, key: &str, value: &str) -> Option<usize> {
@@ -44,8 +33,8 @@ async fn status_as(server: &llmux::Server, peer: &str) -> (u16, Value) {
 #[tokio::test]
 async fn status_reports_every_model_and_the_last_switch() {
     let mux = mux().model("a").model("b").start();
-    served(&mux, "a").await;
-    served(&mux, "b").await;
+    mux.served("a").await;
+    mux.served("b").await;
     let status = mux.status().await;
     assert_eq!(status["active"], "b");
     let models = status["models"].as_array().expect("models");
@@ -96,7 +85,7 @@ async fn wake_answers_once_the_model_is_active() {
     assert_eq!(mux.health().await["active"], "b");
     let again = mux.admin_post("/llmux/models/b/wake").await.json();
     assert_eq!((&again["state"], &again["position"]), (&json!("active"), &json!(0)));
-    assert_eq!(count(&mux, "wake-start b"), 1);
+    assert_eq!(mux.hook_count("wake-start b"), 1);
 }
 
 /// `?wait=false` answers 202 at once with the model's rank behind the
@@ -150,7 +139,7 @@ async fn sleeping_a_model_drains_it_first() {
     let url = mux.url("/llmux/models/a/sleep");
     let sleep = tokio::spawn(async move { http::request(Method::POST, &url, &[], "").await });
     mux.wait_state("a", "draining").await;
-    assert_eq!(count(&mux, "sleep-start a"), 0, "slept mid-stream");
+    assert_eq!(mux.hook_count("sleep-start a"), 0, "slept mid-stream");
     let streamed: Vec<u8> = stream.await.expect("stream").into_iter().flat_map(|(_, b)| b.to_vec()).collect();
     assert!(String::from_utf8_lossy(&streamed).contains("[DONE]"), "the stream was cut");
     let r = sleep.await.expect("sleep task");
@@ -158,7 +147,7 @@ async fn sleeping_a_model_drains_it_first() {
     assert_eq!(mux.hooks.events(), ["wake-start a", "wake-end a", "sleep-start a", "sleep-end a"]);
     let again = mux.admin_post("/llmux/models/a/sleep").await;
     assert_eq!((again.status.as_u16(), again.json()), (200, json!({"model": "a", "state": "asleep"})));
-    assert_eq!(count(&mux, "sleep-start a"), 1);
+    assert_eq!(mux.hook_count("sleep-start a"), 1);
 }
 
 /// `POST /llmux/sleep` sleeps whatever is active (or reports nothing was),
@@ -168,14 +157,14 @@ async fn sleep_all_sleeps_whatever_is_active() {
     let mux = mux().model("a").model("b").start();
     let r = mux.admin_post("/llmux/sleep").await;
     assert_eq!((r.status.as_u16(), r.json()), (200, json!({"slept": null})), "{}", r.text());
-    served(&mux, "a").await;
+    mux.served("a").await;
     let r = mux.admin_post("/llmux/sleep").await;
     assert_eq!((r.status.as_u16(), r.json()), (200, json!({"slept": "a"})), "{}", r.text());
     assert!(mux.health().await["active"].is_null());
     assert_eq!(mux.state("a").await, "asleep");
-    served(&mux, "a").await;
-    assert_eq!(count(&mux, "wake-start a"), 2);
-    assert_eq!(count(&mux, "sleep-end a"), 1);
+    mux.served("a").await;
+    assert_eq!(mux.hook_count("wake-start a"), 2);
+    assert_eq!(mux.hook_count("sleep-end a"), 1);
 }
 
 /// The event stream says hello, then narrates a switch: started, the wake
@@ -210,7 +199,7 @@ async fn events_narrate_a_switch_as_it_happens() {
 #[tokio::test]
 async fn events_report_a_sleep_and_a_failed_wake() {
     let mux = mux().model("a").model("b").start();
-    served(&mux, "a").await;
+    mux.served("a").await;
     let mut events = Events::open(&mux).await;
     let (kind, hello) = events.next().await;
     assert_eq!((kind.as_str(), &hello["active"]), ("hello", &json!("a")), "{hello}");

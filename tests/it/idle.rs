@@ -12,17 +12,6 @@ use crate::support::{mux, Mux, PATIENCE};
 
 const CHAT: &str = "/v1/chat/completions";
 
-/// Sends a chat request for `model` that must be served by it.
-async fn served(mux: &Mux, model: &str) {
-    let r = http::post(&mux.url(CHAT), &chat(model)).await;
-    assert_eq!((r.status.as_u16(), r.served_by()), (200, model), "{}", r.text());
-}
-
-/// How many times `hooks.log` has the line `event`.
-fn count(mux: &Mux, event: &str) -> usize {
-    mux.hooks.events().iter().filter(|e| *e == event).count()
-}
-
 /// Waits until `/health` shows nothing active.
 async fn wait_nothing_active(mux: &Mux) {
     let deadline = Instant::now() + PATIENCE;
@@ -47,11 +36,11 @@ async fn wait_unchanged_for(mux: &Mux, model: &str, secs: f64) {
 #[tokio::test]
 async fn an_idle_model_is_put_to_sleep_and_woken_by_the_next_request() {
     let mux = mux().model("a").model("b").policy("idle_sleep_secs: 1").start();
-    served(&mux, "a").await;
+    mux.served("a").await;
     mux.hooks.wait_for("sleep-end a").await;
     wait_nothing_active(&mux).await;
     assert_eq!(mux.state("a").await, "asleep");
-    served(&mux, "a").await;
+    mux.served("a").await;
     assert_eq!(
         mux.hooks.events()[..6],
         ["wake-start a", "wake-end a", "sleep-start a", "sleep-end a", "wake-start a", "wake-end a"]
@@ -69,7 +58,7 @@ async fn a_request_in_flight_keeps_the_model_awake() {
     let streamed = frames(stream).await;
     let text: String = streamed.iter().map(|(_, b)| String::from_utf8_lossy(b).into_owned()).collect();
     assert!(text.contains("[DONE]"), "the stream was cut: {text}");
-    assert_eq!(count(&mux, "sleep-start a"), 0, "slept during a 2.5 s stream: {:?}", mux.hooks.events());
+    assert_eq!(mux.hook_count("sleep-start a"), 0, "slept during a 2.5 s stream: {:?}", mux.hooks.events());
     mux.hooks.wait_for("sleep-end a").await;
 }
 
@@ -78,11 +67,11 @@ async fn a_request_in_flight_keeps_the_model_awake() {
 #[tokio::test]
 async fn a_model_can_opt_out_of_idle_sleep() {
     let mux = mux().model("a").model("b").policy("idle_sleep_secs: 1").model_line("b", "idle_sleep_secs: 0").start();
-    served(&mux, "b").await;
+    mux.served("b").await;
     wait_unchanged_for(&mux, "b", 3.0).await;
     assert_eq!(mux.state("b").await, "active");
-    assert_eq!(count(&mux, "sleep-start b"), 0);
-    served(&mux, "a").await;
+    assert_eq!(mux.hook_count("sleep-start b"), 0);
+    mux.served("a").await;
     // a has the policy's idle sleep: it goes to sleep after its request.
     mux.hooks.wait_for("sleep-end a").await;
     wait_nothing_active(&mux).await;
@@ -93,7 +82,7 @@ async fn a_model_can_opt_out_of_idle_sleep() {
 #[tokio::test]
 async fn a_request_during_the_idle_sleep_waits_and_then_wakes_the_model() {
     let mux = mux().model("a").policy("idle_sleep_secs: 1").start();
-    served(&mux, "a").await;
+    mux.served("a").await;
     mux.hooks.set("hold-sleep-a");
     mux.hooks.wait_for("sleep-start a").await;
     let (url, body) = (mux.url(CHAT), chat("a"));
@@ -113,7 +102,7 @@ async fn a_request_during_the_idle_sleep_waits_and_then_wakes_the_model() {
 async fn preload_wakes_its_model_at_start() {
     let mux = mux().model("a").model("b").policy("preload: b").start();
     mux.wait_state("b", "active").await;
-    served(&mux, "b").await;
+    mux.served("b").await;
     assert_eq!(mux.hooks.events(), ["wake-start b", "wake-end b"]);
 }
 
@@ -153,13 +142,13 @@ fn an_unknown_preload_model_is_a_config_error() {
 #[tokio::test]
 async fn a_failing_alive_check_marks_the_active_model_failed() {
     let mux = mux().model("a").model("b").policy("alive_interval_secs: 1").start();
-    served(&mux, "a").await;
+    mux.served("a").await;
     let warnings = |mux: &Mux| mux.log().lines().filter(|l| l.contains("WARN")).count();
     let before = warnings(&mux);
     mux.hooks.set("fail-alive-a");
     mux.wait_state("a", "failed").await;
     assert!(warnings(&mux) > before, "no warning logged:\n{}", mux.log());
     mux.hooks.clear("fail-alive-a");
-    served(&mux, "a").await;
-    assert_eq!(count(&mux, "wake-start a"), 2, "{:?}", mux.hooks.events());
+    mux.served("a").await;
+    assert_eq!(mux.hook_count("wake-start a"), 2, "{:?}", mux.hooks.events());
 }

@@ -23,6 +23,17 @@ use super::{harness_yaml, Mux, Spec, PATIENCE};
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 impl Mux {
+    /// Sends a chat request for `model` that must be served by it.
+    pub async fn served(&self, model: &str) {
+        let r = http::post(&self.url("/v1/chat/completions"), &http::chat(model)).await;
+        assert_eq!((r.status.as_u16(), r.served_by()), (200, model), "{}", r.text());
+    }
+
+    /// How many times `hooks.log` has the line `event`.
+    pub fn hook_count(&self, event: &str) -> usize {
+        self.hooks.events().iter().filter(|e| *e == event).count()
+    }
+
     /// `GET /health` as JSON.
     pub async fn health(&self) -> Value {
         http::get(&self.url("/health")).await.json()
