@@ -352,26 +352,33 @@ start_nginx() {
 
 # start_standin; sets SSE_PID SSE_PORT (backend of the SSE case, CPU 0).
 start_standin() {
-    local out=$TMP/standin.out i
+    local out=$TMP/standin.out
     taskset -c 0 "$STANDIN" --port 0 --model "$MODEL" >"$out" 2>"$TMP/standin.err" &
     SSE_PID=$!
     PIDS+=("$SSE_PID")
-    SSE_PORT=
+    SSE_PORT=$(listening_port "$out" "$SSE_PID")
+    [[ -n $SSE_PORT ]] || { cat "$TMP/standin.err" >&2; die "llmux-standin did not start"; }
+}
+
+# listening_port FILE PID: the port of the `listening on ADDR` line that
+# llmux and llmux-standin print first, waiting up to 10 s while PID runs;
+# empty if it never comes.
+listening_port() {
+    local line i
     for ((i = 0; i < 100; i++)); do
-        if [[ $(head -n1 "$out") == "listening on "* ]]; then
-            SSE_PORT=$(head -n1 "$out")
-            SSE_PORT=${SSE_PORT##*:}
-            break
+        line=$(head -n1 "$1" 2>/dev/null)
+        if [[ $line == "listening on "* ]]; then
+            echo "${line##*:}"
+            return
         fi
-        running "$SSE_PID" || break
+        running "$2" || return 0
         sleep 0.1
     done
-    [[ -n $SSE_PORT ]] || { cat "$TMP/standin.err" >&2; die "llmux-standin did not start"; }
 }
 
 # start_llmux NAME BACKEND_PORT; sets LMX_PID LMX_PORT (proxy under test, CPU 1).
 start_llmux() {
-    local dir=$TMP/$1 up=$2 i line
+    local dir=$TMP/$1 up=$2 i
     mkdir -p "$dir"
     cat >"$dir/llmux.yaml" <<EOF
 models:
@@ -388,16 +395,7 @@ EOF
     RUST_LOG=info taskset -c 1 "$LLMUX" -c "$dir/llmux.yaml" >"$dir/stdout" 2>"$dir/stderr" &
     LMX_PID=$!
     PIDS+=("$LMX_PID")
-    LMX_PORT=
-    for ((i = 0; i < 100; i++)); do
-        line=$(head -n1 "$dir/stdout")
-        if [[ $line == "listening on "* ]]; then
-            LMX_PORT=${line##*:}
-            break
-        fi
-        running "$LMX_PID" || break
-        sleep 0.1
-    done
+    LMX_PORT=$(listening_port "$dir/stdout" "$LMX_PID")
     [[ -n $LMX_PORT ]] || { cat "$dir/stderr" >&2; die "llmux did not start"; }
     # Ready once the model is adopted as active (alive: 'true').
     for ((i = 0; i < 100; i++)); do

@@ -21,6 +21,7 @@ use crate::body::ResponseBody;
 use crate::config::Config;
 use crate::error::Error;
 use crate::events;
+use crate::metrics::millis;
 use crate::queue;
 use crate::state::{Changes, Command, Shared};
 
@@ -106,10 +107,6 @@ fn status(shared: &Shared) -> Value {
         "last_hook_error": last_hook_error,
         "switch_costs": switch_costs,
     })
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// `POST /llmux/models/{name}/wake[?wait=false]`.

@@ -55,7 +55,6 @@ enum Kind {
     InvalidApiKey,
     Forbidden,
     InvalidConfig,
-    Conflict,
 }
 
 impl Error {
@@ -112,12 +111,6 @@ impl Error {
     /// A reload found the new configuration invalid.
     pub fn invalid_config(message: impl Into<Cow<'static, str>>) -> Error {
         Error::new(Kind::InvalidConfig, message)
-    }
-
-    /// An operator's command lost to another (a removed model, a sleep
-    /// overtaken by a wake).
-    pub fn conflict(message: impl Into<Cow<'static, str>>) -> Error {
-        Error::new(Kind::Conflict, message)
     }
 
     /// The limit this error enforces, for `llmux_rejected_total`.
@@ -182,8 +175,7 @@ impl Error {
             | Kind::QueueFull(_)
             | Kind::InvalidApiKey
             | Kind::Forbidden
-            | Kind::InvalidConfig
-            | Kind::Conflict => Fault::Client,
+            | Kind::InvalidConfig => Fault::Client,
             Kind::ModelUnavailable(fault) => fault,
             Kind::Backend | Kind::BackendTimeout => Fault::Backend,
         }
@@ -223,7 +215,6 @@ impl Error {
             Kind::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
             Kind::InvalidApiKey => StatusCode::UNAUTHORIZED,
             Kind::Forbidden => StatusCode::FORBIDDEN,
-            Kind::Conflict => StatusCode::CONFLICT,
         }
     }
 
@@ -243,7 +234,6 @@ impl Error {
             Kind::InvalidApiKey => "invalid_api_key",
             Kind::Forbidden => "forbidden",
             Kind::InvalidConfig => "invalid_config",
-            Kind::Conflict => "conflict",
         }
     }
 

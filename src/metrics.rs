@@ -214,12 +214,7 @@ impl ProcessMetrics {
     pub fn record_switch(&self, record: &SwitchRecord) {
         let mut switches = self.switches.lock();
         let stats = switches.entry((record.from, record.to)).or_default();
-        let result = match record.result {
-            SwitchResult::Done => 0,
-            SwitchResult::Abandoned => 1,
-            SwitchResult::Failed => 2,
-        };
-        stats.results[result] += 1;
+        stats.results[record.result as usize] += 1;
         if record.from.is_some() {
             stats.phases[0].observe(record.drain);
         }
@@ -230,6 +225,11 @@ impl ProcessMetrics {
             stats.phases[2].observe(d + record.alive);
         }
     }
+}
+
+/// Whole milliseconds, for logs, events and the control API.
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A monotonic clock in µs since the first call, for timestamps kept in
@@ -358,7 +358,7 @@ fn render_switches(out: &mut String, shared: &Shared, catalog: &Catalog) {
         .collect();
     family(out, "llmux_switches_total", "counter", "Switches by result.");
     for (from, to, stats) in &pairs {
-        for (result, n) in ["done", "abandoned", "failed"].iter().zip(stats.results) {
+        for (result, n) in SwitchResult::ALL.map(SwitchResult::as_str).iter().zip(stats.results) {
             let _ = writeln!(out, "llmux_switches_total{{from=\"{from}\",to=\"{to}\",result=\"{result}\"}} {n}");
         }
     }

@@ -273,18 +273,21 @@ impl Catalog {
     }
 }
 
-/// How a switch ended.
+/// How a switch ended (the discriminant indexes per-result metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SwitchResult {
     /// The target was published.
-    Done,
+    Done = 0,
     /// The drain was abandoned: nobody waited for the target any more.
-    Abandoned,
+    Abandoned = 1,
     /// A hook failed; the target's waiters got 503.
-    Failed,
+    Failed = 2,
 }
 
 impl SwitchResult {
+    /// Every result, in discriminant order.
+    pub const ALL: [SwitchResult; 3] = [SwitchResult::Done, SwitchResult::Abandoned, SwitchResult::Failed];
+
     /// The word used in metrics and the control API.
     pub fn as_str(self) -> &'static str {
         match self {

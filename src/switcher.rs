@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 
 use crate::config::{ModelConfig, OnSleepFailure};
 use crate::hooks::{self, HookKind, HookRun, Outcome};
+use crate::metrics::millis;
 use crate::policy::{self, ActiveView, DrainVerdict, ModelView, Next, PolicyContext, SwitchPolicy};
 use crate::proxy::{Upstream, UpstreamOptions};
 use crate::queue::{self, sleep_until};
@@ -316,14 +317,10 @@ async fn sleep_active(shared: &Shared, old: &Arc<Incarnation>, why: &str) -> Res
     if shared.catalog().config.policy.drain_before_switch && drain(shared, old, None).await == DrainVerdict::Wait {
         return Err("shutting down".to_owned());
     }
-    shared.routing.store(Arc::new(Routing::empty()));
-    slot.set_state(ModelState::Sleeping);
-    let run = hook(shared, old.model, HookKind::Sleep).await;
+    let run = unpublish_and_sleep(shared, old, why).await;
     let name = slot.name.to_string();
     if run.succeeded() {
-        slot.set_state(ModelState::Asleep);
         tracing::info!(model = %name, why, "model put to sleep");
-        shared.events.emit("asleep", || json!({ "model": name, "reason": why }));
         return Ok(());
     }
     let reason = format!("sleep hook of model `{name}` {}", run.outcome);
@@ -417,10 +414,6 @@ async fn switch_to(shared: &Shared, target: usize) {
 fn finish(shared: &Shared, record: SwitchRecord) {
     shared.metrics.record_switch(&record);
     *shared.last_switch.lock() = Some(record);
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A switch event: `switch_started`, or `phase_done` for `phase`.
@@ -534,18 +527,28 @@ async fn retire(shared: &Shared, old: &Arc<Incarnation>, target: usize, record: 
             DrainVerdict::Wait => return Retired::Stop(SwitchResult::Failed),
         }
     }
-    shared.routing.store(Arc::new(Routing::empty()));
-    slot.set_state(ModelState::Sleeping);
-    let run = hook(shared, old.model, HookKind::Sleep).await;
+    let run = unpublish_and_sleep(shared, old, "switch").await;
     record.sleep = Some((run.started, run.duration));
     emit_switch(shared, "phase_done", record, Some("sleep"));
     if run.succeeded() {
-        slot.set_state(ModelState::Asleep);
-        let name = slot.name.to_string();
-        shared.events.emit("asleep", || json!({ "model": name, "reason": "switch" }));
         return Retired::Done;
     }
     sleep_failed(shared, old, target, run).await
+}
+
+/// Unpublishes `old` and runs its sleep hook; if it succeeds, the model is
+/// `asleep` and the event stream is told `why`. The caller handles a
+/// failure (its rules differ with and without a switch to go on with).
+async fn unpublish_and_sleep(shared: &Shared, old: &Incarnation, why: &str) -> HookRun {
+    shared.routing.store(Arc::new(Routing::empty()));
+    old.slot.set_state(ModelState::Sleeping);
+    let run = hook(shared, old.model, HookKind::Sleep).await;
+    if run.succeeded() {
+        old.slot.set_state(ModelState::Asleep);
+        let name = old.slot.name.to_string();
+        shared.events.emit("asleep", || json!({ "model": name, "reason": why }));
+    }
+    run
 }
 
 /// A failed sleep: if the old model still answers, the switch fails

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::support::admin::{ask_as, Event, Events};
 use crate::support::backend::free_port;
-use crate::support::http::{self, chat, chat_stream, frames};
+use crate::support::http::{self, chat, frames};
 use crate::support::mux;
 
 const CHAT: &str = "/v1/chat/completions";
@@ -132,9 +132,7 @@ async fn unknown_models_are_404_and_a_failed_wake_is_503() {
 #[tokio::test]
 async fn sleeping_a_model_drains_it_first() {
     let mux = mux().model("a").model("b").start();
-    let slow = [("x-standin-chunks", "6"), ("x-standin-chunk-ms", "150")];
-    let stream = http::send(Method::POST, &mux.url(CHAT), &slow, chat_stream("a")).await;
-    assert_eq!(stream.status(), 200);
+    let stream = mux.slow_stream("a", 6, 150).await;
     let stream = tokio::spawn(frames(stream));
     let url = mux.url("/llmux/models/a/sleep");
     let sleep = tokio::spawn(async move { http::request(Method::POST, &url, &[], "").await });

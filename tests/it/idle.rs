@@ -4,10 +4,8 @@
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use hyper::Method;
-
 use crate::support::backend::free_port;
-use crate::support::http::{self, chat, chat_stream, frames};
+use crate::support::http::{self, chat, frames};
 use crate::support::{mux, Mux, PATIENCE};
 
 const CHAT: &str = "/v1/chat/completions";
@@ -52,9 +50,7 @@ async fn an_idle_model_is_put_to_sleep_and_woken_by_the_next_request() {
 #[tokio::test]
 async fn a_request_in_flight_keeps_the_model_awake() {
     let mux = mux().model("a").policy("idle_sleep_secs: 1").start();
-    let slow = [("x-standin-chunks", "10"), ("x-standin-chunk-ms", "250")];
-    let stream = http::send(Method::POST, &mux.url(CHAT), &slow, chat_stream("a")).await;
-    assert_eq!(stream.status(), 200);
+    let stream = mux.slow_stream("a", 10, 250).await;
     let streamed = frames(stream).await;
     let text: String = streamed.iter().map(|(_, b)| String::from_utf8_lossy(b).into_owned()).collect();
     assert!(text.contains("[DONE]"), "the stream was cut: {text}");

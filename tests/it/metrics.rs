@@ -5,7 +5,7 @@
 use hyper::Method;
 
 use crate::support::admin::Metrics;
-use crate::support::http::{self, chat, chat_stream, frames};
+use crate::support::http::{self, chat, frames};
 use crate::support::{mux, Mux};
 
 const CHAT: &str = "/v1/chat/completions";
@@ -151,9 +151,7 @@ async fn a_failed_wake_counts_a_hook_failure_and_a_failed_switch() {
 #[tokio::test]
 async fn queue_depth_and_in_flight_follow_the_requests() {
     let mux = mux().model("a").model("b").start();
-    let slow = [("x-standin-chunks", "8"), ("x-standin-chunk-ms", "150")];
-    let stream = http::send(Method::POST, &mux.url(CHAT), &slow, chat_stream("a")).await;
-    assert_eq!(stream.status(), 200);
+    let stream = mux.slow_stream("a", 8, 150).await;
     let stream = tokio::spawn(frames(stream));
     let (url, body) = (mux.url(CHAT), chat("b"));
     let for_b = tokio::spawn(async move { http::post(&url, &body).await });

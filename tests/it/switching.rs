@@ -3,23 +3,12 @@
 
 use std::time::{Duration, Instant};
 
-use hyper::Method;
 use nix::sys::signal::Signal;
 
-use crate::support::http::{self, chat, chat_stream, frames};
+use crate::support::http::{self, chat, frames};
 use crate::support::{mux, Mux, PATIENCE};
 
 const CHAT: &str = "/v1/chat/completions";
-
-/// Starts a streaming request for `model` with `chunks` chunks `ms` apart
-/// and waits for its response head.
-async fn slow_stream(mux: &Mux, model: &str, chunks: u32, ms: u32) -> hyper::Response<hyper::body::Incoming> {
-    let (chunks, ms) = (chunks.to_string(), ms.to_string());
-    let headers = [("x-standin-chunks", chunks.as_str()), ("x-standin-chunk-ms", ms.as_str())];
-    let response = http::send(Method::POST, &mux.url(CHAT), &headers, chat_stream(model)).await;
-    assert_eq!(response.status(), 200);
-    response
-}
 
 /// Sends a chat request for `model` from a task of its own.
 fn spawn_chat(mux: &Mux, model: &str) -> tokio::task::JoinHandle<http::Reply> {
@@ -49,7 +38,7 @@ async fn a_miss_sleeps_the_active_model_before_waking_the_next() {
 #[tokio::test]
 async fn a_stream_on_the_old_model_finishes_before_its_sleep_and_new_requests_for_it_queue() {
     let mux = mux().model("a").model("b").start();
-    let stream = slow_stream(&mux, "a", 6, 150).await;
+    let stream = mux.slow_stream("a", 6, 150).await;
     let stream = tokio::spawn(frames(stream));
     let for_b = spawn_chat(&mux, "b");
     mux.wait_state("a", "draining").await;
@@ -81,7 +70,7 @@ async fn a_stream_on_the_old_model_finishes_before_its_sleep_and_new_requests_fo
 async fn the_sleep_hook_waits_for_the_stream_to_end() {
     use http_body_util::BodyExt;
     let mux = mux().model("a").model("b").start();
-    let mut body = slow_stream(&mux, "a", 5, 200).await.into_body();
+    let mut body = mux.slow_stream("a", 5, 200).await.into_body();
     let for_b = spawn_chat(&mux, "b");
     mux.wait_state("a", "draining").await;
     let mut text = String::new();
@@ -100,7 +89,7 @@ async fn the_sleep_hook_waits_for_the_stream_to_end() {
 #[tokio::test]
 async fn without_drain_the_sleep_starts_while_a_stream_is_still_running() {
     let mux = mux().model("a").model("b").policy("drain_before_switch: false").start();
-    let stream = slow_stream(&mux, "a", 20, 200).await;
+    let stream = mux.slow_stream("a", 20, 200).await;
     let stream = tokio::spawn(frames(stream));
     let b = http::post(&mux.url(CHAT), &chat("b")).await;
     assert_eq!((b.status.as_u16(), b.served_by()), (200, "b"));
@@ -146,7 +135,7 @@ async fn min_active_keeps_serving_the_active_model_inside_its_window() {
 #[tokio::test]
 async fn a_request_that_times_out_gets_504_and_its_switch_is_abandoned_while_draining() {
     let mux = mux().model("a").model("b").policy("request_timeout_secs: 1").start();
-    let stream = slow_stream(&mux, "a", 12, 250).await;
+    let stream = mux.slow_stream("a", 12, 250).await;
     let stream = tokio::spawn(frames(stream));
     http::post(&mux.url(CHAT), &chat("b")).await.assert_error(504, "model_wait_timeout");
     mux.wait_state("a", "active").await;
@@ -169,7 +158,7 @@ async fn a_wait_cut_by_timeout_during_wake_still_completes_the_switch() {
 #[tokio::test]
 async fn a_client_that_leaves_the_queue_abandons_the_drain() {
     let mux = mux().model("a").model("b").start();
-    let stream = slow_stream(&mux, "a", 10, 200).await;
+    let stream = mux.slow_stream("a", 10, 200).await;
     let stream = tokio::spawn(frames(stream));
     let for_b = spawn_chat(&mux, "b");
     mux.wait_state("a", "draining").await;
@@ -336,7 +325,7 @@ fn is_zombie(pid: i32) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_lets_a_stream_finish_and_exits_zero() {
     let mut mux = mux().model("a").start();
-    let stream = slow_stream(&mux, "a", 5, 200).await;
+    let stream = mux.slow_stream("a", 5, 200).await;
     let stream = tokio::spawn(frames(stream));
     mux.llmux.signal(Signal::SIGTERM);
     assert!(joined(&stream.await.expect("stream")).contains("[DONE]"));
@@ -365,7 +354,7 @@ async fn sigterm_answers_queued_requests_with_503_and_kills_a_held_hook_after_th
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_during_a_drain_answers_the_queue_and_lets_the_stream_finish() {
     let mut mux = mux().model("a").model("b").start();
-    let stream = slow_stream(&mux, "a", 6, 200).await;
+    let stream = mux.slow_stream("a", 6, 200).await;
     let stream = tokio::spawn(frames(stream));
     let for_b = spawn_chat(&mux, "b");
     mux.wait_state("a", "draining").await;

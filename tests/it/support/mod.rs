@@ -344,6 +344,17 @@ pub fn mux() -> Builder {
 }
 
 impl Mux {
+    /// Starts a streaming chat request for `model` of `chunks` chunks
+    /// `ms` apart and waits for its 200 response head.
+    pub async fn slow_stream(&self, model: &str, chunks: u32, ms: u32) -> hyper::Response<hyper::body::Incoming> {
+        let (chunks, ms) = (chunks.to_string(), ms.to_string());
+        let headers = [("x-standin-chunks", chunks.as_str()), ("x-standin-chunk-ms", ms.as_str())];
+        let url = self.url("/v1/chat/completions");
+        let response = http::send(hyper::Method::POST, &url, &headers, http::chat_stream(model)).await;
+        assert_eq!(response.status(), 200);
+        response
+    }
+
     /// `http://ADDR`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.llmux.addr)
