@@ -26,6 +26,7 @@
 #   RUNS           interleaved llmux/nginx latency runs for
 #                  the 1 KB bodies; the median is reported     [5; QUICK: 3]
 #   IDLE_CONNS     idle keep-alive connections for the memory figure [1000]
+#   UPLOADS        concurrent 1 MB uploads for the memory figure  [100]
 #   RESULTS        report file   [benches/results/latest.md; QUICK: .../quick.md]
 #   OHA            path of an oha binary to use instead of finding/installing one
 #   LLMUX_BENCH_CACHE  cache dir for the oha install           [~/.cache/llmux-bench]
@@ -50,6 +51,7 @@ RATE_1M=${RATE_1M:-100}
 LAT_DURATION=${LAT_DURATION:-10s}
 RUNS=${RUNS:-5}
 IDLE_CONNS=${IDLE_CONNS:-1000}
+UPLOADS=${UPLOADS:-100}
 RESULTS=${RESULTS:-$ROOT/benches/results/latest.md}
 CACHE=${LLMUX_BENCH_CACHE:-$HOME/.cache/llmux-bench}
 MODEL=bench
@@ -377,16 +379,19 @@ listening_port() {
 }
 
 # start_llmux NAME BACKEND_PORT; sets LMX_PID LMX_PORT (proxy under test, CPU 1).
-start_llmux() {
-    local dir=$TMP/$1 up=$2 i
+start_llmux() { # NAME BACKEND_PORT [GATE]: with GATE, the model is asleep until the file GATE exists
+    local dir=$TMP/$1 up=$2 gate=${3:-} i wake="'true'" alive="'true'"
+    if [[ -n $gate ]]; then
+        wake="'while [ ! -e $gate ]; do sleep 0.02; done'" alive="'test -e $gate'"
+    fi
     mkdir -p "$dir"
     cat >"$dir/llmux.yaml" <<EOF
 models:
   $MODEL:
     port: $up
-    wake: 'true'
+    wake: $wake
     sleep: 'true'
-    alive: 'true'
+    alive: $alive
 host: 127.0.0.1
 port: 0
 max_body_bytes: 134217728
@@ -397,6 +402,7 @@ EOF
     PIDS+=("$LMX_PID")
     LMX_PORT=$(listening_port "$dir/stdout" "$LMX_PID")
     [[ -n $LMX_PORT ]] || { cat "$dir/stderr" >&2; die "llmux did not start"; }
+    [[ -z $gate ]] || return 0
     # Ready once the model is adopted as active (alive: 'true').
     for ((i = 0; i < 100; i++)); do
         if python3 - "$LMX_PORT" "$MODEL" <<'PY' 2>/dev/null; then return 0; fi
@@ -535,6 +541,46 @@ for s in socks:
 PY
 }
 
+# UPLOADS concurrent uploads of the 1 MB body, all held by llmux at once:
+# the model sleeps behind a gate, so every request waits in its queue with
+# its body read. Prints "KiB-of-bodies VmRSS-while-queued VmHWM" in KiB.
+uploads() { # PORT PID BODY GATE
+    python3 - "$1" "$2" "$UPLOADS" "$3" "$4" <<'PY'
+import socket, sys, time, urllib.request
+port, pid, n, path, gate = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+body = open(path, "rb").read()
+head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n").encode()
+def kib(key):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+def queued():
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return next((float(l.split()[1]) for l in text.splitlines() if l.startswith("llmux_queued_requests ")), -1)
+socks = []
+for _ in range(n):
+    s = socket.create_connection(("127.0.0.1", port), timeout=60)
+    s.sendall(head + body)
+    socks.append(s)
+deadline = time.time() + 60
+while queued() < n:
+    assert time.time() < deadline, "the uploads never all queued"
+    time.sleep(0.02)
+rss = kib("VmRSS")
+open(gate, "w").close()
+for s in socks:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        assert chunk, "connection closed before a response"
+        data += chunk
+    assert data.startswith(b"HTTP/1.1 200"), data[:200]
+    s.close()
+print(n * len(body) // 1024, rss, kib("VmHWM"))
+PY
+}
+
 log "starting the backend (nginx, CPU 0)"
 start_nginx backend 0 backend
 BACKEND_WORKER=$NGX_WORKER BACKEND_PORT=$NGX_PORT
@@ -552,6 +598,11 @@ MEM_NGINX_IDLE=$(status_kib "$NGX_WORKER" VmRSS)
 MEM_NGINX_MASTER=$(status_kib "$NGX_PID" VmRSS)
 MEM_NGINX_CONNS=$(idle_conns "$NGX_PORT" "$NGX_WORKER")
 stop_pid "$NGX_PID"
+log "memory: $UPLOADS concurrent 1 MB uploads held in llmux's queue"
+start_llmux mem-uploads "$BACKEND_PORT" "$TMP/mem-uploads.gate"
+read -r MEM_UP_BODIES MEM_UP_QUEUED MEM_UP_PEAK < <(uploads "$LMX_PORT" "$LMX_PID" "$TMP/bodies/1m-last.json" "$TMP/mem-uploads.gate")
+[[ -n $MEM_UP_PEAK ]] || die "the uploads measurement failed"
+stop_pid "$LMX_PID"
 
 # ----------------------------------------------------------------- cases
 SSE_PID=
@@ -665,6 +716,9 @@ REPORT=$TMP/report.md
     echo "| llmux | $(mib "$MEM_LLMUX_IDLE") | $(mib "$MEM_LLMUX_CONNS") | $(mib $((MEM_LLMUX_CONNS - MEM_LLMUX_IDLE))) |"
     echo "| nginx worker (master: $(mib "$MEM_NGINX_MASTER") MiB) | $(mib "$MEM_NGINX_IDLE") | $(mib "$MEM_NGINX_CONNS") | $(mib $((MEM_NGINX_CONNS - MEM_NGINX_IDLE))) |"
     echo
+    echo "$UPLOADS concurrent 1 MB uploads, all waiting in llmux's queue at once (the model asleep behind a gate), then served:"
+    echo "bodies $(mib "$MEM_UP_BODIES") MiB; llmux RSS while they wait $(mib "$MEM_UP_QUEUED") MiB; peak RSS (VmHWM) $(mib "$MEM_UP_PEAK") MiB."
+    echo
     echo "## Budgets"
     echo
     echo "| budget | measured | limit | |"
@@ -695,6 +749,8 @@ REPORT=$TMP/report.md
     echo "| llmux idle RSS | $(mib "$MEM_LLMUX_IDLE") MiB | < 10 MiB | $(verdict "$(mib "$MEM_LLMUX_IDLE")" 10 1) |"
     d=$(mib $((MEM_LLMUX_CONNS - MEM_LLMUX_IDLE)))
     echo "| llmux RSS added by $IDLE_CONNS idle keep-alive connections | $d MiB | < 20 MiB | $(verdict "$d" 20 1) |"
+    lim=$(awk -v b="$MEM_UP_BODIES" 'BEGIN { printf "%.1f", 1.5 * b / 1024 + 16 }')
+    echo "| llmux peak RSS with $UPLOADS concurrent 1 MB uploads | $(mib "$MEM_UP_PEAK") MiB | < 1.5 × $(mib "$MEM_UP_BODIES") + 16 = $lim MiB | $(verdict "$(mib "$MEM_UP_PEAK")" "$lim" 1) |"
     if [[ $QUICK == 1 ]]; then
         echo
         echo "QUICK=1: a smoke test with short runs; these figures are not results."

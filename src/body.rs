@@ -1,8 +1,9 @@
 //! Request bodies in (bounded, buffered once) and response bodies out.
 //!
 //! A request body is read whole, because its `model` may be its last key;
-//! it is read into one buffer sized from `Content-Length`, or handed on
-//! without a copy when it arrives as one chunk. A response body from a
+//! it is kept as the chunks hyper read it in ([`RequestBody`]), never
+//! joined: the model scan copies them once into its own buffer, and the
+//! same chunks are written to the backend with `writev`. A response body from a
 //! backend is streamed frame by frame as the backend writes it, and carries
 //! the request's [`InFlight`] guard, so the model counts as busy until the
 //! last byte is sent or the client goes away (dropping the body drops the
@@ -10,20 +11,86 @@
 //! the generation).
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::error::Error;
 use crate::proxy::Connection;
 use crate::routing::InFlight;
 
+/// A request body read whole, kept as the chunks it arrived in: joining
+/// them would copy the body once more than the scan already does. Cloning
+/// is cheap (a reference count), so a request can be sent again.
+#[derive(Clone, Debug, Default)]
+pub struct RequestBody {
+    chunks: Chunks,
+    len: usize,
+}
+
+#[derive(Clone, Debug)]
+enum Chunks {
+    /// The usual case for small bodies: it came in one read.
+    One(Bytes),
+    Many(Arc<[Bytes]>),
+}
+
+impl Default for Chunks {
+    fn default() -> Chunks {
+        Chunks::One(Bytes::new())
+    }
+}
+
+impl RequestBody {
+    /// The body's chunks, in order; none of them is empty.
+    pub fn chunks(&self) -> &[Bytes] {
+        match &self.chunks {
+            Chunks::One(bytes) if bytes.is_empty() => &[],
+            Chunks::One(bytes) => std::slice::from_ref(bytes),
+            Chunks::Many(chunks) => chunks,
+        }
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True if it has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// A body to send it as.
+    pub fn outgoing(self) -> OutgoingBody {
+        OutgoingBody { next: 0, body: self }
+    }
+}
+
+impl From<Bytes> for RequestBody {
+    fn from(bytes: Bytes) -> RequestBody {
+        RequestBody { len: bytes.len(), chunks: Chunks::One(bytes) }
+    }
+}
+
+impl From<Vec<Bytes>> for RequestBody {
+    fn from(mut chunks: Vec<Bytes>) -> RequestBody {
+        chunks.retain(|chunk| !chunk.is_empty());
+        let len = chunks.iter().map(Bytes::len).sum();
+        match chunks.len() {
+            0 | 1 => RequestBody::from(chunks.pop().unwrap_or_default()),
+            _ => RequestBody { chunks: Chunks::Many(chunks.into()), len },
+        }
+    }
+}
+
 /// Reads `body` whole, failing with 413 past `limit` bytes.
-pub async fn read_request_body(mut body: Incoming, content_length: Option<u64>, limit: u64) -> Result<Bytes, Error> {
+pub async fn read_request_body(mut body: Incoming, limit: u64) -> Result<RequestBody, Error> {
     let mut first: Option<Bytes> = None;
-    let mut rest: Option<BytesMut> = None;
+    let mut rest: Vec<Bytes> = Vec::new();
     let mut total: u64 = 0;
     while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
         let frame = frame.map_err(|e| Error::invalid_body(format!("could not read the request body: {e}")))?;
@@ -32,24 +99,46 @@ pub async fn read_request_body(mut body: Incoming, content_length: Option<u64>, 
         if total > limit {
             return Err(Error::body_too_large(limit));
         }
-        match (&mut first, &mut rest) {
-            (None, None) => first = Some(data),
-            (Some(head), None) => {
-                let capacity = content_length.unwrap_or(total).max(total).min(limit);
-                let mut buf = BytesMut::with_capacity(usize::try_from(capacity).unwrap_or(usize::MAX));
-                buf.extend_from_slice(head);
-                buf.extend_from_slice(&data);
-                first = None;
-                rest = Some(buf);
-            }
-            (_, Some(buf)) => buf.extend_from_slice(&data),
+        match first.take() {
+            None if rest.is_empty() => first = Some(data),
+            None => rest.push(data),
+            Some(head) => rest.extend([head, data]),
         }
     }
-    Ok(match (first, rest) {
-        (_, Some(buf)) => buf.freeze(),
-        (Some(one), None) => one,
-        (None, None) => Bytes::new(),
+    Ok(match first {
+        Some(one) => RequestBody::from(one),
+        None => RequestBody::from(rest),
     })
+}
+
+/// A [`RequestBody`] on its way to a backend, one chunk per frame (hyper
+/// writes them with `writev`, uncopied).
+#[derive(Debug)]
+pub struct OutgoingBody {
+    body: RequestBody,
+    /// The next chunk to send.
+    next: usize,
+}
+
+impl Body for OutgoingBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let chunk = this.body.chunks().get(this.next).cloned();
+        this.next += 1;
+        Poll::Ready(chunk.map(|chunk| Ok(Frame::data(chunk))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.next >= self.body.chunks().len()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let sent: usize = self.body.chunks().iter().take(self.next).map(Bytes::len).sum();
+        SizeHint::with_exact((self.body.len() - sent.min(self.body.len())) as u64)
+    }
 }
 
 /// The body of every response llmux sends.
@@ -168,5 +257,53 @@ impl Body for ResponseBody {
             Kind::Upstream { body, .. } => body.size_hint(),
             Kind::Stream(_) => SizeHint::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(body: RequestBody) -> (Vec<Bytes>, Vec<u64>) {
+        let mut outgoing = body.outgoing();
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let (mut data, mut hints) = (Vec::new(), vec![outgoing.size_hint().exact().unwrap_or(u64::MAX)]);
+        while let Poll::Ready(Some(Ok(frame))) = Pin::new(&mut outgoing).poll_frame(&mut cx) {
+            data.push(frame.into_data().unwrap_or_default());
+            hints.push(outgoing.size_hint().exact().unwrap_or(u64::MAX));
+        }
+        assert!(outgoing.is_end_stream());
+        (data, hints)
+    }
+
+    #[test]
+    fn chunks_are_kept_in_order_without_the_empty_ones() {
+        let chunks =
+            ["{\"a\":", "", "1,", "\"model\":\"m\"}"].map(|s: &'static str| Bytes::from_static(s.as_bytes())).to_vec();
+        let body = RequestBody::from(chunks);
+        assert_eq!(body.len(), 19);
+        assert_eq!(body.chunks().len(), 3);
+        let (data, hints) = frames(body);
+        assert_eq!(data.concat(), b"{\"a\":1,\"model\":\"m\"}");
+        assert_eq!(hints, [19, 14, 12, 0], "the size left after each frame");
+    }
+
+    #[test]
+    fn one_chunk_or_none_is_held_without_a_list() {
+        let one = RequestBody::from(vec![Bytes::new(), Bytes::from_static(b"{}")]);
+        assert!(matches!(one.chunks, Chunks::One(_)));
+        assert_eq!(frames(one).0, [Bytes::from_static(b"{}")]);
+        let none = RequestBody::from(Vec::new());
+        assert!(none.is_empty() && none.chunks().is_empty());
+        assert_eq!(frames(none), (vec![], vec![0]));
+    }
+
+    #[test]
+    fn the_scan_reads_the_chunks_as_one_body() {
+        let chunks = ["{\"messages\":[{\"model\":\"no\"}],\"mo", "del\":\"r\\u00e9", "al\"}"]
+            .map(|s: &'static str| Bytes::from_static(s.as_bytes()));
+        let body = RequestBody::from(chunks.to_vec());
+        assert_eq!(crate::model::with_model_in_parts(body.chunks(), str::to_owned).as_deref(), Ok("réal"));
     }
 }

@@ -79,10 +79,17 @@ thread_local! {
 /// `f` sees the decoded name (JSON escapes resolved) and may return
 /// anything that does not borrow from it.
 pub fn with_model<R>(body: &[u8], f: impl FnOnce(&str) -> R) -> Result<R, ExtractError> {
+    with_model_in_parts(&[body], f)
+}
+
+/// [`with_model`] for a body held as consecutive parts (the chunks it
+/// arrived in): they are copied, back to back, into the scan's own buffer,
+/// which is the one copy the scan needs anyway.
+pub fn with_model_in_parts<R>(parts: &[impl AsRef<[u8]>], f: impl FnOnce(&str) -> R) -> Result<R, ExtractError> {
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut scratch) => scan(&mut scratch, body, f),
+        Ok(mut scratch) => scan(&mut scratch, parts, f),
         // Only reachable if `f` itself scans a body: use a fresh scratch.
-        Err(_) => scan(&mut Scratch::new(), body, f),
+        Err(_) => scan(&mut Scratch::new(), parts, f),
     })
 }
 
@@ -91,15 +98,19 @@ pub fn extract(body: &[u8]) -> Result<String, ExtractError> {
     with_model(body, str::to_owned)
 }
 
-fn scan<R>(scratch: &mut Scratch, body: &[u8], f: impl FnOnce(&str) -> R) -> Result<R, ExtractError> {
+fn scan<R>(scratch: &mut Scratch, parts: &[impl AsRef<[u8]>], f: impl FnOnce(&str) -> R) -> Result<R, ExtractError> {
     let Scratch { input, buffers, tape } = scratch;
     // The copy carries simd-json's padding itself, so simd-json reads it in
     // place instead of copying the body a second time into its own buffer.
+    let len = parts.iter().map(|part| part.as_ref().len()).sum::<usize>();
     input.clear();
-    input.extend_from_slice(body);
-    input.resize(body.len() + simd_json::INPUT_PADDING, b' ');
+    input.reserve(len + simd_json::INPUT_PADDING);
+    for part in parts {
+        input.extend_from_slice(part.as_ref());
+    }
+    input.resize(len + simd_json::INPUT_PADDING, b' ');
     let mut nodes = tape.take().unwrap_or_else(Tape::null).reset();
-    let result = match simd_json::fill_tape_padded(input, body.len(), buffers, &mut nodes) {
+    let result = match simd_json::fill_tape_padded(input, len, buffers, &mut nodes) {
         Ok(()) => find_model(&nodes.0).map(f),
         Err(e) => Err(ExtractError::InvalidJson(e.to_string())),
     };

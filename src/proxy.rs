@@ -21,15 +21,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use crossbeam::queue::ArrayQueue;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, Uri, Version};
 use hyper_util::rt::TokioIo;
 
+use crate::body::{OutgoingBody, RequestBody};
 use crate::error::Error;
 
 /// `X-Request-Id`.
@@ -56,12 +55,12 @@ pub enum Forwarded {
 }
 
 /// hyper's connection future: reads and writes the socket.
-type Driver = http1::Connection<TokioIo<tokio::net::TcpStream>, Full<Bytes>>;
+type Driver = http1::Connection<TokioIo<tokio::net::TcpStream>, OutgoingBody>;
 
 /// A connection to a backend: hyper's request handle and the future that
 /// does the connection's I/O, polled by whichever request holds it.
 pub struct Connection {
-    sender: SendRequest<Full<Bytes>>,
+    sender: SendRequest<OutgoingBody>,
     driver: Pin<Box<Driver>>,
     /// The driver has finished: the connection is closed.
     closed: bool,
@@ -76,8 +75,8 @@ impl Connection {
     /// Sends `request`, driving the connection until the response head.
     async fn send(
         &mut self,
-        request: Request<Full<Bytes>>,
-    ) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Full<Bytes>>>> {
+        request: Request<OutgoingBody>,
+    ) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<OutgoingBody>>> {
         let response = self.sender.try_send_request(request);
         tokio::pin!(response);
         let (driver, closed) = (&mut self.driver, &mut self.closed);
@@ -155,13 +154,13 @@ impl Upstream {
     /// body has ended.
     ///
     /// `head` is expected to be cleaned by [`prepare_request_headers`].
-    pub async fn forward(&self, mut head: hyper::http::request::Parts, body: Bytes) -> Result<Forwarded, Error> {
+    pub async fn forward(&self, mut head: hyper::http::request::Parts, body: RequestBody) -> Result<Forwarded, Error> {
         if head.uri.authority().is_some() {
             head.uri = origin_form(&head.uri);
         }
         head.version = Version::HTTP_11;
         head.headers.insert(header::HOST, self.host.clone());
-        let request = Request::from_parts(head, Full::new(body));
+        let request = Request::from_parts(head, body.outgoing());
         let send = self.send(request);
         let result = match self.options.first_byte_timeout {
             None => send.await,
@@ -180,7 +179,7 @@ impl Upstream {
 
     /// Sends on a pooled connection, or a new one; a pooled connection that
     /// turns out dead before the request was written is replaced once.
-    async fn send(&self, request: Request<Full<Bytes>>) -> Result<Forwarded, Error> {
+    async fn send(&self, request: Request<OutgoingBody>) -> Result<Forwarded, Error> {
         let (mut conn, reused) = match self.take_idle().await {
             Some(conn) => (conn, true),
             None => match self.connect().await? {

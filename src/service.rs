@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 
 use hyper::body::{Body as _, Incoming};
 use hyper::header::{self, HeaderValue};
@@ -14,7 +14,7 @@ use hyper::{Method, Request, Response};
 
 use crate::api;
 use crate::auth;
-use crate::body::{read_request_body, ResponseBody};
+use crate::body::{read_request_body, RequestBody, ResponseBody};
 use crate::control;
 use crate::error::{Error, Fault};
 use crate::model;
@@ -145,7 +145,7 @@ async fn proxy(
     let (mut head, body) = req.into_parts();
     // `timeout` polls the read first: a body that came with its head never
     // touches the timer.
-    let body = tokio::time::timeout(read_limit, read_request_body(body, content_length, limit))
+    let body = tokio::time::timeout(read_limit, read_request_body(body, limit))
         .await
         .map_err(|_| Error::body_timeout(read_limit))??;
     let found = match (body.is_empty(), local) {
@@ -153,7 +153,9 @@ async fn proxy(
         (true, None) => return Err(Error::unknown_route(&head.method, head.uri.path())),
         (false, _) => {
             let catalog = shared.catalog();
-            model::with_model(&body, |name| catalog.lookup(name).ok_or_else(|| Error::unknown_model(name)))
+            model::with_model_in_parts(body.chunks(), |name| {
+                catalog.lookup(name).ok_or_else(|| Error::unknown_model(name))
+            })
         }
     };
     let model = match (found, local) {
@@ -184,7 +186,7 @@ async fn serve_model(
     shared: &Shared,
     model: usize,
     head: hyper::http::request::Parts,
-    body: Bytes,
+    body: RequestBody,
     started: Instant,
 ) -> Result<Response<ResponseBody>, Error> {
     let in_flight = queue::admit(shared, model, body.len()).await?;
