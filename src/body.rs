@@ -3,8 +3,9 @@
 //! A request body is read whole, because its `model` may be its last key;
 //! it is kept as the chunks hyper read it in ([`RequestBody`]), never
 //! joined: the model scan copies them once into its own buffer, and the
-//! same chunks are written to the backend with `writev`. A response body from a
-//! backend is streamed frame by frame as the backend writes it, and carries
+//! same chunks are written to the backend with `writev`. Chunks under
+//! 16 KiB are copied together, so a body sent in tiny pieces cannot cost
+//! more memory than its bytes. A response body from a backend is streamed frame by frame as the backend writes it, and carries
 //! the request's [`InFlight`] guard, so the model counts as busy until the
 //! last byte is sent or the client goes away (dropping the body drops the
 //! upstream response, which closes that backend connection and so cancels
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::error::Error;
@@ -87,10 +88,13 @@ impl From<Vec<Bytes>> for RequestBody {
     }
 }
 
+/// Chunks shorter than this are copied together instead of kept apart, so
+/// a body sent in tiny pieces costs its bytes, not a handle per piece.
+const KEEP_CHUNKS_FROM: usize = 16 * 1024;
+
 /// Reads `body` whole, failing with 413 past `limit` bytes.
 pub async fn read_request_body(mut body: Incoming, limit: u64) -> Result<RequestBody, Error> {
-    let mut first: Option<Bytes> = None;
-    let mut rest: Vec<Bytes> = Vec::new();
+    let mut chunks = Collector::default();
     let mut total: u64 = 0;
     while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
         let frame = frame.map_err(|e| Error::invalid_body(format!("could not read the request body: {e}")))?;
@@ -99,16 +103,50 @@ pub async fn read_request_body(mut body: Incoming, limit: u64) -> Result<Request
         if total > limit {
             return Err(Error::body_too_large(limit));
         }
-        match first.take() {
-            None if rest.is_empty() => first = Some(data),
-            None => rest.push(data),
-            Some(head) => rest.extend([head, data]),
+        chunks.push(data);
+    }
+    Ok(chunks.finish())
+}
+
+/// Gathers a body's chunks: the first as it is (a body that came in one
+/// read is neither copied nor listed), later ones as they are when large,
+/// copied together when small.
+#[derive(Default)]
+struct Collector {
+    first: Option<Bytes>,
+    chunks: Vec<Bytes>,
+    /// Small chunks since the last large one, copied together.
+    small: BytesMut,
+}
+
+impl Collector {
+    fn push(&mut self, data: Bytes) {
+        match self.first.take() {
+            None if self.chunks.is_empty() && self.small.is_empty() => return self.first = Some(data),
+            Some(first) => self.chunks.push(first),
+            None => {}
+        }
+        if data.len() >= KEEP_CHUNKS_FROM {
+            self.flush_small();
+            self.chunks.push(data);
+        } else {
+            self.small.extend_from_slice(&data);
         }
     }
-    Ok(match first {
-        Some(one) => RequestBody::from(one),
-        None => RequestBody::from(rest),
-    })
+
+    fn flush_small(&mut self) {
+        if !self.small.is_empty() {
+            self.chunks.push(self.small.split().freeze());
+        }
+    }
+
+    fn finish(mut self) -> RequestBody {
+        if let Some(one) = self.first.take() {
+            return RequestBody::from(one);
+        }
+        self.flush_small();
+        RequestBody::from(self.chunks)
+    }
 }
 
 /// A [`RequestBody`] on its way to a backend, one chunk per frame (hyper
@@ -297,6 +335,30 @@ mod tests {
         let none = RequestBody::from(Vec::new());
         assert!(none.is_empty() && none.chunks().is_empty());
         assert_eq!(frames(none), (vec![], vec![0]));
+    }
+
+    #[test]
+    fn small_chunks_are_copied_together_and_large_ones_kept() {
+        let large = Bytes::from(vec![b'x'; KEEP_CHUNKS_FROM]);
+        let mut chunks = Collector::default();
+        for piece in ["a", "b", "c"] {
+            chunks.push(Bytes::from_static(piece.as_bytes()));
+        }
+        chunks.push(large.clone());
+        for _ in 0..1000 {
+            chunks.push(Bytes::from_static(b"d"));
+        }
+        chunks.push(large.clone());
+        let body = chunks.finish();
+        let lens: Vec<usize> = body.chunks().iter().map(Bytes::len).collect();
+        assert_eq!(lens, [1, 2, KEEP_CHUNKS_FROM, 1000, KEEP_CHUNKS_FROM], "1,000 tiny chunks are one");
+        assert_eq!(body.len(), 1003 + 2 * KEEP_CHUNKS_FROM);
+        assert_eq!(body.chunks().concat(), [&b"abc"[..], &large, &[b'd'; 1000], &large].concat());
+        let mut one = Collector::default();
+        one.push(large.clone());
+        let one = one.finish();
+        assert_eq!(one.chunks()[0].as_ptr(), large.as_ptr(), "a body read in one piece is not copied");
+        assert!(matches!(one.chunks, Chunks::One(_)));
     }
 
     #[test]

@@ -192,34 +192,40 @@ async fn hop_by_hop_headers_are_dropped_and_forwarding_headers_are_set() {
 
 #[tokio::test]
 async fn a_large_body_in_many_chunks_reaches_the_backend_byte_for_byte() {
-    // 150 chunks of 20 KB, with escapes and unicode, `model` last: llmux
-    // keeps the chunks as they came (never joined) and writes them on,
-    // more than hyper queues for one `writev`.
+    // 3 MB with escapes and unicode, `model` last, sent once as 151 chunks
+    // of 20 KB (llmux keeps them as they came and writes them on, more than
+    // hyper queues for one `writev`) and once as 7-byte chunks (which llmux
+    // copies together).
     let piece =
         "{\"role\":\"user\",\"content\":\"line\\n \\\"q\\\" \\u00e9 日本語 ".to_owned() + &"x".repeat(20_000) + "\"},";
     let body =
         format!("{{\"messages\":[{}{{\"role\":\"user\",\"content\":\"end\"}}],\"model\":\"a\"}}", piece.repeat(150));
     let mux = mux().model("a").start();
+    let mut conn = RawConn::connect(&mux.llmux.addr).await;
+    for size in [piece.len(), 7] {
+        let head =
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nx-standin-echo: 1\r\n\r\n";
+        conn.write(head.as_bytes()).await;
+        conn.write(&chunked(body.as_bytes(), size)).await;
+        let r = conn.read_response().await;
+        assert_eq!(r.status, 200, "chunks of {size}: {:?}", String::from_utf8_lossy(&r.body));
+        let e = r.json();
+        assert_eq!(e["body_len"], body.len(), "chunks of {size}: {e}");
+        assert_eq!(echoed(&e, "content-length"), [body.len().to_string()]);
+        assert_eq!(e["body_fnv64"], fnv1a64(body.as_bytes()), "chunks of {size}: the body changed on the way");
+    }
+}
+
+/// `body` in chunked transfer coding, in chunks of `size` bytes.
+fn chunked(body: &[u8], size: usize) -> Vec<u8> {
     let mut framed = Vec::new();
-    let parts = body.as_bytes().chunks(piece.len());
-    assert_eq!(parts.len(), 151);
-    for part in parts {
+    for part in body.chunks(size) {
         framed.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
         framed.extend_from_slice(part);
         framed.extend_from_slice(b"\r\n");
     }
-    let mut conn = RawConn::connect(&mux.llmux.addr).await;
-    let head =
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nx-standin-echo: 1\r\n\r\n";
-    conn.write(head.as_bytes()).await;
-    conn.write(&framed).await;
-    conn.write(b"0\r\n\r\n").await;
-    let r = conn.read_response().await;
-    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
-    let e = r.json();
-    assert_eq!(e["body_len"], body.len(), "{e}");
-    assert_eq!(echoed(&e, "content-length"), [body.len().to_string()]);
-    assert_eq!(e["body_fnv64"], fnv1a64(body.as_bytes()), "the body changed on the way");
+    framed.extend_from_slice(b"0\r\n\r\n");
+    framed
 }
 
 #[tokio::test]
