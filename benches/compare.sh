@@ -17,7 +17,7 @@
 #   CASES          space-separated subset of: 1k-last 1k-first 64k-last
 #                  64k-first 1m-last 1m-first sse  [all; QUICK: 1k-last]
 #   DURATION       wrk duration per peer and body for req/s  [10s; QUICK: 2s]
-#   N              requests per CPU measurement (oha -n)      [20000; QUICK: 5000]
+#   N              requests per CPU measurement (oha -n)      [40000; QUICK: 5000]
 #   N_1M           the same for the 1 MB bodies                [2000; QUICK: 200]
 #   CONNS          connections for wrk and oha                 [16]
 #   RATE           fixed rate for p50/p99 (oha -q)             [1000]
@@ -25,6 +25,8 @@
 #   LAT_DURATION   duration of each latency run (oha -z)       [10s; QUICK: 2s]
 #   RUNS           interleaved llmux/nginx latency runs for
 #                  the 1 KB bodies; the median is reported     [5; QUICK: 3]
+#   CPU_RUNS       interleaved llmux/nginx CPU runs per body; the
+#                  median is reported                          [4; QUICK: 2]
 #   IDLE_CONNS     idle keep-alive connections for the memory figure [1000]
 #   UPLOADS        concurrent 1 MB uploads for the memory figure  [100]
 #   RESULTS        report file   [benches/results/latest.md; QUICK: .../quick.md]
@@ -38,18 +40,19 @@ cd "$ROOT"
 
 QUICK=${QUICK:-0}
 if [[ $QUICK == 1 ]]; then
-    : "${CASES:=1k-last}" "${DURATION:=2s}" "${N:=5000}" "${N_1M:=200}" "${LAT_DURATION:=2s}" "${RUNS:=3}"
+    : "${CASES:=1k-last}" "${DURATION:=2s}" "${N:=5000}" "${N_1M:=200}" "${LAT_DURATION:=2s}" "${RUNS:=3}" "${CPU_RUNS:=2}"
     : "${RESULTS:=$ROOT/benches/results/quick.md}"
 fi
 CASES=${CASES:-1k-last 1k-first 64k-last 64k-first 1m-last 1m-first sse}
 DURATION=${DURATION:-10s}
-N=${N:-20000}
+N=${N:-40000}
 N_1M=${N_1M:-2000}
 CONNS=${CONNS:-16}
 RATE=${RATE:-1000}
 RATE_1M=${RATE_1M:-100}
 LAT_DURATION=${LAT_DURATION:-10s}
 RUNS=${RUNS:-5}
+CPU_RUNS=${CPU_RUNS:-4}
 IDLE_CONNS=${IDLE_CONNS:-1000}
 UPLOADS=${UPLOADS:-100}
 RESULTS=${RESULTS:-$ROOT/benches/results/latest.md}
@@ -511,7 +514,7 @@ mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 verdict() { awk -v v="$1" -v max="$2" -v strict="${3:-0}" 'BEGIN { if (v == "n/a") print "n/a"; else if (strict ? v < max : v <= max) print "ok"; else print "**over**" }'; }
 
 declare -A RPS CPU P50 P99 RSS LABEL
-declare -A P99RUNS
+declare -A P99RUNS CPURUNS
 
 # ---------------------------------------------------------------- memory
 # Fresh llmux (and, for reference, a fresh nginx proxy) before any load:
@@ -635,9 +638,19 @@ run_case() {
     for peer in direct nginx llmux; do
         log "case $id, $peer: wrk -c$CONNS -d$DURATION"
         RPS[$id,$peer]=$(rps "${urls[$peer]}" "$lua")
-        log "case $id, $peer: CPU over $n requests"
-        CPU[$id,$peer]=$(cpu_us "${urls[$peer]}" "$body" "$sse" "${pids[$peer]}" "$n")
     done
+    log "case $id, direct: CPU over $n requests"
+    CPU[$id,direct]=$(cpu_us "${urls[direct]}" "$body" "$sse" "${pids[direct]}" "$n")
+    local lcpu=() ncpu=()
+    for ((i = 1; i <= CPU_RUNS; i++)); do
+        for peer in nginx llmux; do
+            log "case $id, $peer: CPU over $n requests (run $i of $CPU_RUNS)"
+            r=$(cpu_us "${urls[$peer]}" "$body" "$sse" "${pids[$peer]}" "$n")
+            if [[ $peer == llmux ]]; then lcpu+=("$r"); else ncpu+=("$r"); fi
+        done
+    done
+    CPU[$id,llmux]=$(printf %.1f "$(median "${lcpu[@]}")") CPU[$id,nginx]=$(printf %.1f "$(median "${ncpu[@]}")")
+    CPURUNS[$id,llmux]=${lcpu[*]} CPURUNS[$id,nginx]=${ncpu[*]}
     log "case $id, direct: latency at $rate/s"
     r=$(latency "${urls[direct]}" "$body" "$sse" "$rate")
     P50[$id,direct]=${r% *} P99[$id,direct]=${r#* }
@@ -692,7 +705,7 @@ REPORT=$TMP/report.md
     echo "- CPU: ${cpu_model:-unknown} ($(nproc) CPUs); load generator and backend pinned to CPU 0, proxy to CPU 1"
     echo "- $(rustc -V); release profile: ${profile:-defaults}${RUSTFLAGS:+; RUSTFLAGS=$RUSTFLAGS}; llmux commit $commit"
     echo "- $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), one worker; $("$WRK" -v 2>&1 | head -n1 | awk '{ print $1, $2 }'); $("$OHA" --version)"
-    echo "- req/s: \`wrk -t1 -c$CONNS -d$DURATION\`; CPU: utime+stime of the proxy over \`oha -n $N -c $CONNS\` ($N_1M for 1 MB); p50/p99: \`oha -q $RATE -z $LAT_DURATION --latency-correction -c $CONNS\` ($RATE_1M/s for 1 MB), in ms, the median of $RUNS interleaved llmux/nginx runs for 1 KB bodies, one run otherwise"
+    echo "- req/s: \`wrk -t1 -c$CONNS -d$DURATION\`; CPU: utime+stime of the proxy over \`oha -n $N -c $CONNS\` ($N_1M for 1 MB), the median of $CPU_RUNS interleaved llmux/nginx runs; p50/p99: \`oha -q $RATE -z $LAT_DURATION --latency-correction -c $CONNS\` ($RATE_1M/s for 1 MB), in ms, the median of $RUNS interleaved llmux/nginx runs for 1 KB bodies, one run otherwise"
     echo "- direct: no proxy, so its CPU column is the backend's CPU per request; peak RSS is VmHWM after the runs (nginx: its one worker)"
     echo
     for c in $CASES; do
@@ -704,6 +717,10 @@ REPORT=$TMP/report.md
         echo "| nginx | ${RPS[$c,nginx]} | ${CPU[$c,nginx]} | 1.00× | ${P50[$c,nginx]} | ${P99[$c,nginx]} | ${RSS[$c,nginx]} |"
         echo "| llmux | ${RPS[$c,llmux]} | ${CPU[$c,llmux]} | **$(ratio "${CPU[$c,llmux]}" "${CPU[$c,nginx]}")×** | ${P50[$c,llmux]} | ${P99[$c,llmux]} | ${RSS[$c,llmux]} |"
         echo
+        if ((CPU_RUNS > 1)); then
+            echo "CPU µs/req of each run, llmux: ${CPURUNS[$c,llmux]}; nginx: ${CPURUNS[$c,nginx]}"
+            echo
+        fi
         if [[ ${LABEL[$c]} -gt 1 ]]; then
             echo "p99 of each run (ms), llmux: ${P99RUNS[$c,llmux]}; nginx: ${P99RUNS[$c,nginx]}"
             echo
