@@ -385,7 +385,8 @@ listening_port() {
 start_llmux() { # NAME BACKEND_PORT [GATE]: with GATE, the model is asleep until the file GATE exists
     local dir=$TMP/$1 up=$2 gate=${3:-} i wake="'true'" alive="'true'"
     if [[ -n $gate ]]; then
-        wake="'while [ ! -e $gate ]; do sleep 0.02; done'" alive="'test -e $gate'"
+        [[ $gate != *[\'\"]* ]] || die "the gate path must not contain quotes: $gate"
+        wake="'while [ ! -e \"$gate\" ]; do sleep 0.02; done'" alive="'test -e \"$gate\"'"
     fi
     mkdir -p "$dir"
     cat >"$dir/llmux.yaml" <<EOF
@@ -510,6 +511,7 @@ latency() {
 
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) printf "%.3f", v[(NR + 1) / 2]; else printf "%.3f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+pieces_label() { if [[ $1 == 0 ]]; then echo "each in one write"; else echo "in $1-byte pieces"; fi; }
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 verdict() { awk -v v="$1" -v max="$2" -v strict="${3:-0}" 'BEGIN { if (v == "n/a") print "n/a"; else if (strict ? v < max : v <= max) print "ok"; else print "**over**" }'; }
 
@@ -546,11 +548,12 @@ PY
 
 # UPLOADS concurrent uploads of the 1 MB body, all held by llmux at once:
 # the model sleeps behind a gate, so every request waits in its queue with
-# its body read. Prints "KiB-of-bodies VmRSS-while-queued VmHWM" in KiB.
-uploads() { # PORT PID BODY GATE
-    python3 - "$1" "$2" "$UPLOADS" "$3" "$4" <<'PY'
+# its body read. Each body goes in one write, or in PIECE-byte pieces sent
+# round-robin over the connections (so llmux reads it in small chunks). Prints "KiB-of-bodies VmRSS-while-queued VmHWM" in KiB.
+uploads() { # PORT PID BODY GATE PIECE (0: each body in one write)
+    python3 - "$1" "$2" "$UPLOADS" "$3" "$4" "$5" <<'PY'
 import socket, sys, time, urllib.request
-port, pid, n, path, gate = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+port, pid, n, path, gate, piece = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], int(sys.argv[6])
 body = open(path, "rb").read()
 head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n").encode()
@@ -564,8 +567,13 @@ def queued():
 socks = []
 for _ in range(n):
     s = socket.create_connection(("127.0.0.1", port), timeout=60)
-    s.sendall(head + body)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s.sendall(head if piece else head + body)
     socks.append(s)
+# In pieces: round-robin over the connections, PIECE bytes at a time.
+for off in range(0, len(body) if piece else 0, piece or 1):
+    for s in socks:
+        s.sendall(body[off:off + piece])
 deadline = time.time() + 60
 while queued() < n:
     assert time.time() < deadline, "the uploads never all queued"
@@ -601,11 +609,14 @@ MEM_NGINX_IDLE=$(status_kib "$NGX_WORKER" VmRSS)
 MEM_NGINX_MASTER=$(status_kib "$NGX_PID" VmRSS)
 MEM_NGINX_CONNS=$(idle_conns "$NGX_PORT" "$NGX_WORKER")
 stop_pid "$NGX_PID"
-log "memory: $UPLOADS concurrent 1 MB uploads held in llmux's queue"
-start_llmux mem-uploads "$BACKEND_PORT" "$TMP/mem-uploads.gate"
-read -r MEM_UP_BODIES MEM_UP_QUEUED MEM_UP_PEAK < <(uploads "$LMX_PORT" "$LMX_PID" "$TMP/bodies/1m-last.json" "$TMP/mem-uploads.gate")
-[[ -n $MEM_UP_PEAK ]] || die "the uploads measurement failed"
-stop_pid "$LMX_PID"
+declare -A MEM_UP_BODIES MEM_UP_QUEUED MEM_UP_PEAK
+for piece in 0 16000; do
+    log "memory: $UPLOADS concurrent 1 MB uploads held in llmux's queue (pieces: $piece)"
+    start_llmux "mem-uploads-$piece" "$BACKEND_PORT" "$TMP/mem-uploads-$piece.gate"
+    read -r MEM_UP_BODIES[$piece] MEM_UP_QUEUED[$piece] MEM_UP_PEAK[$piece] < <(uploads "$LMX_PORT" "$LMX_PID" "$TMP/bodies/1m-last.json" "$TMP/mem-uploads-$piece.gate" "$piece")
+    [[ -n ${MEM_UP_PEAK[$piece]} ]] || die "the uploads measurement failed"
+    stop_pid "$LMX_PID"
+done
 
 # ----------------------------------------------------------------- cases
 SSE_PID=
@@ -734,7 +745,12 @@ REPORT=$TMP/report.md
     echo "| nginx worker (master: $(mib "$MEM_NGINX_MASTER") MiB) | $(mib "$MEM_NGINX_IDLE") | $(mib "$MEM_NGINX_CONNS") | $(mib $((MEM_NGINX_CONNS - MEM_NGINX_IDLE))) |"
     echo
     echo "$UPLOADS concurrent 1 MB uploads, all waiting in llmux's queue at once (the model asleep behind a gate), then served:"
-    echo "bodies $(mib "$MEM_UP_BODIES") MiB; llmux RSS while they wait $(mib "$MEM_UP_QUEUED") MiB; peak RSS (VmHWM) $(mib "$MEM_UP_PEAK") MiB."
+    echo
+    echo "| bodies sent | bodies MiB | llmux RSS while they wait MiB | peak RSS (VmHWM) MiB |"
+    echo "|---|---:|---:|---:|"
+    for piece in 0 16000; do
+        echo "| $(pieces_label "$piece") | $(mib "${MEM_UP_BODIES[$piece]}") | $(mib "${MEM_UP_QUEUED[$piece]}") | $(mib "${MEM_UP_PEAK[$piece]}") |"
+    done
     echo
     echo "## Budgets"
     echo
@@ -766,8 +782,10 @@ REPORT=$TMP/report.md
     echo "| llmux idle RSS | $(mib "$MEM_LLMUX_IDLE") MiB | < 10 MiB | $(verdict "$(mib "$MEM_LLMUX_IDLE")" 10 1) |"
     d=$(mib $((MEM_LLMUX_CONNS - MEM_LLMUX_IDLE)))
     echo "| llmux RSS added by $IDLE_CONNS idle keep-alive connections | $d MiB | < 20 MiB | $(verdict "$d" 20 1) |"
-    lim=$(awk -v b="$MEM_UP_BODIES" 'BEGIN { printf "%.1f", 1.5 * b / 1024 + 16 }')
-    echo "| llmux peak RSS with $UPLOADS concurrent 1 MB uploads | $(mib "$MEM_UP_PEAK") MiB | < 1.5 × $(mib "$MEM_UP_BODIES") + 16 = $lim MiB | $(verdict "$(mib "$MEM_UP_PEAK")" "$lim" 1) |"
+    for piece in 0 16000; do
+        lim=$(awk -v b="${MEM_UP_BODIES[$piece]}" 'BEGIN { printf "%.1f", 1.5 * b / 1024 + 16 }')
+        echo "| llmux peak RSS with $UPLOADS concurrent 1 MB uploads, $(pieces_label "$piece") | $(mib "${MEM_UP_PEAK[$piece]}") MiB | < 1.5 × $(mib "${MEM_UP_BODIES[$piece]}") + 16 = $lim MiB | $(verdict "$(mib "${MEM_UP_PEAK[$piece]}")" "$lim" 1) |"
+    done
     if [[ $QUICK == 1 ]]; then
         echo
         echo "QUICK=1: a smoke test with short runs; these figures are not results."

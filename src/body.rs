@@ -1,15 +1,18 @@
 //! Request bodies in (bounded, buffered once) and response bodies out.
 //!
-//! A request body is read whole, because its `model` may be its last key;
-//! it is kept as the chunks hyper read it in ([`RequestBody`]), never
+//! A request body is read whole, because its `model` may be its last key.
+//! It is kept as the large chunks hyper read it in ([`RequestBody`]), not
 //! joined: the model scan copies them once into its own buffer, and the
-//! same chunks are written to the backend with `writev`. Chunks under
-//! 16 KiB are copied together, so a body sent in tiny pieces cannot cost
-//! more memory than its bytes. A response body from a backend is streamed frame by frame as the backend writes it, and carries
-//! the request's [`InFlight`] guard, so the model counts as busy until the
-//! last byte is sent or the client goes away (dropping the body drops the
-//! upstream response, which closes that backend connection and so cancels
-//! the generation).
+//! same chunks are written to the backend with `writev`. From the first
+//! chunk under 16 KiB on, the rest of the body is copied into one buffer
+//! sized from `Content-Length`, so a body sent in small pieces costs its
+//! bytes, not a handle per piece or a doubling buffer.
+//!
+//! A response body from a backend is streamed frame by frame as the
+//! backend writes it, and carries the request's [`InFlight`] guard, so the
+//! model counts as busy until the last byte is sent or the client goes
+//! away (dropping the body drops the upstream response, which closes that
+//! backend connection and so cancels the generation).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -88,13 +91,20 @@ impl From<Vec<Bytes>> for RequestBody {
     }
 }
 
-/// Chunks shorter than this are copied together instead of kept apart, so
-/// a body sent in tiny pieces costs its bytes, not a handle per piece.
+/// Chunks from this size on are kept as they are; from the first shorter
+/// one on, the rest of the body is copied into one buffer, so a body sent
+/// in small pieces costs its bytes and not a handle per piece.
 const KEEP_CHUNKS_FROM: usize = 16 * 1024;
 
-/// Reads `body` whole, failing with 413 past `limit` bytes.
-pub async fn read_request_body(mut body: Incoming, limit: u64) -> Result<RequestBody, Error> {
-    let mut chunks = Collector::default();
+/// Reads `body` whole, failing with 413 past `limit` bytes. A declared
+/// `content_length` sizes the buffer that small chunks are copied into.
+pub async fn read_request_body(
+    mut body: Incoming,
+    content_length: Option<u64>,
+    limit: u64,
+) -> Result<RequestBody, Error> {
+    let declared = content_length.map(|n| usize::try_from(n.min(limit)).unwrap_or(usize::MAX));
+    let mut chunks = Collector::new(declared);
     let mut total: u64 = 0;
     while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
         let frame = frame.map_err(|e| Error::invalid_body(format!("could not read the request body: {e}")))?;
@@ -109,34 +119,43 @@ pub async fn read_request_body(mut body: Incoming, limit: u64) -> Result<Request
 }
 
 /// Gathers a body's chunks: the first as it is (a body that came in one
-/// read is neither copied nor listed), later ones as they are when large,
-/// copied together when small.
-#[derive(Default)]
+/// read is neither copied nor listed), later ones as they are while they
+/// are large; from the first small one on, everything is copied into one
+/// buffer sized for the rest of the body.
 struct Collector {
     first: Option<Bytes>,
     chunks: Vec<Bytes>,
-    /// Small chunks since the last large one, copied together.
-    small: BytesMut,
+    /// The copied rest of the body, once a small chunk has come.
+    rest: Option<BytesMut>,
+    /// The body's declared length, if any.
+    declared: Option<usize>,
+    /// Bytes gathered so far.
+    seen: usize,
 }
 
 impl Collector {
-    fn push(&mut self, data: Bytes) {
-        match self.first.take() {
-            None if self.chunks.is_empty() && self.small.is_empty() => return self.first = Some(data),
-            Some(first) => self.chunks.push(first),
-            None => {}
-        }
-        if data.len() >= KEEP_CHUNKS_FROM {
-            self.flush_small();
-            self.chunks.push(data);
-        } else {
-            self.small.extend_from_slice(&data);
-        }
+    fn new(declared: Option<usize>) -> Collector {
+        Collector { first: None, chunks: Vec::new(), rest: None, declared, seen: 0 }
     }
 
-    fn flush_small(&mut self) {
-        if !self.small.is_empty() {
-            self.chunks.push(self.small.split().freeze());
+    fn push(&mut self, data: Bytes) {
+        let before = self.seen;
+        self.seen += data.len();
+        if self.seen == data.len() && self.first.is_none() {
+            return self.first = Some(data);
+        }
+        if let Some(first) = self.first.take() {
+            self.chunks.push(first);
+        }
+        match &mut self.rest {
+            Some(rest) => rest.extend_from_slice(&data),
+            None if data.len() >= KEEP_CHUNKS_FROM => self.chunks.push(data),
+            None => {
+                let left = self.declared.map_or(0, |n| n.saturating_sub(before));
+                let mut rest = BytesMut::with_capacity(left.max(data.len()));
+                rest.extend_from_slice(&data);
+                self.rest = Some(rest);
+            }
         }
     }
 
@@ -144,7 +163,9 @@ impl Collector {
         if let Some(one) = self.first.take() {
             return RequestBody::from(one);
         }
-        self.flush_small();
+        if let Some(rest) = self.rest.take() {
+            self.chunks.push(rest.freeze());
+        }
         RequestBody::from(self.chunks)
     }
 }
@@ -338,32 +359,49 @@ mod tests {
     }
 
     #[test]
-    fn small_chunks_are_copied_together_and_large_ones_kept() {
+    fn large_chunks_are_kept_and_the_rest_is_copied_from_the_first_small_one() {
         let large = Bytes::from(vec![b'x'; KEEP_CHUNKS_FROM]);
-        let mut chunks = Collector::default();
-        for piece in ["a", "b", "c"] {
-            chunks.push(Bytes::from_static(piece.as_bytes()));
+        let declared = 1002 + 3 * KEEP_CHUNKS_FROM;
+        let mut chunks = Collector::new(Some(declared));
+        for piece in [&b"a"[..], &large, &b"b"[..], &large] {
+            chunks.push(Bytes::copy_from_slice(piece));
         }
-        chunks.push(large.clone());
         for _ in 0..1000 {
             chunks.push(Bytes::from_static(b"d"));
         }
         chunks.push(large.clone());
+        // Sized from Content-Length once, never grown.
+        assert_eq!(chunks.rest.as_ref().map(BytesMut::capacity), Some(declared - 1 - KEEP_CHUNKS_FROM));
         let body = chunks.finish();
         let lens: Vec<usize> = body.chunks().iter().map(Bytes::len).collect();
-        assert_eq!(lens, [1, 2, KEEP_CHUNKS_FROM, 1000, KEEP_CHUNKS_FROM], "1,000 tiny chunks are one");
-        assert_eq!(body.len(), 1003 + 2 * KEEP_CHUNKS_FROM);
-        assert_eq!(body.chunks().concat(), [&b"abc"[..], &large, &[b'd'; 1000], &large].concat());
-        let mut one = Collector::default();
+        assert_eq!(lens, [1, KEEP_CHUNKS_FROM, 1 + KEEP_CHUNKS_FROM + 1000 + KEEP_CHUNKS_FROM], "{lens:?}");
+        assert_eq!(body.chunks().concat(), [&b"a"[..], &large, b"b", &large, &[b'd'; 1000], &large].concat());
+    }
+
+    #[test]
+    fn a_body_read_in_one_piece_is_not_copied() {
+        let large = Bytes::from(vec![b'x'; KEEP_CHUNKS_FROM]);
+        let mut one = Collector::new(None);
         one.push(large.clone());
         let one = one.finish();
-        assert_eq!(one.chunks()[0].as_ptr(), large.as_ptr(), "a body read in one piece is not copied");
+        assert_eq!(one.chunks()[0].as_ptr(), large.as_ptr());
         assert!(matches!(one.chunks, Chunks::One(_)));
     }
 
     #[test]
+    fn the_copy_of_a_small_chunked_body_is_one_buffer() {
+        let mut chunks = Collector::new(None);
+        for _ in 0..3000 {
+            chunks.push(Bytes::from_static(b"xyz"));
+        }
+        let body = chunks.finish();
+        let lens: Vec<usize> = body.chunks().iter().map(Bytes::len).collect();
+        assert_eq!(lens, [3, 8997]);
+    }
+
+    #[test]
     fn the_scan_reads_the_chunks_as_one_body() {
-        let chunks = ["{\"messages\":[{\"model\":\"no\"}],\"mo", "del\":\"r\\u00e9", "al\"}"]
+        let chunks = ["{\"messages\":[{\"model\":\"no\"}],\"mo", "del\":\"r\\u00", "e9al\"}"]
             .map(|s: &'static str| Bytes::from_static(s.as_bytes()));
         let body = RequestBody::from(chunks.to_vec());
         assert_eq!(crate::model::with_model_in_parts(body.chunks(), str::to_owned).as_deref(), Ok("réal"));

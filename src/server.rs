@@ -195,6 +195,14 @@ struct Builders {
     http2: http2::Builder<TokioExecutor>,
 }
 
+/// hyper's read buffer per connection: large enough for the biggest head
+/// allowed, and no larger than 64 KiB otherwise. hyper's default (about
+/// 400 KiB) is kept for as long as a connection lives, and a request body
+/// waiting in a queue holds the buffers it was read into.
+fn read_buffer_bytes(limits: &Limits) -> usize {
+    (limits.max_header_bytes + 8 * 1024).max(64 * 1024)
+}
+
 impl Builders {
     fn new(limits: &Limits) -> Builders {
         let mut http1 = http1::Builder::new();
@@ -202,7 +210,8 @@ impl Builders {
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
             .max_headers(limits.max_headers)
-            .max_header_size(limits.max_header_bytes);
+            .max_header_size(limits.max_header_bytes)
+            .max_buf_size(read_buffer_bytes(limits));
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())

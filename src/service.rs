@@ -145,7 +145,7 @@ async fn proxy(
     let (mut head, body) = req.into_parts();
     // `timeout` polls the read first: a body that came with its head never
     // touches the timer.
-    let body = tokio::time::timeout(read_limit, read_request_body(body, limit))
+    let body = tokio::time::timeout(read_limit, read_request_body(body, content_length, limit))
         .await
         .map_err(|_| Error::body_timeout(read_limit))??;
     let found = match (body.is_empty(), local) {

@@ -165,6 +165,24 @@ async fn a_request_head_over_max_header_bytes_is_431_and_never_forwarded() {
 }
 
 #[tokio::test]
+async fn a_head_just_under_a_large_max_header_bytes_fits_the_read_buffer() {
+    // hyper's read buffer is sized from the limit, not from its default: a
+    // 75 KB head under a 128 KiB limit is read whole and forwarded. (The
+    // stand-in takes heads up to 64 KiB, so it is the one that answers 431.)
+    let mux = mux().model("a").config("limits: {max_header_bytes: 131072}").start();
+    let pads = |n: usize| -> String { (0..n).map(|i| format!("X-Pad-{i}: {}\r\n", "h".repeat(25 * 1024))).collect() };
+    let mut conn = RawConn::connect(&mux.llmux.addr).await;
+    conn.write(raw_chat("a", &pads(3)).as_bytes()).await;
+    let r = conn.read_response().await;
+    assert_eq!((r.status, r.header("x-standin-model")), (431, Some("a")), "llmux did not forward it: {r:?}");
+    // Over llmux's own limit, llmux answers.
+    let mut conn = RawConn::connect(&mux.llmux.addr).await;
+    conn.write(raw_chat("a", &pads(6)).as_bytes()).await;
+    let r = conn.read_response().await;
+    assert_eq!((r.status, r.header("x-standin-model")), (431, None), "{r:?}");
+}
+
+#[tokio::test]
 async fn a_request_with_more_than_max_headers_is_431_and_never_forwarded() {
     let mux = mux().model("a").config("limits: {max_headers: 10}").start();
     // `raw_chat` sends Host and Content-Length; `extra` adds the rest.
