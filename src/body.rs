@@ -139,9 +139,12 @@ impl Collector {
     }
 
     fn push(&mut self, data: Bytes) {
+        if data.is_empty() {
+            return;
+        }
         let before = self.seen;
         self.seen += data.len();
-        if self.seen == data.len() && self.first.is_none() {
+        if before == 0 {
             return self.first = Some(data);
         }
         if let Some(first) = self.first.take() {
