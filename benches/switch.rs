@@ -24,11 +24,14 @@ async fn one_switch(
     let head = inproc::post(sender, body).await;
     let first_byte = sent + head;
     let record = llmux.shared.last_switch.lock().clone().expect("a switch ran");
-    let (wake_start, wake) = record.wake.expect("wake ran");
-    let sleep = record.sleep.map_or(Duration::ZERO, |s| s.1);
+    let clock = llmux.shared.clock;
+    let wake = record.wake.expect("wake ran");
+    let wake_start = record.wake_started.and_then(|t| clock.instant(t)).expect("wake ran");
+    let miss = clock.instant(record.miss).expect("a miss");
+    let sleep = record.sleep.unwrap_or_default();
     let total = first_byte.saturating_duration_since(sent);
     let share = total.saturating_sub(sleep + wake + record.alive);
-    let to_spawn = wake_start.saturating_duration_since(record.miss).saturating_sub(sleep);
+    let to_spawn = wake_start.saturating_duration_since(miss).saturating_sub(sleep);
     let after_wake = first_byte.saturating_duration_since(wake_start + wake).saturating_sub(record.alive);
     (share, to_spawn, after_wake)
 }

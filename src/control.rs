@@ -21,9 +21,10 @@ use crate::body::ResponseBody;
 use crate::config::Config;
 use crate::error::Error;
 use crate::events;
+use crate::inbox::Input;
 use crate::metrics::millis;
 use crate::queue;
-use crate::state::{Changes, Command, Shared};
+use crate::state::{Changes, Shared};
 
 /// True for a path of the control API.
 pub fn is_control(path: &str) -> bool {
@@ -85,10 +86,11 @@ fn status(shared: &Shared) -> Value {
             "to": name(r.to),
             "result": r.result.as_str(),
             "drain_ms": millis(r.drain),
-            "sleep_ms": millis(r.sleep.map_or(Duration::ZERO, |s| s.1)),
-            "wake_ms": millis(r.wake.map_or(Duration::ZERO, |w| w.1)),
+            "reason": r.reason,
+            "sleep_ms": millis(r.sleep.unwrap_or_default()),
+            "wake_ms": millis(r.wake.unwrap_or_default()),
             "alive_ms": millis(r.alive),
-            "total_ms": millis(r.published.map_or(r.cost(), |p| p.saturating_duration_since(r.miss))),
+            "total_ms": millis(r.published.map_or(r.cost(), |p| p.since(r.miss))),
         })
     });
     let last_hook_error = shared.last_hook_error.lock().as_ref().map(|e| {
@@ -133,8 +135,7 @@ async fn wake(shared: &Arc<Shared>, name: &str, wait: bool) -> Result<Response<R
 /// `POST /llmux/sleep` (`model` None) and `POST /llmux/models/{name}/sleep`.
 async fn sleep(shared: &Shared, model: Option<usize>) -> Result<Response<ResponseBody>, Error> {
     let (done, answer) = oneshot::channel();
-    shared.commands.lock().push_back(Command::Sleep { model, done });
-    shared.switch_needed.notify_one();
+    shared.inbox.push(Input::Sleep(model, done));
     let slept = tokio::select! {
         answer = answer => answer.map_err(|_| Error::shutting_down())?,
         () = shared.shutdown.started() => return Err(Error::shutting_down()),
@@ -215,7 +216,7 @@ pub fn reload(shared: &Shared) -> Result<Changes, Error> {
     for slot in catalog.slots.iter().enumerate().filter(|(i, _)| catalog.is_removed(*i)).map(|(_, s)| s) {
         slot.ready.notify_waiters();
     }
-    shared.switch_needed.notify_one();
+    shared.inbox.push(Input::Reload);
     log_reload(shared, &changes);
     Ok(changes)
 }

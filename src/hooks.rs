@@ -25,33 +25,7 @@ use crate::config::ModelConfig;
 use crate::events::Events;
 use crate::state::Shutdown;
 
-/// Which of a model's hooks (the discriminant indexes per-hook metrics).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HookKind {
-    /// Makes the backend ready.
-    Wake = 0,
-    /// Frees the GPU.
-    Sleep = 1,
-    /// Exits 0 when the backend is up.
-    Alive = 2,
-}
-
-impl HookKind {
-    /// The hook's name in config and logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HookKind::Wake => "wake",
-            HookKind::Sleep => "sleep",
-            HookKind::Alive => "alive",
-        }
-    }
-}
-
-impl fmt::Display for HookKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::config::HookKind;
 
 /// How a hook run ended.
 #[derive(Debug)]

@@ -218,10 +218,10 @@ impl ProcessMetrics {
         if record.from.is_some() {
             stats.phases[0].observe(record.drain);
         }
-        if let Some((_, d)) = record.sleep {
+        if let Some(d) = record.sleep {
             stats.phases[1].observe(d);
         }
-        if let Some((_, d)) = record.wake {
+        if let Some(d) = record.wake {
             stats.phases[2].observe(d + record.alive);
         }
     }

@@ -1,8 +1,8 @@
 //! The queue a request joins on a miss.
 //!
 //! A request whose model is not active (or is draining) calls [`admit`],
-//! which takes a `Ticket` in that model's queue, raises `switch_needed`
-//! and waits for the model's `ready` notification, its request timeout or
+//! which takes a `Ticket` in that model's queue, tells the switch task
+//! (through the [`crate::inbox`]) and waits for the model's `ready` notification, its request timeout or
 //! shutdown. Each wait creates its `Notified` before re-checking the
 //! routing snapshot, so a publish between the check and the wait is never
 //! lost. A wake asked for by an operator ([`wake_by_hand`]) joins the same
@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
+use crate::inbox::Input;
 use crate::routing::{try_admit, InFlight};
 use crate::state::{ModelSlot, ModelState, Shared};
 
@@ -32,8 +33,8 @@ async fn wait_for(shared: &Shared, model: usize, body_len: usize) -> Result<InFl
     let catalog = shared.catalog.load_full();
     let slot = catalog.slot(model);
     check_backoff(slot)?;
-    let _ticket = Ticket::join(shared, model, body_len as u64)?;
     let started = Instant::now();
+    let _ticket = Ticket::join(shared, model, body_len as u64, started)?;
     let deadline = catalog.config.policy.request_timeout.map(|t| started + t);
     loop {
         let ready = slot.ready.notified();
@@ -81,11 +82,12 @@ struct Ticket<'a> {
     shared: &'a Shared,
     model: usize,
     body_len: u64,
+    number: crate::machine::Ticket,
 }
 
 impl<'a> Ticket<'a> {
     /// Joins `model`'s queue, or fails with 429 past the queue bounds.
-    fn join(shared: &'a Shared, model: usize, body_len: u64) -> Result<Ticket<'a>, Error> {
+    fn join(shared: &'a Shared, model: usize, body_len: u64, at: Instant) -> Result<Ticket<'a>, Error> {
         let catalog = shared.catalog();
         let limits = &catalog.config.limits;
         let requests = shared.queued_requests.fetch_add(1, SeqCst) + 1;
@@ -98,10 +100,11 @@ impl<'a> Ticket<'a> {
         {
             let mut queue = catalog.slot(model).queue.lock();
             queue.waiting += 1;
-            queue.since.get_or_insert_with(Instant::now);
+            queue.since.get_or_insert(at);
         }
-        shared.switch_needed.notify_one();
-        Ok(Ticket { shared, model, body_len })
+        let number = shared.inbox.ticket();
+        shared.inbox.push(Input::Queued { model, ticket: number, at });
+        Ok(Ticket { shared, model, body_len, number })
     }
 }
 
@@ -109,19 +112,16 @@ impl Drop for Ticket<'_> {
     fn drop(&mut self) {
         self.shared.queued_requests.fetch_sub(1, SeqCst);
         self.shared.queued_body_bytes.fetch_sub(self.body_len, SeqCst);
-        let emptied = {
+        {
             let catalog = self.shared.catalog();
             let mut queue = catalog.slot(self.model).queue.lock();
             queue.waiting = queue.waiting.saturating_sub(1);
             if queue.waiting == 0 {
                 queue.since = None;
             }
-            queue.waiting == 0
-        };
-        if emptied {
-            // A drain towards this model may now be abandoned.
-            self.shared.switch_needed.notify_one();
         }
+        // A drain towards this model may now be abandoned.
+        self.shared.inbox.push(Input::Left { model: self.model, ticket: self.number });
     }
 }
 

@@ -19,8 +19,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, Limits};
+use crate::machine::policy::Fifo;
 use crate::metrics::Limit;
-use crate::policy::Fifo;
 use crate::service::{self, Peer};
 use crate::state::{ConfigFile, Shared};
 use crate::switcher;

@@ -6,80 +6,22 @@
 //! metrics; everything behind a lock here is touched by a request only when
 //! it has to queue.
 
-use std::collections::{HashMap, VecDeque};
-use std::fmt;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 
 use crate::config::{Config, ModelConfig};
 use crate::events::Events;
+use crate::inbox::Inbox;
 use crate::metrics::{ModelMetrics, ProcessMetrics};
 use crate::routing::Routing;
 
-/// A model's state, reported by `/health` (and later metrics and the
-/// control API) with these exact words.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum ModelState {
-    /// Not loaded.
-    Asleep = 0,
-    /// Its wake hook is running.
-    Waking = 1,
-    /// Published and serving.
-    Active = 2,
-    /// Finishing its in-flight requests before a switch.
-    Draining = 3,
-    /// Its sleep hook is running.
-    Sleeping = 4,
-    /// Its last wake or sleep failed.
-    Failed = 5,
-}
-
-impl ModelState {
-    /// Every state, in the order metrics list them.
-    pub const ALL: [ModelState; 6] = [
-        ModelState::Asleep,
-        ModelState::Waking,
-        ModelState::Active,
-        ModelState::Draining,
-        ModelState::Sleeping,
-        ModelState::Failed,
-    ];
-
-    /// The word used in `/health`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ModelState::Asleep => "asleep",
-            ModelState::Waking => "waking",
-            ModelState::Active => "active",
-            ModelState::Draining => "draining",
-            ModelState::Sleeping => "sleeping",
-            ModelState::Failed => "failed",
-        }
-    }
-
-    fn from_u8(v: u8) -> ModelState {
-        match v {
-            1 => ModelState::Waking,
-            2 => ModelState::Active,
-            3 => ModelState::Draining,
-            4 => ModelState::Sleeping,
-            5 => ModelState::Failed,
-            _ => ModelState::Asleep,
-        }
-    }
-}
-
-impl fmt::Display for ModelState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::machine::{ModelState, SwitchRecord, SwitchResult};
 
 /// Everything llmux shares between tasks.
 pub struct Shared {
@@ -89,15 +31,16 @@ pub struct Shared {
     /// The published routing snapshot. Written only by the switch task;
     /// read lock-free by every request.
     pub routing: ArcSwap<Routing>,
-    /// Raised when a request queues or leaves the queue, when a command is
-    /// queued and after a reload; awaited only by the switch task.
-    pub switch_needed: Notify,
+    /// What requests, operators and reloads tell the switch task: pushed on
+    /// the cold path only (a miss, a command, a reload).
+    pub inbox: Inbox,
     /// Set once at shutdown; awaited by queued requests, the switch task
     /// and running hooks.
     pub shutdown: Shutdown,
-    /// Measured switch cost (drain + sleep + wake) per (from, to) slot.
-    /// Written by the switch task, read by the policy and `/llmux/status`.
-    pub switch_costs: Mutex<HashMap<(Option<usize>, usize), Duration>>,
+    /// Measured switch cost (drain + sleep + wake) per (from, to) slot: a
+    /// copy of the machine's, written by the switch task after each switch,
+    /// read by `/llmux/status`.
+    pub switch_costs: Mutex<BTreeMap<(Option<usize>, usize), Duration>>,
     /// Requests queued for any model, and their body bytes: the global
     /// queue bounds. Written by queued requests (cold path).
     pub queued_requests: AtomicUsize,
@@ -107,9 +50,8 @@ pub struct Shared {
     pub last_switch: Mutex<Option<SwitchRecord>>,
     /// The last hook that failed. Written by the switch task.
     pub last_hook_error: Mutex<Option<HookError>>,
-    /// Operator commands for the switch task (control API). Pushed by
-    /// control requests, taken by the switch task.
-    pub commands: Mutex<VecDeque<Command>>,
+    /// The switch protocol's clock: maps instants to the machine's time.
+    pub clock: crate::clock::Clock,
     /// Live events for `/llmux/events`.
     pub events: Events,
     /// Process-wide metrics.
@@ -140,18 +82,6 @@ pub struct HookError {
     pub error: String,
     /// When, as [`crate::metrics::now_micros`].
     pub at_micros: u64,
-}
-
-/// Something an operator asked the switch task to do.
-pub enum Command {
-    /// Drain and sleep `model` if it is active (`None`: whatever is
-    /// active); answers with the model that was put to sleep, if any.
-    Sleep {
-        /// The model, or whatever is active.
-        model: Option<usize>,
-        /// Where the answer goes.
-        done: oneshot::Sender<Result<Option<usize>, String>>,
-    },
 }
 
 /// The models of one configuration, by stable slot index.
@@ -273,75 +203,20 @@ impl Catalog {
     }
 }
 
-/// How a switch ended (the discriminant indexes per-result metrics).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SwitchResult {
-    /// The target was published.
-    Done = 0,
-    /// The drain was abandoned: nobody waited for the target any more.
-    Abandoned = 1,
-    /// A hook failed; the target's waiters got 503.
-    Failed = 2,
-}
-
-impl SwitchResult {
-    /// Every result, in discriminant order.
-    pub const ALL: [SwitchResult; 3] = [SwitchResult::Done, SwitchResult::Abandoned, SwitchResult::Failed];
-
-    /// The word used in metrics and the control API.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SwitchResult::Done => "done",
-            SwitchResult::Abandoned => "abandoned",
-            SwitchResult::Failed => "failed",
-        }
-    }
-}
-
-/// What happened in one switch, phase by phase.
-#[derive(Debug, Clone)]
-pub struct SwitchRecord {
-    /// The model that was active, if any.
-    pub from: Option<usize>,
-    /// The model switched to.
-    pub to: usize,
-    /// When the oldest request for `to` arrived: the miss.
-    pub miss: Instant,
-    /// How long the drain took.
-    pub drain: Duration,
-    /// The sleep hook's spawn instant and spawn-to-reap time.
-    pub sleep: Option<(Instant, Duration)>,
-    /// The wake hook's spawn instant and spawn-to-reap time.
-    pub wake: Option<(Instant, Duration)>,
-    /// Time spent in alive hooks confirming the wake.
-    pub alive: Duration,
-    /// When `to` was published.
-    pub published: Option<Instant>,
-    /// How it ended.
-    pub result: SwitchResult,
-}
-
-impl SwitchRecord {
-    /// The measured cost: drain, sleep and wake (no queueing, no backoff).
-    pub fn cost(&self) -> Duration {
-        self.drain + self.sleep.map_or(Duration::ZERO, |s| s.1) + self.wake.map_or(Duration::ZERO, |w| w.1) + self.alive
-    }
-}
-
 impl Shared {
     /// Shared state for `config`, with nothing active yet.
     pub fn new(config: Config, config_file: Option<ConfigFile>) -> Shared {
         Shared {
             catalog: ArcSwap::from_pointee(Catalog::new(config)),
             routing: ArcSwap::from_pointee(Routing::empty()),
-            switch_needed: Notify::new(),
+            inbox: Inbox::default(),
             shutdown: Shutdown::default(),
-            switch_costs: Mutex::new(HashMap::new()),
+            switch_costs: Mutex::new(BTreeMap::new()),
             last_switch: Mutex::new(None),
             last_hook_error: Mutex::new(None),
             queued_requests: AtomicUsize::new(0),
             queued_body_bytes: AtomicU64::new(0),
-            commands: Mutex::new(VecDeque::new()),
+            clock: crate::clock::Clock::new(),
             events: Events::default(),
             metrics: ProcessMetrics::default(),
             config_file,
@@ -358,11 +233,6 @@ impl Shared {
     /// The index of the active model, if any.
     pub fn active_model(&self) -> Option<usize> {
         self.routing.load().active().map(|i| i.model)
-    }
-
-    /// Records a switch's cost for the policy.
-    pub fn record_switch_cost(&self, from: Option<usize>, to: usize, cost: Duration) {
-        self.switch_costs.lock().insert((from, to), cost);
     }
 }
 
@@ -439,37 +309,31 @@ pub struct QueueState {
     pub since: Option<Instant>,
 }
 
-/// Backoff after a failed wake: 1 s, doubling, capped at 60 s.
+/// A failed wake's backoff, as the machine set it: requests get 503 with
+/// `Retry-After` until it ends. Written by the switch task, read by
+/// requests that would queue.
 #[derive(Debug, Clone)]
 pub struct Backoff {
     /// Requests get 503 until then.
     pub until: Option<Instant>,
-    /// The next backoff's length.
-    pub next: Duration,
     /// What failed, for the 503's message.
     pub reason: Arc<str>,
 }
 
-/// First backoff after a failure.
-pub const BACKOFF_START: Duration = Duration::from_secs(1);
-/// Longest backoff.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
-
 impl Default for Backoff {
     fn default() -> Backoff {
-        Backoff { until: None, next: BACKOFF_START, reason: Arc::from("") }
+        Backoff { until: None, reason: Arc::from("") }
     }
 }
 
 impl Backoff {
-    /// Starts a backoff for `reason`; the next one will be twice as long.
-    pub fn fail(&mut self, now: Instant, reason: Arc<str>) {
-        self.until = Some(now + self.next);
-        self.next = (self.next * 2).min(BACKOFF_MAX);
+    /// A backoff until `until` for `reason`.
+    pub fn fail(&mut self, until: Instant, reason: Arc<str>) {
+        self.until = Some(until);
         self.reason = reason;
     }
 
-    /// A success: no backoff, and the next failure starts from 1 s.
+    /// No backoff.
     pub fn reset(&mut self) {
         *self = Backoff::default();
     }
@@ -528,23 +392,6 @@ impl Shutdown {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_caps_and_resets() {
-        let now = Instant::now();
-        let mut b = Backoff::default();
-        let mut lengths = Vec::new();
-        for _ in 0..8 {
-            b.fail(now, Arc::from("x"));
-            lengths.push(b.remaining(now).map(|d| d.as_secs()));
-        }
-        let expected = [1, 2, 4, 8, 16, 32, 60, 60].map(Some);
-        assert_eq!(lengths, expected);
-        b.reset();
-        assert_eq!(b.remaining(now), None);
-        b.fail(now, Arc::from("x"));
-        assert_eq!(b.remaining(now), Some(Duration::from_secs(1)));
-    }
 
     fn config(models: &[(&str, u16)]) -> Config {
         let mut text = String::from("models:\n");

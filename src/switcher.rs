@@ -1,109 +1,331 @@
-//! The one task that switches models.
+//! The switch task: the executor of the switch protocol.
 //!
-//! [`run`] is the only code that runs wake and sleep hooks. It sleeps until
-//! something needs it: a miss (a request queued, see [`crate::queue`]), an
-//! operator's command, a reload, or one of its own timers (the min_active
-//! window, idle sleep, the periodic alive check). Each time, in this order:
-//! a backend a request found refusing connections is checked; a command is
-//! carried out; an active model a reload removed is put to sleep; then the
-//! policy ([`crate::policy::next_step`]) picks the next switch: drain A,
-//! sleep A, wake B, publish B, wake B's waiters.
+//! Every decision is the [`Machine`]'s. This task feeds it events (from the
+//! [`crate::inbox`], from hooks that finished, from drains that ended, from
+//! its timer) with the time they happened, and carries out the actions it
+//! returns: hooks run as tasks of their own (so the machine hears of a
+//! waiter leaving while a hook runs), the routing snapshot is stored
+//! through its `ArcSwap`, waiters are woken through their model's
+//! `Notify`. It is the only code that runs hooks or publishes a model.
 
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 
-use crate::config::{ModelConfig, OnSleepFailure};
+use crate::clock::Clock;
 use crate::hooks::{self, HookKind, HookRun, Outcome};
+use crate::inbox::{Input, SleepAnswer};
+use crate::machine::{
+    Action, Command, Event, HookResult, Machine, ModelId, ModelSettings, Report, Settings, SwitchPolicy, SwitchRecord,
+    SwitchResult,
+};
 use crate::metrics::millis;
-use crate::policy::{self, ActiveView, DrainVerdict, ModelView, Next, PolicyContext, SwitchPolicy};
 use crate::proxy::{Upstream, UpstreamOptions};
-use crate::queue::{self, sleep_until};
+use crate::queue;
 use crate::routing::{InFlight, Incarnation, Routing};
-use crate::state::{Command, HookError, ModelState, Shared, SwitchRecord, SwitchResult};
+use crate::state::{Catalog, HookError, Shared};
 
-/// The switch task. Returns at shutdown.
+/// The switch task. Returns at shutdown, once no hook runs.
 pub async fn run(shared: Arc<Shared>, policy: Box<dyn SwitchPolicy>) {
-    start_up(&shared).await;
-    let mut alive_checked = AliveClock::default();
-    loop {
-        let woken = shared.switch_needed.notified();
-        tokio::pin!(woken);
-        woken.as_mut().enable();
-        if shared.shutdown.is_started() {
-            return;
+    let settings = settings_of(&shared.catalog());
+    let mut executor = Executor::new(shared, Machine::new(settings, policy));
+    executor.feed(Event::Start);
+    executor.run().await;
+}
+
+/// The machine's settings from the catalog in force.
+pub fn settings_of(catalog: &Catalog) -> Settings {
+    let policy = &catalog.config.policy;
+    let models = (0..catalog.slots.len())
+        .map(|i| {
+            let config = catalog.hooks_of(i);
+            ModelSettings {
+                configured: !catalog.is_removed(i),
+                wake_timeout: config.map_or(Duration::ZERO, |m| m.wake.timeout),
+                idle_sleep: config.and_then(|m| m.idle_sleep),
+                alive_interval: config.and_then(|m| m.alive_interval),
+            }
+        })
+        .collect();
+    Settings {
+        models,
+        names: catalog.slots.iter().map(|s| s.name.to_string()).collect(),
+        order: catalog.live().map(|(i, _, _)| i).collect(),
+        min_active: policy.min_active,
+        drain_before_switch: policy.drain_before_switch,
+        drain_timeout: policy.drain_timeout,
+        continue_on_sleep_failure: policy.on_sleep_failure == crate::config::OnSleepFailure::Continue,
+        preload: policy.preload.as_deref().and_then(|p| catalog.lookup(p)),
+    }
+}
+
+/// The executor's state: what the machine's actions refer to.
+struct Executor {
+    shared: Arc<Shared>,
+    machine: Machine,
+    /// Maps instants to the machine's time (the same as `Shared::clock`).
+    clock: Clock,
+    /// The published incarnation of each model, by slot.
+    incarnations: HashMap<ModelId, Arc<Incarnation>>,
+    /// Running hooks; each yields its [`Event::HookDone`].
+    hooks: JoinSet<Event>,
+    /// Which hook each task runs, to report one that panicked.
+    hook_tasks: HashMap<tokio::task::Id, (ModelId, HookKind)>,
+    /// Drains being watched; each yields [`Event::Drained`].
+    drains: JoinSet<Event>,
+    drain_watch: HashMap<ModelId, AbortHandle>,
+    /// Operators waiting for an answer, by command number.
+    answers: HashMap<u64, SleepAnswer>,
+    next_command: u64,
+    /// Events the executor owes the machine (answers to its actions).
+    pending: VecDeque<Event>,
+    shutdown_fed: bool,
+}
+
+impl Executor {
+    fn new(shared: Arc<Shared>, machine: Machine) -> Executor {
+        Executor {
+            clock: shared.clock,
+            shared,
+            machine,
+            incarnations: HashMap::new(),
+            hooks: JoinSet::new(),
+            hook_tasks: HashMap::new(),
+            drains: JoinSet::new(),
+            drain_watch: HashMap::new(),
+            answers: HashMap::new(),
+            next_command: 0,
+            pending: VecDeque::new(),
+            shutdown_fed: false,
         }
-        let active = shared.routing.load_full().active().cloned();
-        if let Some(suspect) = active.as_ref().filter(|i| i.take_suspect()) {
-            check_alive(&shared, suspect, "the backend refused a connection").await;
-            continue;
+    }
+
+    async fn run(&mut self) {
+        let shared = Arc::clone(&self.shared);
+        loop {
+            let inbox = shared.inbox.notify.notified();
+            tokio::pin!(inbox);
+            inbox.as_mut().enable();
+            self.read_inbox();
+            if self.shared.shutdown.is_started() && !self.shutdown_fed {
+                self.shutdown_fed = true;
+                self.feed(Event::Shutdown);
+            }
+            if self.shutdown_fed && self.hooks.is_empty() {
+                return;
+            }
+            let deadline = self.machine.deadline().and_then(|t| self.clock.instant(t));
+            tokio::select! {
+                () = inbox => {}
+                Some(done) = self.hooks.join_next_with_id() => self.hook_finished(done),
+                Some(Ok(drained)) = self.drains.join_next() => self.feed(drained),
+                () = queue::sleep_until(deadline) => self.feed(Event::Timer),
+                () = shared.shutdown.started(), if !self.shutdown_fed => {}
+            }
         }
-        let command = shared.commands.lock().pop_front();
-        if let Some(command) = command {
-            perform(&shared, command).await;
-            continue;
+    }
+
+    /// Feeds everything in the inbox to the machine.
+    fn read_inbox(&mut self) {
+        while let Some(input) = self.shared.inbox.pop() {
+            let event = match input {
+                Input::Queued { model, ticket, at } => Event::Queued { model, ticket, at: self.clock.at(at) },
+                Input::Left { model, ticket } => Event::Left { model, ticket },
+                Input::Refused(model) => Event::Refused { model },
+                Input::Sleep(model, answer) => {
+                    let id = self.next_command;
+                    self.next_command += 1;
+                    self.answers.insert(id, answer);
+                    Event::Command(Command::Sleep { id, model })
+                }
+                Input::Reload => Event::Reload(settings_of(&self.shared.catalog())),
+            };
+            self.feed(event);
         }
-        if let Some(removed) = active.as_ref().filter(|a| shared.catalog().is_removed(a.model)) {
-            let _ = sleep_active(&shared, removed, "removed from the config").await;
-            continue;
-        }
-        match plan(&shared, policy.as_ref()) {
-            Next::SwitchTo(target) => switch_to(&shared, target).await,
-            Next::Wait(until) => {
-                let idle = active.as_ref().and_then(|a| idle_deadline(&shared, a));
-                let alive = active.as_ref().and_then(|a| alive_checked.next(&shared, a));
-                tokio::select! {
-                    () = woken => {}
-                    () = sleep_until(until) => {}
-                    () = sleep_until(idle) => if let Some(a) = &active { sleep_if_idle(&shared, a).await },
-                    () = sleep_until(alive) => if let Some(a) = &active {
-                        alive_checked.record(a);
-                        check_alive(&shared, a, "the periodic alive check failed").await;
-                    },
-                    () = shared.shutdown.started() => return,
+    }
+
+    fn hook_finished(&mut self, done: Result<(tokio::task::Id, Event), tokio::task::JoinError>) {
+        match done {
+            Ok((id, event)) => {
+                self.hook_tasks.remove(&id);
+                self.feed(event);
+            }
+            Err(e) => {
+                // A hook task that panicked: report it as unknown, so the
+                // protocol goes on.
+                tracing::error!("a hook task failed: {e}");
+                if let Some((model, kind)) = self.hook_tasks.remove(&e.id()) {
+                    self.feed(Event::hook(model, kind, HookResult::Unknown, Duration::ZERO));
                 }
             }
         }
     }
-}
 
-/// Gathers what the policy needs and asks it for the next step.
-fn plan(shared: &Shared, policy: &dyn SwitchPolicy) -> Next {
-    let now = Instant::now();
-    let catalog = shared.catalog();
-    let routing = shared.routing.load();
-    let active = routing.active();
-    let models: Vec<ModelView> = catalog
-        .slots
-        .iter()
-        .enumerate()
-        .map(|(i, slot)| {
-            let queue = *slot.queue.lock();
-            ModelView {
-                // A removed model's waiters are answered 404, never served.
-                waiting: if catalog.is_removed(i) { 0 } else { queue.waiting },
-                oldest_wait: queue.since,
-                in_flight: active.filter(|a| a.model == i).map_or(0, |a| a.in_flight()),
-                in_backoff: slot.backoff.lock().remaining(now).is_some(),
+    /// Hands `event` to the machine and carries out what it says, then
+    /// the answers those actions owe it, until there are none.
+    fn feed(&mut self, event: Event) {
+        self.pending.push_back(event);
+        while let Some(event) = self.pending.pop_front() {
+            let actions = self.machine.handle(event, self.clock.now());
+            for action in actions {
+                self.execute(action);
             }
-        })
-        .collect();
-    let n = models.len();
-    let mut costs = vec![None; (n + 1) * n];
-    for (&(from, to), cost) in shared.switch_costs.lock().iter() {
-        if let Some(cell) = costs.get_mut(from.unwrap_or(n) * n + to) {
-            *cell = Some(*cost);
         }
     }
-    let ctx = PolicyContext {
-        now,
-        active: active.map(|a| ActiveView { model: a.model, since: a.published_at }),
-        models: &models,
-        switch_costs: &costs,
-    };
-    policy::next_step(&ctx, policy, catalog.config.policy.min_active)
+
+    fn execute(&mut self, action: Action) {
+        match action {
+            Action::Gate(model) => self.gate(model),
+            Action::Ungate(model) => self.ungate(model),
+            Action::Cut(model) => self.cut(model),
+            Action::Publish(model) => self.publish(model),
+            Action::Unpublish(model) => self.unpublish(model),
+            Action::RunHook(model, kind) => self.run_hook(model, kind),
+            Action::ProbeIdle(model) => {
+                let idle = self.incarnations.get(&model).and_then(|i| i.idle_for(Instant::now()));
+                self.pending.push_back(Event::Idle { model, idle });
+            }
+            Action::Fail { model, reason, until } => self.fail(model, reason, until),
+            Action::Verdict(model) => {
+                if let Some(incarnation) = self.incarnations.get(&model) {
+                    incarnation.record_verdict();
+                }
+            }
+            Action::SetState(model, state) => self.shared.catalog().slot(model).set_state(state),
+            Action::Preload(model) => {
+                tracing::info!(model = %self.shared.catalog().name(model), "preloading");
+                queue::wake_in_background(&self.shared, model);
+            }
+            Action::Report(report) => report_to(&self.shared, &report),
+            Action::CommandDone { id, result } => {
+                if let Some(answer) = self.answers.remove(&id) {
+                    let _ = answer.send(result);
+                }
+            }
+            Action::SwitchDone(record) => self.switch_done(record),
+        }
+    }
+
+    /// Stops admitting, then reads the in-flight count (the drain protocol
+    /// in [`crate::routing`]); watches the drain if something is in flight.
+    fn gate(&mut self, model: ModelId) {
+        let Some(incarnation) = self.incarnations.get(&model).cloned() else {
+            self.pending.push_back(Event::Gated { model, in_flight: 0 });
+            return;
+        };
+        incarnation.start_draining();
+        let in_flight = incarnation.in_flight();
+        if in_flight > 0 {
+            let watch = self.drains.spawn(async move {
+                incarnation.drained().await;
+                Event::Drained { model }
+            });
+            if let Some(old) = self.drain_watch.insert(model, watch) {
+                old.abort();
+            }
+        }
+        self.pending.push_back(Event::Gated { model, in_flight });
+    }
+
+    fn stop_watching(&mut self, model: ModelId) {
+        if let Some(watch) = self.drain_watch.remove(&model) {
+            watch.abort();
+        }
+    }
+
+    fn ungate(&mut self, model: ModelId) {
+        self.stop_watching(model);
+        if let Some(incarnation) = self.incarnations.get(&model) {
+            incarnation.stop_draining();
+        }
+        self.shared.catalog().slot(model).ready.notify_waiters();
+    }
+
+    fn cut(&mut self, model: ModelId) {
+        let Some(incarnation) = self.incarnations.get(&model) else { return };
+        let n = incarnation.in_flight();
+        incarnation.cut();
+        self.shared.metrics.cut_requests.fetch_add(n as u64, Relaxed);
+        let name = self.shared.catalog().name(model).to_owned();
+        tracing::warn!(model = %name, cut = n, "drain timed out: cutting in-flight requests");
+    }
+
+    /// A fresh incarnation of `model`, connecting to the port the
+    /// configuration in force gives it.
+    fn publish(&mut self, model: ModelId) {
+        self.stop_watching(model);
+        let catalog = self.shared.catalog();
+        let cfg = &catalog.config;
+        let options = UpstreamOptions {
+            idle_timeout: cfg.upstream_idle_timeout,
+            connect_timeout: cfg.limits.upstream_connect_timeout,
+            first_byte_timeout: cfg.limits.upstream_first_byte_timeout,
+        };
+        let (port, idle_sleep) = catalog.hooks_of(model).map_or((0, None), |m| (m.port, m.idle_sleep));
+        let slot = Arc::clone(catalog.slot(model));
+        let mut incarnation = Incarnation::new(model, Arc::clone(&slot), Upstream::new(port, options));
+        if idle_sleep.is_some() {
+            incarnation = incarnation.with_idle_tracking();
+        }
+        let incarnation = Arc::new(incarnation);
+        tokio::spawn(reap_idle_connections(Arc::downgrade(&incarnation)));
+        self.shared.routing.store(Arc::new(Routing::with_active(Arc::clone(&incarnation))));
+        if let Some(old) = self.incarnations.insert(model, incarnation) {
+            // Never serves again (it was gated when it was retired).
+            old.start_draining();
+        }
+        slot.backoff.lock().reset();
+        slot.ready.notify_waiters();
+    }
+
+    fn unpublish(&mut self, model: ModelId) {
+        self.stop_watching(model);
+        let Some(incarnation) = self.incarnations.remove(&model) else { return };
+        incarnation.start_draining();
+        if self.shared.routing.load().resident(model).is_some() {
+            self.shared.routing.store(Arc::new(Routing::empty()));
+        }
+        // Requests waiting for a verdict on it queue again.
+        incarnation.record_verdict();
+    }
+
+    fn run_hook(&mut self, model: ModelId, kind: HookKind) {
+        let shared = Arc::clone(&self.shared);
+        let task = self.hooks.spawn(async move {
+            let run = hook(&shared, model, kind).await;
+            let result = match run.outcome {
+                Outcome::Success => HookResult::Success,
+                Outcome::Failed(_) => HookResult::Failed,
+                Outcome::CutByShutdown => HookResult::Cut,
+                Outcome::TimedOut(_) | Outcome::SpawnFailed(_) => HookResult::Unknown,
+            };
+            Event::HookDone { model, kind, result, detail: run.outcome.to_string(), took: run.duration }
+        });
+        self.hook_tasks.insert(task.id(), (model, kind));
+    }
+
+    /// Answers `model`'s waiters 503 and starts its backoff.
+    fn fail(&mut self, model: ModelId, reason: String, until: crate::clock::Time) {
+        let catalog = self.shared.catalog();
+        let slot = catalog.slot(model);
+        let until = self.clock.instant(until).unwrap_or_else(Instant::now);
+        slot.backoff.lock().fail(until, Arc::from(reason));
+        slot.ready.notify_waiters();
+    }
+
+    fn switch_done(&mut self, record: SwitchRecord) {
+        if record.result == SwitchResult::Done {
+            log_switch(&self.shared, &record, &self.clock);
+        }
+        let costs = self.machine.costs().clone();
+        *self.shared.switch_costs.lock() = costs;
+        self.shared.metrics.record_switch(&record);
+        *self.shared.last_switch.lock() = Some(record);
+    }
 }
 
 /// Runs one of `model`'s hooks with the configuration in force (or the
@@ -134,74 +356,6 @@ async fn hook(shared: &Shared, model: usize, kind: HookKind) -> HookRun {
     run
 }
 
-/// Start-up: every model's `alive` at once; adopt the first model that is
-/// up, put every other up (or unknown) model to sleep; then preload.
-async fn start_up(shared: &Arc<Shared>) {
-    let models: Vec<usize> = shared.catalog().live().map(|(i, _, _)| i).collect();
-    let mut checks = JoinSet::new();
-    for &model in &models {
-        let shared = Arc::clone(shared);
-        checks.spawn(async move { (model, hook(&shared, model, HookKind::Alive).await.outcome) });
-    }
-    // Some(true): up; Some(false): down; None: unknown (timed out).
-    let mut up: Vec<(usize, Option<bool>)> = Vec::with_capacity(models.len());
-    while let Some(Ok((model, outcome))) = checks.join_next().await {
-        let state = match outcome {
-            Outcome::Success => Some(true),
-            Outcome::Failed(_) => Some(false),
-            _ => None,
-        };
-        up.push((model, state));
-    }
-    // Config order decides which of several running models is adopted.
-    up.sort_by_key(|(model, _)| models.iter().position(|m| m == model));
-    let adopted = up.iter().find(|(_, state)| *state == Some(true)).map(|(m, _)| *m);
-    if let Some(model) = adopted {
-        publish(shared, model);
-        tracing::info!(model = %shared.catalog().name(model), "adopted the running model as active");
-    }
-    for &(model, state) in &up {
-        if Some(model) == adopted || state == Some(false) || shared.shutdown.is_started() {
-            continue;
-        }
-        let slot = Arc::clone(shared.catalog().slot(model));
-        slot.set_state(ModelState::Sleeping);
-        let run = hook(shared, model, HookKind::Sleep).await;
-        slot.set_state(if run.succeeded() { ModelState::Asleep } else { ModelState::Failed });
-    }
-    let preload = shared.catalog().config.policy.preload.clone();
-    if let Some(model) = preload.and_then(|name| shared.catalog().lookup(&name)) {
-        if Some(model) != adopted {
-            tracing::info!(model = %shared.catalog().name(model), "preloading");
-            queue::wake_in_background(shared, model);
-        }
-    }
-}
-
-/// Publishes `model` as active with a fresh incarnation, connecting to the
-/// port the configuration in force gives it.
-fn publish(shared: &Shared, model: usize) {
-    let catalog = shared.catalog();
-    let cfg = &catalog.config;
-    let options = UpstreamOptions {
-        idle_timeout: cfg.upstream_idle_timeout,
-        connect_timeout: cfg.limits.upstream_connect_timeout,
-        first_byte_timeout: cfg.limits.upstream_first_byte_timeout,
-    };
-    let (port, idle_sleep) = catalog.hooks_of(model).map_or((0, None), |m| (m.port, m.idle_sleep));
-    let slot = Arc::clone(catalog.slot(model));
-    let mut incarnation = Incarnation::new(model, Arc::clone(&slot), Upstream::new(port, options));
-    if idle_sleep.is_some() {
-        incarnation = incarnation.with_idle_tracking();
-    }
-    let incarnation = Arc::new(incarnation);
-    tokio::spawn(reap_idle_connections(Arc::downgrade(&incarnation)));
-    shared.routing.store(Arc::new(Routing::with_active(incarnation)));
-    slot.set_state(ModelState::Active);
-    slot.backoff.lock().reset();
-    slot.ready.notify_waiters();
-}
-
 /// Closes an incarnation's idle backend connections as they pass the idle
 /// timeout; ends when the incarnation is gone.
 async fn reap_idle_connections(incarnation: std::sync::Weak<Incarnation>) {
@@ -218,125 +372,6 @@ async fn reap_idle_connections(incarnation: std::sync::Weak<Incarnation>) {
     }
 }
 
-/// Runs the active model's `alive` once (a request found its backend
-/// refusing connections, or the periodic check is due). If it fails, the
-/// model is marked failed and unpublished, so its requests queue and the
-/// next switch wakes it again.
-async fn check_alive(shared: &Shared, incarnation: &Arc<Incarnation>, why: &str) {
-    let alive = hook(shared, incarnation.model, HookKind::Alive).await;
-    if !alive.succeeded() && !incarnation.is_draining() {
-        let name = shared.catalog().name(incarnation.model).to_owned();
-        tracing::warn!(model = %name, "{why} and its alive hook failed: marked failed, the next request wakes it again");
-        incarnation.start_draining();
-        shared.routing.store(Arc::new(Routing::empty()));
-        incarnation.slot.set_state(ModelState::Failed);
-        shared.events.emit("failed", || json!({ "model": name, "reason": format!("{why}; alive hook failed") }));
-    }
-    incarnation.record_verdict();
-}
-
-/// When the periodic alive check of each incarnation last ran.
-#[derive(Default)]
-struct AliveClock {
-    /// The incarnation (by its publish instant) and the check's instant.
-    last: Option<(Instant, Instant)>,
-}
-
-impl AliveClock {
-    /// When `active`'s next check is due, if its model has an interval.
-    fn next(&self, shared: &Shared, active: &Incarnation) -> Option<Instant> {
-        let interval = shared.catalog().model(active.model)?.alive_interval?;
-        let base = match self.last {
-            Some((published, checked)) if published == active.published_at => checked,
-            _ => active.published_at,
-        };
-        Some(base + interval)
-    }
-
-    fn record(&mut self, active: &Incarnation) {
-        self.last = Some((active.published_at, Instant::now()));
-    }
-}
-
-/// When `active` may be put to sleep for idleness, if its model has an
-/// idle timeout. While requests are in flight, look again in a second.
-fn idle_deadline(shared: &Shared, active: &Incarnation) -> Option<Instant> {
-    let idle = shared.catalog().model(active.model)?.idle_sleep?;
-    if !active.tracks_idle() {
-        // Idle sleep was turned on by a reload: it applies from the
-        // model's next wake.
-        return None;
-    }
-    let now = Instant::now();
-    Some(match active.idle_for(now) {
-        Some(for_how_long) => now + idle.saturating_sub(for_how_long),
-        None => now + idle.min(Duration::from_secs(1)),
-    })
-}
-
-/// Puts `active` to sleep if it is still idle; a request that slipped in
-/// first keeps it active.
-async fn sleep_if_idle(shared: &Shared, active: &Arc<Incarnation>) {
-    let Some(idle) = shared.catalog().model(active.model).and_then(|m| m.idle_sleep) else { return };
-    if active.idle_for(Instant::now()).is_none_or(|d| d < idle) {
-        return;
-    }
-    // Stop admitting, then look again: a request admitted in between is
-    // seen here (see the drain protocol in `routing`).
-    active.start_draining();
-    if active.in_flight() > 0 {
-        reinstate(shared, active);
-        return;
-    }
-    let name = shared.catalog().name(active.model).to_owned();
-    tracing::info!(model = %name, idle_secs = idle.as_secs(), "idle: putting the model to sleep");
-    let _ = sleep_active(shared, active, "idle").await;
-}
-
-/// Carries out an operator's command.
-async fn perform(shared: &Shared, command: Command) {
-    match command {
-        Command::Sleep { model, done } => {
-            let active = shared.routing.load_full().active().cloned();
-            let result = match active.filter(|a| model.is_none_or(|m| m == a.model)) {
-                None => Ok(None),
-                Some(a) => sleep_active(shared, &a, "asked by an operator").await.map(|()| Some(a.model)),
-            };
-            let _ = done.send(result);
-        }
-    }
-}
-
-/// Drains and sleeps the active model with nothing to wake after it
-/// (idle, removed, or an operator's command). Requests that arrive
-/// meanwhile queue, and wake it again once it is asleep.
-async fn sleep_active(shared: &Shared, old: &Arc<Incarnation>, why: &str) -> Result<(), String> {
-    let slot = &old.slot;
-    old.start_draining();
-    slot.set_state(ModelState::Draining);
-    if shared.catalog().config.policy.drain_before_switch && drain(shared, old, None).await == DrainVerdict::Wait {
-        return Err("shutting down".to_owned());
-    }
-    let run = unpublish_and_sleep(shared, old, why).await;
-    let name = slot.name.to_string();
-    if run.succeeded() {
-        tracing::info!(model = %name, why, "model put to sleep");
-        return Ok(());
-    }
-    let reason = format!("sleep hook of model `{name}` {}", run.outcome);
-    let still_up = hook(shared, old.model, HookKind::Alive).await.succeeded();
-    if still_up && !shared.catalog().is_removed(old.model) {
-        // It still answers: serve it again rather than leave it loaded
-        // and unreachable.
-        reinstate(shared, old);
-    } else {
-        slot.set_state(ModelState::Failed);
-    }
-    tracing::warn!(model = %name, still_up, "{reason}");
-    shared.events.emit("failed", || json!({ "model": name, "reason": reason }));
-    Err(reason)
-}
-
 /// Called by a request whose connection the backend refused before
 /// anything was sent. Gives up its admission (a drain must not wait for
 /// it), has the switch task check the backend, and returns true if the
@@ -344,265 +379,63 @@ async fn sleep_active(shared: &Shared, old: &Arc<Incarnation>, why: &str) -> Res
 pub async fn backend_refused(shared: &Shared, in_flight: InFlight) -> bool {
     let incarnation = in_flight.into_incarnation();
     let seen = incarnation.report_refused();
-    shared.switch_needed.notify_one();
+    shared.inbox.push(Input::Refused(incarnation.model));
     tokio::select! {
         retired = incarnation.judged(seen) => retired,
         () = shared.shutdown.started() => false,
     }
 }
 
-/// How retiring the active model ended.
-enum Retired {
-    /// Asleep (or down): go on and wake the target.
-    Done,
-    /// Stop here: abandoned, failed, or shutting down.
-    Stop(SwitchResult),
-}
-
-/// One switch from whatever is active to `target`.
-async fn switch_to(shared: &Shared, target: usize) {
-    let from = shared.routing.load_full().active().cloned();
-    let slot = Arc::clone(shared.catalog().slot(target));
-    let miss = slot.queue.lock().since.unwrap_or_else(Instant::now);
-    let mut record = SwitchRecord {
-        from: from.as_ref().map(|o| o.model),
-        to: target,
-        miss,
-        drain: Duration::ZERO,
-        sleep: None,
-        wake: None,
-        alive: Duration::ZERO,
-        published: None,
-        result: SwitchResult::Failed,
-    };
-    emit_switch(shared, "switch_started", &record, None);
-    if let Some(old) = &from {
-        if let Retired::Stop(result) = retire(shared, old, target, &mut record).await {
-            record.result = result;
-            finish(shared, record);
-            return;
+/// The log line and the `/llmux/events` event of a [`Report`].
+fn report_to(shared: &Shared, report: &Report) {
+    let catalog = shared.catalog();
+    let name = |m: ModelId| catalog.name(m).to_owned();
+    let events = &shared.events;
+    match report {
+        Report::SwitchStarted { from, to, reason } => {
+            tracing::info!(from = from.map(name), to = name(*to), reason, "switch started");
+            events.emit("switch_started", || json!({ "from": from.map(name), "to": name(*to), "reason": reason }));
         }
-    }
-    slot.set_state(ModelState::Waking);
-    let woken = wake_and_confirm(shared, target, &mut record).await;
-    emit_switch(shared, "phase_done", &record, Some("wake"));
-    match woken {
-        Ok(()) => {
-            publish(shared, target);
-            record.published = Some(Instant::now());
-            record.result = SwitchResult::Done;
-            shared.record_switch_cost(record.from, target, record.cost());
-            log_switch(shared, &record);
-            let (name, ms) = (slot.name.to_string(), millis(miss.elapsed()));
-            shared.events.emit("activated", || json!({ "model": name, "ms": ms }));
-            finish(shared, record);
+        Report::PhaseDone { from, to, phase, took } => events.emit(
+            "phase_done",
+            || json!({ "from": from.map(name), "to": name(*to), "phase": phase, "ms": millis(*took) }),
+        ),
+        Report::Activated { model, waited } => {
+            events.emit("activated", || json!({ "model": name(*model), "ms": millis(*waited) }))
         }
-        Err(reason) => {
-            finish(shared, record);
-            fail_target(shared, target, reason);
-            if shared.shutdown.is_started() {
-                return;
-            }
-            // A half-started backend must not hold the GPU. The model
-            // stays `failed` meanwhile: that is what its waiters were told.
-            let _ = hook(shared, target, HookKind::Sleep).await;
+        Report::Adopted(model) => tracing::info!(model = name(*model), "adopted the running model as active"),
+        Report::NoneAdopted => tracing::info!("no model is running: none is active, waiting for requests"),
+        Report::Asleep { model, why } => {
+            tracing::info!(model = name(*model), why, "model put to sleep");
+            events.emit("asleep", || json!({ "model": name(*model), "reason": why }));
         }
-    }
-}
-
-/// Files a finished switch: the last switch, and its metrics.
-fn finish(shared: &Shared, record: SwitchRecord) {
-    shared.metrics.record_switch(&record);
-    *shared.last_switch.lock() = Some(record);
-}
-
-/// A switch event: `switch_started`, or `phase_done` for `phase`.
-fn emit_switch(shared: &Shared, kind: &str, r: &SwitchRecord, phase: Option<&str>) {
-    shared.events.emit(kind, || {
-        let catalog = shared.catalog();
-        let mut data = json!({ "from": r.from.map(|f| catalog.name(f)), "to": catalog.name(r.to) });
-        if let Some(phase) = phase {
-            let took = match phase {
-                "drain" => r.drain,
-                "sleep" => r.sleep.map_or(Duration::ZERO, |s| s.1),
-                _ => r.wake.map_or(Duration::ZERO, |w| w.1) + r.alive,
-            };
-            data["phase"] = json!(phase);
-            data["ms"] = json!(millis(took));
+        Report::Failed { model, reason } => {
+            tracing::warn!(model = name(*model), "switch failed: {reason}");
+            events.emit("failed", || json!({ "model": name(*model), "reason": reason }));
         }
-        data
-    });
-}
-
-/// Runs the wake hook, then `alive` until it passes (a wake hook may exit
-/// 0 before its backend answers), all within the wake timeout.
-async fn wake_and_confirm(shared: &Shared, target: usize, record: &mut SwitchRecord) -> Result<(), String> {
-    let catalog = shared.catalog.load_full();
-    let Some(model) = catalog.model(target) else {
-        return Err(format!("model `{}` was removed from the config", catalog.name(target)));
-    };
-    let run = hook(shared, target, HookKind::Wake).await;
-    record.wake = Some((run.started, run.duration));
-    if !run.succeeded() {
-        return Err(format!("wake hook of model `{}` {}", model.name, run.outcome));
-    }
-    confirm_alive(shared, target, model, run.started, record).await
-}
-
-/// `alive` until it passes, backing off from 25 ms to 1 s, until the wake
-/// timeout (counted from the wake hook's spawn) runs out.
-async fn confirm_alive(
-    shared: &Shared,
-    target: usize,
-    model: &ModelConfig,
-    woken_at: Instant,
-    record: &mut SwitchRecord,
-) -> Result<(), String> {
-    let deadline = woken_at + model.wake.timeout;
-    let mut pause = Duration::from_millis(25);
-    loop {
-        let alive = hook(shared, target, HookKind::Alive).await;
-        record.alive += alive.duration;
-        if alive.succeeded() {
-            return Ok(());
+        Report::Abandoned { model } => {
+            tracing::info!(model = name(*model), "switch abandoned: nobody waits for it any more")
         }
-        if shared.shutdown.is_started() || Instant::now() + pause >= deadline {
-            let secs = model.wake.timeout.as_secs();
-            return Err(format!(
-                "wake hook of model `{}` succeeded but its alive hook did not pass within the wake timeout ({secs}s)",
-                model.name
-            ));
+        Report::IdleSleep(model) => tracing::info!(model = name(*model), "idle: putting the model to sleep"),
+        Report::AliveUnknown(model) => {
+            tracing::warn!(model = name(*model), "alive hook did not answer in time: state unknown, nothing changed")
         }
-        tokio::select! {
-            () = tokio::time::sleep(pause) => {}
-            () = shared.shutdown.started() => {}
-        }
-        pause = (pause * 2).min(Duration::from_secs(1));
+        Report::DrainTimedOut(_) => {}
     }
 }
 
 /// One log line per switch, with its phase durations.
-fn log_switch(shared: &Shared, r: &SwitchRecord) {
+fn log_switch(shared: &Shared, r: &SwitchRecord, clock: &Clock) {
     let catalog = shared.catalog();
     tracing::info!(
         from = r.from.map_or("(none)", |m| catalog.name(m)),
         to = catalog.name(r.to),
+        reason = r.reason,
         drain_ms = millis(r.drain),
-        sleep_ms = millis(r.sleep.map_or(Duration::ZERO, |s| s.1)),
-        wake_ms = millis(r.wake.map_or(Duration::ZERO, |w| w.1)),
+        sleep_ms = millis(r.sleep.unwrap_or_default()),
+        wake_ms = millis(r.wake.unwrap_or_default()),
         alive_ms = millis(r.alive),
-        waited_ms = millis(r.miss.elapsed()),
+        waited_ms = millis(clock.now().since(r.miss)),
         "switch done"
     );
-}
-
-/// Answers every waiter of `target` with 503 and starts its backoff.
-fn fail_target(shared: &Shared, target: usize, reason: String) {
-    let slot = Arc::clone(shared.catalog().slot(target));
-    tracing::warn!(model = %slot.name, "switch failed: {reason}");
-    let name = slot.name.to_string();
-    shared.events.emit("failed", || json!({ "model": name, "reason": reason }));
-    slot.backoff.lock().fail(Instant::now(), Arc::from(reason));
-    slot.set_state(ModelState::Failed);
-    slot.ready.notify_waiters();
-}
-
-/// Drains and sleeps the active model `old` on the way to `target`.
-async fn retire(shared: &Shared, old: &Arc<Incarnation>, target: usize, record: &mut SwitchRecord) -> Retired {
-    let slot = &old.slot;
-    old.start_draining();
-    slot.set_state(ModelState::Draining);
-    if shared.catalog().config.policy.drain_before_switch {
-        let started = Instant::now();
-        let verdict = drain(shared, old, Some(target)).await;
-        record.drain = started.elapsed();
-        emit_switch(shared, "phase_done", record, Some("drain"));
-        match verdict {
-            DrainVerdict::Drained | DrainVerdict::Cut => {}
-            DrainVerdict::Abandon => {
-                tracing::info!(model = %slot.name, "switch abandoned: nobody waits for it any more");
-                reinstate(shared, old);
-                return Retired::Stop(SwitchResult::Abandoned);
-            }
-            DrainVerdict::Wait => return Retired::Stop(SwitchResult::Failed),
-        }
-    }
-    let run = unpublish_and_sleep(shared, old, "switch").await;
-    record.sleep = Some((run.started, run.duration));
-    emit_switch(shared, "phase_done", record, Some("sleep"));
-    if run.succeeded() {
-        return Retired::Done;
-    }
-    sleep_failed(shared, old, target, run).await
-}
-
-/// Unpublishes `old` and runs its sleep hook; if it succeeds, the model is
-/// `asleep` and the event stream is told `why`. The caller handles a
-/// failure (its rules differ with and without a switch to go on with).
-async fn unpublish_and_sleep(shared: &Shared, old: &Incarnation, why: &str) -> HookRun {
-    shared.routing.store(Arc::new(Routing::empty()));
-    old.slot.set_state(ModelState::Sleeping);
-    let run = hook(shared, old.model, HookKind::Sleep).await;
-    if run.succeeded() {
-        old.slot.set_state(ModelState::Asleep);
-        let name = old.slot.name.to_string();
-        shared.events.emit("asleep", || json!({ "model": name, "reason": why }));
-    }
-    run
-}
-
-/// A failed sleep: if the old model still answers, the switch fails
-/// (unless the policy says to continue) and the old model stays active.
-async fn sleep_failed(shared: &Shared, old: &Arc<Incarnation>, target: usize, run: HookRun) -> Retired {
-    let name = &old.slot.name;
-    let still_up = hook(shared, old.model, HookKind::Alive).await.succeeded();
-    if still_up && shared.catalog().config.policy.on_sleep_failure == OnSleepFailure::Abort {
-        reinstate(shared, old);
-        let reason = format!("sleep hook of model `{name}` {}; `{name}` is still active", run.outcome);
-        fail_target(shared, target, reason);
-        return Retired::Stop(SwitchResult::Failed);
-    }
-    tracing::warn!(model = %name, still_up, "sleep hook {}; switching anyway", run.outcome);
-    old.slot.set_state(ModelState::Failed);
-    Retired::Done
-}
-
-/// Serves `old` again after an abandoned drain or a failed sleep.
-fn reinstate(shared: &Shared, old: &Arc<Incarnation>) {
-    old.stop_draining();
-    shared.routing.store(Arc::new(Routing::with_active(Arc::clone(old))));
-    old.slot.set_state(ModelState::Active);
-    old.slot.ready.notify_waiters();
-}
-
-/// Waits for `old`'s in-flight requests. On the way to a `target`, the
-/// drain is abandoned if nobody waits for it any more; with no target it
-/// never is. Returns `Wait` only at shutdown.
-async fn drain(shared: &Shared, old: &Incarnation, target: Option<usize>) -> DrainVerdict {
-    let deadline = shared.catalog().config.policy.drain_timeout.map(|t| Instant::now() + t);
-    loop {
-        let woken = shared.switch_needed.notified();
-        tokio::pin!(woken);
-        woken.as_mut().enable();
-        let timed_out = deadline.is_some_and(|d| Instant::now() >= d);
-        let waiting = target.map_or(1, |t| shared.catalog().slot(t).waiting());
-        let verdict = policy::drain_verdict(waiting, old.in_flight(), timed_out);
-        match verdict {
-            DrainVerdict::Wait => {}
-            DrainVerdict::Cut => {
-                let n = old.in_flight();
-                old.cut();
-                shared.metrics.cut_requests.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!(model = %old.slot.name, cut = n, "drain timed out: cutting in-flight requests");
-                return verdict;
-            }
-            _ => return verdict,
-        }
-        tokio::select! {
-            () = old.drained() => {}
-            () = woken => {}
-            () = sleep_until(deadline) => {}
-            () = shared.shutdown.started() => return DrainVerdict::Wait,
-        }
-    }
 }

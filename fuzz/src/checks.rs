@@ -483,7 +483,7 @@ async fn start(seen: Arc<Mutex<Vec<Seen>>>, busy: Arc<AtomicUsize>) -> Arc<Share
     );
     let config = Config::parse(&yaml, Format::Yaml, std::env::temp_dir()).expect("the harness config");
     let shared = Arc::new(Shared::new(config, None));
-    tokio::spawn(llmux::switcher::run(Arc::clone(&shared), Box::new(llmux::policy::Fifo)));
+    tokio::spawn(llmux::switcher::run(Arc::clone(&shared), Box::new(llmux::machine::policy::Fifo)));
     let deadline = Instant::now() + Duration::from_secs(20);
     while shared.active_model() != Some(0) {
         assert!(Instant::now() < deadline, "model `m` was not adopted (its alive hook is `true`)");
