@@ -19,8 +19,14 @@ pub fn health(shared: &Shared) -> Response<ResponseBody> {
         .live()
         .map(|(_, m, s)| json!({ "id": m.name, "state": s.state().as_str(), "queued": s.waiting() }))
         .collect();
-    let status = if shared.shutdown.is_started() { "shutting_down" } else { "ok" };
-    json_response(&json!({ "status": status, "active": active, "models": models }))
+    let (status, code) = match (shared.is_switch_task_dead(), shared.shutdown.is_started()) {
+        (true, _) => ("switch_task_dead", hyper::StatusCode::SERVICE_UNAVAILABLE),
+        (false, true) => ("shutting_down", hyper::StatusCode::OK),
+        (false, false) => ("ok", hyper::StatusCode::OK),
+    };
+    let mut response = json_response(&json!({ "status": status, "active": active, "models": models }));
+    *response.status_mut() = code;
+    response
 }
 
 /// `GET /v1/models`: OpenAI's list shape, in config order.

@@ -103,6 +103,7 @@ fn status(shared: &Shared) -> Value {
     let switch_costs: Vec<Value> =
         costs.into_iter().map(|((f, t), c)| json!({ "from": f.map(name), "to": name(t), "ms": millis(c) })).collect();
     json!({
+        "switch_task": if shared.is_switch_task_dead() { "dead" } else { "running" },
         "active": active.map(|a| name(a.model)),
         "models": models,
         "last_switch": last_switch,

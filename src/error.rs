@@ -141,6 +141,12 @@ impl Error {
             .with_retry_after(Duration::from_secs(1))
     }
 
+    /// The switch task died: no model can be switched to until a restart.
+    pub fn switch_task_dead() -> Error {
+        let msg = "llmux cannot switch models: its switch task stopped (see the log); restart llmux";
+        Error::new(Kind::ModelUnavailable(Fault::Internal), msg).with_retry_after(Duration::from_secs(30))
+    }
+
     /// The request waited `request_timeout_secs` for its model.
     pub fn wait_timeout(model: &str, waited: Duration) -> Error {
         let msg = format!("model `{model}` was not ready within {}s", waited.as_secs());

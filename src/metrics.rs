@@ -89,9 +89,6 @@ pub struct ModelMetrics {
     pub first_byte: Histogram,
     /// Arrival to the response body's end (or the client leaving).
     pub duration: Histogram,
-    /// Time spent in state `active` before the current stretch, µs (the
-    /// current one is added at render time).
-    active_micros: AtomicU64,
     /// Per hook kind (wake, sleep, alive). Written by the switch task.
     pub hooks: [HookMetrics; 3],
 }
@@ -103,16 +100,6 @@ impl ModelMetrics {
         let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
         self.by_class[class].fetch_add(1, Relaxed);
         self.first_byte.observe(elapsed);
-    }
-
-    /// Adds a stretch of time spent active.
-    pub fn add_active(&self, d: Duration) {
-        self.active_micros.fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Relaxed);
-    }
-
-    /// Time spent active before the current stretch.
-    pub fn active_time(&self) -> Duration {
-        Duration::from_micros(self.active_micros.load(Relaxed))
     }
 
     /// Requests answered with a status in `class` (1 to 5).
@@ -306,9 +293,7 @@ fn render_models(out: &mut String, shared: &Shared, catalog: &Catalog) {
     }
     family(out, "llmux_model_active_seconds_total", "counter", "Time the model has been active.");
     for (_, m, slot) in catalog.live() {
-        let earlier = slot.metrics.active_micros.load(Relaxed);
-        let current = if slot.state() == ModelState::Active { slot.time_in_state().as_micros() as u64 } else { 0 };
-        let secs = (earlier + current) as f64 / 1e6;
+        let secs = slot.active_time().as_secs_f64();
         let _ = writeln!(out, "llmux_model_active_seconds_total{{model=\"{}\"}} {secs}", escape(&m.name));
     }
 }

@@ -32,6 +32,7 @@ pub async fn admit(shared: &Shared, model: usize, body_len: usize) -> Result<InF
 async fn wait_for(shared: &Shared, model: usize, body_len: usize) -> Result<InFlight, Error> {
     let catalog = shared.catalog.load_full();
     let slot = catalog.slot(model);
+    check_switch_task(shared)?;
     check_backoff(slot)?;
     let started = Instant::now();
     let _ticket = Ticket::join(shared, model, body_len as u64, started)?;
@@ -50,6 +51,7 @@ async fn wait_for(shared: &Shared, model: usize, body_len: usize) -> Result<InFl
             // A reload removed the model while this request waited.
             return Err(Error::unknown_model(&slot.name));
         }
+        check_switch_task(shared)?;
         check_backoff(slot)?;
         tokio::select! {
             () = ready => {}
@@ -57,6 +59,14 @@ async fn wait_for(shared: &Shared, model: usize, body_len: usize) -> Result<InFl
             () = sleep_until(deadline) => return Err(Error::wait_timeout(&slot.name, started.elapsed())),
         }
     }
+}
+
+/// 503 once the switch task is dead: nobody would ever publish the model.
+fn check_switch_task(shared: &Shared) -> Result<(), Error> {
+    if shared.is_switch_task_dead() {
+        return Err(Error::switch_task_dead());
+    }
+    Ok(())
 }
 
 /// 503 with `Retry-After` while the model's backoff runs.

@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, Limits};
 use crate::machine::policy::Fifo;
+use crate::machine::SwitchPolicy;
 use crate::metrics::Limit;
 use crate::service::{self, Peer};
 use crate::state::{ConfigFile, Shared};
@@ -29,6 +30,7 @@ use crate::switcher;
 pub struct Server {
     listener: TcpListener,
     shared: Arc<Shared>,
+    policy: Option<Box<dyn SwitchPolicy>>,
 }
 
 /// How a server's run ended.
@@ -38,7 +40,7 @@ pub struct Exit {
     pub clean: bool,
 }
 
-/// Aborts the switch task if the server future is dropped.
+/// Aborts a task when dropped (the switch task, if the server future is).
 struct AbortOnDrop(JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
@@ -57,7 +59,14 @@ impl Server {
     /// reread by a reload (`SIGHUP`, `POST /llmux/reload`).
     pub async fn bind_from(config: Config, file: Option<ConfigFile>) -> io::Result<Server> {
         let listener = TcpListener::bind(SocketAddr::new(config.host, config.port)).await?;
-        Ok(Server { listener, shared: Arc::new(Shared::new(config, file)) })
+        Ok(Server { listener, shared: Arc::new(Shared::new(config, file)), policy: None })
+    }
+
+    /// Chooses switch targets with `policy` instead of the configured one
+    /// (embedding, tests, the simulator).
+    pub fn with_policy(mut self, policy: Box<dyn SwitchPolicy>) -> Server {
+        self.policy = Some(policy);
+        self
     }
 
     /// The address actually bound.
@@ -74,8 +83,9 @@ impl Server {
     /// stop accepting, answer queued requests with 503, give in-flight
     /// requests and a running hook `shutdown_grace_secs`.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Exit {
-        let Server { listener, shared } = self;
-        let switch_task = AbortOnDrop(tokio::spawn(switcher::run(Arc::clone(&shared), Box::new(Fifo))));
+        let Server { listener, shared, policy } = self;
+        let policy = policy.unwrap_or_else(|| Box::new(Fifo));
+        let switch_task = AbortOnDrop(tokio::spawn(supervise(Arc::clone(&shared), policy)));
         let graceful = GracefulShutdown::new();
         accept_until(&listener, &shared, &graceful, shutdown).await;
         drop(listener);
@@ -93,7 +103,31 @@ impl Server {
         // for the next start to adopt).
         shared.routing.store(Arc::new(crate::routing::Routing::empty()));
         let hooks_cut = shared.shutdown.cut_count();
-        Exit { clean: drained && switch_done && hooks_cut == 0 }
+        let alive = !shared.is_switch_task_dead();
+        Exit { clean: drained && switch_done && hooks_cut == 0 && alive }
+    }
+}
+
+/// Runs the switch task and watches it. If it ends before shutdown (a
+/// panic, a bug), every miss would wait forever: it is logged, marked dead
+/// (misses get 503, `/health` says so) and the exit code will say so.
+async fn supervise(shared: Arc<Shared>, policy: Box<dyn SwitchPolicy>) {
+    let mut task = AbortOnDrop(tokio::spawn(switcher::run(Arc::clone(&shared), policy)));
+    let ended = (&mut task.0).await;
+    let why = match ended {
+        Ok(()) if shared.shutdown.is_started() => return,
+        Ok(()) => "it returned before shutdown".to_owned(),
+        Err(e) if e.is_panic() => format!("it panicked: {}", panic_message(e.into_panic())),
+        Err(e) => format!("it was cancelled: {e}"),
+    };
+    tracing::error!("the switch task stopped ({why}): misses get 503 until llmux is restarted");
+    shared.switch_task_died();
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(s) => *s,
+        Err(payload) => payload.downcast_ref::<&str>().map_or_else(|| "(no message)".to_owned(), |s| (*s).to_owned()),
     }
 }
 

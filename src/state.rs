@@ -34,6 +34,10 @@ pub struct Shared {
     /// What requests, operators and reloads tell the switch task: pushed on
     /// the cold path only (a miss, a command, a reload).
     pub inbox: Inbox,
+    /// Set by the supervisor in [`crate::server`] if the switch task ends
+    /// before shutdown (a panic, a bug): misses get 503 from then on and
+    /// `/health` reports it. Read by requests that would queue.
+    pub switch_task_dead: AtomicBool,
     /// Set once at shutdown; awaited by queued requests, the switch task
     /// and running hooks.
     pub shutdown: Shutdown,
@@ -210,6 +214,7 @@ impl Shared {
             catalog: ArcSwap::from_pointee(Catalog::new(config)),
             routing: ArcSwap::from_pointee(Routing::empty()),
             inbox: Inbox::default(),
+            switch_task_dead: AtomicBool::new(false),
             shutdown: Shutdown::default(),
             switch_costs: Mutex::new(BTreeMap::new()),
             last_switch: Mutex::new(None),
@@ -228,6 +233,20 @@ impl Shared {
     #[inline]
     pub fn catalog(&self) -> arc_swap::Guard<Arc<Catalog>> {
         self.catalog.load()
+    }
+
+    /// Marks the switch task dead and wakes every queued request (they get
+    /// 503).
+    pub fn switch_task_died(&self) {
+        self.switch_task_dead.store(true, SeqCst);
+        for slot in &self.catalog().slots {
+            slot.ready.notify_waiters();
+        }
+    }
+
+    /// True if the switch task ended before shutdown.
+    pub fn is_switch_task_dead(&self) -> bool {
+        self.switch_task_dead.load(SeqCst)
     }
 
     /// The index of the active model, if any.
@@ -254,6 +273,17 @@ pub struct ModelSlot {
     pub backoff: Mutex<Backoff>,
     /// What its requests and hooks count.
     pub metrics: ModelMetrics,
+    /// Time spent active. Written by [`ModelSlot::set_state`] (switch
+    /// task), read by `/metrics`; a cold-path lock.
+    active: Mutex<ActiveClock>,
+}
+
+/// Finished stretches of time active and the start of the current one,
+/// changed together so a reader never sees a stretch ended but not counted.
+#[derive(Default)]
+struct ActiveClock {
+    finished_micros: u64,
+    since: Option<u64>,
 }
 
 impl ModelSlot {
@@ -267,6 +297,7 @@ impl ModelSlot {
             ready: Notify::new(),
             backoff: Mutex::new(Backoff::default()),
             metrics: ModelMetrics::default(),
+            active: Mutex::new(ActiveClock::default()),
         }
     }
 
@@ -281,17 +312,30 @@ impl ModelSlot {
         Duration::from_micros(crate::metrics::now_micros().saturating_sub(since))
     }
 
-    /// Sets the model's state (switch task only); time spent active is
-    /// added to its metrics as it leaves `active`.
+    /// Sets the model's state (switch task only), ending or starting a
+    /// stretch of time active.
     pub fn set_state(&self, state: ModelState) {
+        let mut clock = self.active.lock();
         let old = self.state.swap(state as u8, SeqCst);
-        if old != state as u8 {
-            let now = crate::metrics::now_micros();
-            let since = self.state_since.swap(now, SeqCst);
-            if old == ModelState::Active as u8 {
-                self.metrics.add_active(Duration::from_micros(now.saturating_sub(since)));
-            }
+        if old == state as u8 {
+            return;
         }
+        let now = crate::metrics::now_micros();
+        self.state_since.store(now, SeqCst);
+        if let Some(since) = clock.since.take() {
+            clock.finished_micros += now.saturating_sub(since);
+        }
+        if state == ModelState::Active {
+            clock.since = Some(now);
+        }
+    }
+
+    /// Time spent active, the current stretch included. Never goes
+    /// backwards: read under the lock the stretches change under.
+    pub fn active_time(&self) -> Duration {
+        let clock = self.active.lock();
+        let current = clock.since.map_or(0, |since| crate::metrics::now_micros().saturating_sub(since));
+        Duration::from_micros(clock.finished_micros + current)
     }
 
     /// Requests waiting for this model.
@@ -427,7 +471,7 @@ mod tests {
         slot.set_state(ModelState::Active);
         std::thread::sleep(Duration::from_millis(5));
         slot.set_state(ModelState::Draining);
-        let counted = slot.metrics.active_time();
+        let counted = slot.active_time();
         assert!(counted >= Duration::from_millis(5), "{counted:?}");
     }
 
