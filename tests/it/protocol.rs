@@ -275,3 +275,40 @@ async fn curl_http2_over_http_gets_200() {
         curl(&["-sS", "--http2", "-w", "\n%{http_code} %{http_version}", &models]).await.expect("curl ran before");
     assert!(out.ends_with("\n200 1.1"), "{out}");
 }
+
+/// llmux's CPU time (user + system) in clock ticks, from `/proc/PID/stat`.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    // Fields after the `(comm)`: state is the 1st, utime the 12th, stime the 13th.
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+/// A measurement, not a check (run by hand, see docs/faults.md):
+/// `cargo test --test it protocol::stalled_prefaces_cpu -- --ignored --nocapture`.
+/// Opens 300 connections that send `P` and stall, and prints llmux's CPU
+/// over 10 s with them open, then over 10 s after the clients closed.
+#[tokio::test]
+#[ignore = "a measurement: 20 s, prints CPU figures"]
+async fn stalled_prefaces_cpu() {
+    let mux = mux().model("a").config(LONG_HEADER_TIMEOUT).env("RUST_LOG", "llmux=info").start();
+    let pid = mux.llmux.pid().as_raw();
+    let mut stalled = Vec::with_capacity(300);
+    for _ in 0..300 {
+        let mut stream = TcpStream::connect(&mux.llmux.addr).await.expect("connect");
+        stream.write_all(b"P").await.expect("write");
+        stalled.push(stream);
+    }
+    wait_open_connections(&mux, 301).await;
+    let window = Duration::from_secs(10);
+    let ticks_per_sec = 100.0; // CLK_TCK on Linux
+    let measure = |label: &'static str| async move {
+        let before = cpu_ticks(pid);
+        tokio::time::sleep(window).await;
+        let ms = (cpu_ticks(pid) - before) as f64 * 1000.0 / ticks_per_sec;
+        println!("{label}: {ms:.0} ms CPU in {window:?} ({:.2}% of a core)", ms / 10.0 / window.as_secs_f64());
+    };
+    measure("300 stalled `P` connections open").await;
+    drop(stalled);
+    measure("after the 300 clients closed").await;
+}
