@@ -52,14 +52,16 @@ where
     T: AsyncRead + Unpin,
 {
     let read = tokio::time::timeout(timeout, read_preface(io));
+    // The read first: when the first bytes are already there, neither the
+    // timer nor the shutdown signal is registered.
     tokio::select! {
         biased;
-        () = shutdown => Detected::Shutdown,
         read = read => match read {
             Ok(Some((protocol, io))) => Detected::Ready(protocol, io),
             Ok(None) => Detected::Closed,
             Err(_) => Detected::TimedOut,
         },
+        () = shutdown => Detected::Shutdown,
     }
 }
 
