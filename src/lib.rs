@@ -3,8 +3,8 @@
 //!
 //! # A request's path
 //!
-//! 1. [`server`] accepts the connection (HTTP/1.1 or h2c) and hands each
-//!    request to [`service::handle`].
+//! 1. [`server`] accepts the connection, [`detect`] tells HTTP/1.1 from
+//!    h2c, and hyper hands each request to [`service::handle`].
 //! 2. [`service`] answers `/health`, `/metrics` and `/v1/models` itself
 //!    ([`api`], [`metrics`]) unless the body names a model, and hands
 //!    `/llmux/*` to the control API ([`control`]); anything else has its
@@ -55,6 +55,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod detect;
 pub mod error;
 pub mod events;
 pub mod hooks;

@@ -36,6 +36,9 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// `X-Forwarded-For`.
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
+/// `HTTP2-Settings`, sent with an `Upgrade: h2c` offer (RFC 7540 §3.2.1).
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
 /// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1);
 /// every `Proxy-*` header is dropped as well.
 const HOP_BY_HOP: [HeaderName; 5] =
@@ -273,13 +276,18 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 /// Cleans a client's request headers for the backend: drops hop-by-hop
 /// headers (and those the client named in `Connection`), `Expect` (llmux
-/// answered it) and `Content-Length` (the client sets it from the body),
-/// appends the client address to `X-Forwarded-For` and sets `X-Request-Id`.
+/// answered it), `Content-Length` (the client sets it from the body) and
+/// an ignored `Upgrade: h2c` offer with its `HTTP2-Settings`, appends the client address to `X-Forwarded-For` and sets `X-Request-Id`.
 pub fn prepare_request_headers(headers: &mut HeaderMap, client_ip: &HeaderValue, request_id: &HeaderValue) {
+    // Before `Connection` is read: it may name `Upgrade` too.
+    if headers.remove(header::UPGRADE).is_some() {
+        // An ignored `h2c` offer's settings (hop-by-hop even when the
+        // client did not name them in `Connection`).
+        headers.remove(&HTTP2_SETTINGS);
+    }
     strip_hop_by_hop(headers);
     headers.remove(header::EXPECT);
     headers.remove(header::CONTENT_LENGTH);
-    headers.remove(header::UPGRADE);
     // A second field line is the same as appending to the list (RFC 9110 §5.3).
     headers.append(X_FORWARDED_FOR.clone(), client_ip.clone());
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());
@@ -392,6 +400,24 @@ mod tests {
         assert_eq!(xff, ["10.0.0.1", "127.0.0.1"]);
         assert_eq!(h[&X_REQUEST_ID], "id-1");
         assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn an_h2c_offer_is_not_forwarded() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade, HTTP2-Settings"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert(HTTP2_SETTINGS.clone(), HeaderValue::from_static("AAMAAABkAAQAoAAAAAIAAAAA"));
+        h.insert("x-kept", HeaderValue::from_static("yes"));
+        let mut unnamed = h.clone();
+        unnamed.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        for mut h in [h, unnamed] {
+            prepare_request_headers(&mut h, &HeaderValue::from_static("127.0.0.1"), &HeaderValue::from_static("id"));
+            for gone in ["connection", "upgrade", "http2-settings"] {
+                assert!(!h.contains_key(gone), "{gone} survived");
+            }
+            assert_eq!(h["x-kept"], "yes");
+        }
     }
 
     #[test]

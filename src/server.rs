@@ -1,5 +1,6 @@
-//! The listener: accepting connections (HTTP/1.1 and h2c on one port),
-//! the switch task's lifetime, and graceful shutdown.
+//! The listener: accepting connections (HTTP/1.1 and h2c on one port,
+//! told apart by [`crate::detect`]), the switch task's lifetime, and
+//! graceful shutdown.
 
 use std::future::Future;
 use std::io;
@@ -12,13 +13,14 @@ use hyper::header::HeaderValue;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, Limits};
+use crate::detect::{self, Detected, Protocol};
 use crate::machine::policy::Fifo;
 use crate::machine::SwitchPolicy;
 use crate::metrics::Limit;
@@ -166,25 +168,8 @@ async fn accept_until(
             accepted = listener.accept() => match accepted {
                 Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
-                    let (shared, builders, watcher) = (Arc::clone(shared), Arc::clone(&builders), graceful.watcher());
-                    tokio::spawn(async move {
-                        let _open = OpenConnection::count(&shared);
-                        let protocol = match detect_protocol(&stream, header_timeout).await {
-                            Ok(Some(protocol)) => protocol,
-                            Ok(None) => return,
-                            Err(_) => return shared.metrics.reject(Limit::HeaderReadTimeout),
-                        };
-                        let service = service_for(Arc::clone(&shared), addr);
-                        let io = TokioIo::new(stream);
-                        let result = match protocol {
-                            Protocol::Http1 => watcher.watch(builders.http1.serve_connection(io, service)).await,
-                            Protocol::Http2 => watcher.watch(builders.http2.serve_connection(io, service)).await,
-                        };
-                        if let Err(e) = result {
-                            tracing::debug!("connection ended with an error: {e}");
-                        }
-                        drop(permit);
-                    });
+                    let conn = Conn { shared: Arc::clone(shared), builders: Arc::clone(&builders), header_timeout };
+                    tokio::spawn(conn.serve(stream, addr, graceful.watcher(), permit));
                 }
                 Err(e) => {
                     // Out of file descriptors, most likely: back off briefly
@@ -195,6 +180,36 @@ async fn accept_until(
             },
             () = &mut shutdown => return,
         }
+    }
+}
+
+/// What a connection's task needs besides its socket.
+struct Conn {
+    shared: Arc<Shared>,
+    builders: Arc<Builders>,
+    header_timeout: Duration,
+}
+
+impl Conn {
+    /// Detects the protocol (see [`detect`]) and serves the connection;
+    /// it joins the graceful shutdown (`watcher`) once detected.
+    async fn serve(self, stream: TcpStream, addr: SocketAddr, watcher: Watcher, permit: OwnedSemaphorePermit) {
+        let Conn { shared, builders, header_timeout } = self;
+        let _open = OpenConnection::count(&shared);
+        let (protocol, io) = match detect::detect(stream, header_timeout, shared.shutdown.started()).await {
+            Detected::Ready(protocol, io) => (protocol, TokioIo::new(io)),
+            Detected::TimedOut => return shared.metrics.reject(Limit::HeaderReadTimeout),
+            Detected::Closed | Detected::Shutdown => return,
+        };
+        let service = service_for(Arc::clone(&shared), addr);
+        let result = match protocol {
+            Protocol::Http1 => watcher.watch(builders.http1.serve_connection(io, service)).await,
+            Protocol::Http2 => watcher.watch(builders.http2.serve_connection(io, service)).await,
+        };
+        if let Err(e) = result {
+            tracing::debug!("connection ended with an error: {e}");
+        }
+        drop(permit);
     }
 }
 
@@ -212,14 +227,6 @@ impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.0.metrics.open_connections.fetch_sub(1, Relaxed);
     }
-}
-
-/// The two protocols served on one port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Protocol {
-    Http1,
-    /// h2c with prior knowledge.
-    Http2,
 }
 
 /// One builder per protocol: llmux detects the protocol itself (hyper-util's
@@ -256,37 +263,6 @@ impl Builders {
             .keep_alive_timeout(Duration::from_secs(20));
         Builders { http1, http2 }
     }
-}
-
-/// The HTTP/2 connection preface.
-const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Peeks at the first bytes, within `timeout`: the HTTP/2 preface means
-/// h2c, anything else HTTP/1.1. `Ok(None)` if the client closes, `Err` if
-/// it stays silent (the connection is then dropped).
-async fn detect_protocol(
-    stream: &tokio::net::TcpStream,
-    timeout: Duration,
-) -> Result<Option<Protocol>, tokio::time::error::Elapsed> {
-    let detect = async {
-        let mut buf = [0u8; 24];
-        loop {
-            let n = stream.peek(&mut buf).await.ok()?;
-            if n == 0 {
-                return None;
-            }
-            if !H2_PREFACE.starts_with(&buf[..n]) {
-                return Some(Protocol::Http1);
-            }
-            if n == H2_PREFACE.len() {
-                return Some(Protocol::Http2);
-            }
-            // A partial preface: the rest is on its way. peek would return
-            // at once with the same bytes, so wait a moment (rare path).
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    };
-    tokio::time::timeout(timeout, detect).await
 }
 
 /// llmux's service for one connection from `addr`.

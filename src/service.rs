@@ -223,8 +223,20 @@ fn content_length(req: &Request<Incoming>) -> Result<Option<u64>, Error> {
     }
 }
 
+/// A real upgrade (WebSocket, any other protocol, `CONNECT`), which llmux
+/// refuses. An `Upgrade` that offers only `h2c` (what `curl --http2` sends
+/// over `http://`) is not one: a server may ignore the offer (RFC 9110
+/// §7.8), so the request is served as HTTP/1.1 and the offer's headers are
+/// not forwarded ([`prepare_request_headers`]).
 fn is_upgrade(req: &Request<Incoming>) -> bool {
-    req.headers().contains_key(header::UPGRADE) || *req.method() == Method::CONNECT
+    *req.method() == Method::CONNECT || req.headers().get_all(header::UPGRADE).iter().any(|v| !offers_only_h2c(v))
+}
+
+/// True if an `Upgrade` field lists `h2c` and nothing else.
+fn offers_only_h2c(value: &HeaderValue) -> bool {
+    let Ok(value) = value.to_str() else { return false };
+    let mut tokens = value.split(',').map(str::trim).filter(|t| !t.is_empty()).peekable();
+    tokens.peek().is_some() && tokens.all(|t| t.eq_ignore_ascii_case("h2c"))
 }
 
 /// The client's `X-Request-Id` if it sent a sensible one, else a new one.
@@ -284,6 +296,25 @@ fn log_error(e: &Error, request_id: &HeaderValue) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_offer_of_h2c_alone_is_not_an_upgrade() {
+        for (value, offer) in [
+            ("h2c", true),
+            ("H2C", true),
+            (" h2c , h2c", true),
+            ("h2c,", true),
+            ("websocket", false),
+            ("h2c, websocket", false),
+            ("websocket, h2c", false),
+            ("h2", false),
+            ("", false),
+            (",", false),
+        ] {
+            assert_eq!(offers_only_h2c(&HeaderValue::from_static(value)), offer, "{value:?}");
+        }
+        assert!(!offers_only_h2c(&HeaderValue::from_bytes(b"h2c\xff").expect("value")));
+    }
 
     #[test]
     fn generated_ids_are_distinct_and_valid() {

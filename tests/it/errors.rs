@@ -125,11 +125,13 @@ async fn upgrade_and_websocket_requests_are_501() {
     assert_eq!(e["error"]["type"], "server_error", "{e}");
     assert_eq!(e["error"]["code"], "upgrade_not_supported", "{e}");
 
-    // Even with a body model, an upgrade is not forwarded.
+    // Even with a body model, an upgrade is not forwarded (an h2c offer
+    // alongside another protocol is a real upgrade: protocol.rs has h2c
+    // alone).
     let body = chat("a");
     let mut conn = RawConn::connect(&mux.llmux.addr).await;
     let req = format!(
-        "POST {CHAT} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST {CHAT} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c, websocket\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     conn.write(req.as_bytes()).await;

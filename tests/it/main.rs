@@ -12,6 +12,7 @@ mod idle;
 mod limits;
 mod logs;
 mod metrics;
+mod protocol;
 mod real;
 mod reload;
 mod routing;
