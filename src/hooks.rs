@@ -331,8 +331,15 @@ mod tests {
     use super::*;
     use crate::config::Hook;
 
+    /// The kill grace of the test hooks.
+    const KILL_GRACE_MS: u64 = 500;
+
     fn model(wake: &str, timeout_ms: u64) -> ModelConfig {
-        let hook = |s: &str| Hook { script: s.into(), timeout: Duration::from_millis(timeout_ms) };
+        let hook = |s: &str| Hook {
+            script: s.into(),
+            timeout: Duration::from_millis(timeout_ms),
+            kill_grace: Duration::from_millis(KILL_GRACE_MS),
+        };
         ModelConfig {
             name: "m".into(),
             port: 4242,
