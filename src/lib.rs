@@ -60,6 +60,7 @@ pub mod hooks;
 pub mod metrics;
 pub mod model;
 pub mod policy;
+pub mod procfs;
 pub mod proxy;
 pub mod queue;
 pub mod routing;
