@@ -15,7 +15,9 @@
 //! still alive after the hook's `kill_grace`; the wait after the SIGKILL is
 //! bounded by [`KILL_WAIT`]. A hook still running when llmux exits (its
 //! task dropped) gets SIGKILL at once from the [`GroupKiller`] drop guard,
-//! which cannot wait.
+//! which cannot wait. A hook's pid is registered with [`crate::reaper`]
+//! from its spawn until it has been waited for, so the orphan reaper
+//! never takes its exit status.
 
 use std::fmt;
 use std::os::fd::{AsRawFd, RawFd};
@@ -32,6 +34,7 @@ use tokio::sync::watch;
 
 use crate::config::{Hook, ModelConfig};
 use crate::events::Events;
+use crate::reaper::{self, HookPid};
 use crate::state::Shutdown;
 
 /// Which of a model's hooks (the discriminant indexes per-hook metrics).
@@ -129,8 +132,10 @@ pub async fn run(
         HookKind::Alive => &model.alive,
     };
     let started = Instant::now();
-    let mut child = match spawn(&hook.script, model, dir) {
-        Ok(child) => child,
+    // `_registered` lives until the hook has been waited for (or its run
+    // is dropped): the orphan reaper leaves its exit status to tokio.
+    let (mut child, _registered) = match spawn(&hook.script, model, dir) {
+        Ok(spawned) => spawned,
         Err(e) => return HookRun { outcome: Outcome::SpawnFailed(e), started, duration: started.elapsed() },
     };
     let group = GroupKiller::new(child.id());
@@ -145,9 +150,11 @@ pub async fn run(
     run
 }
 
-fn spawn(script: &str, model: &ModelConfig, dir: &Path) -> std::io::Result<Child> {
-    Command::new("sh")
-        .arg("-c")
+/// Spawns the hook, its pid registered with the reaper until the returned
+/// [`HookPid`] is dropped.
+fn spawn(script: &str, model: &ModelConfig, dir: &Path) -> std::io::Result<(Child, Option<HookPid>)> {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
         .arg(script)
         .current_dir(dir)
         .env("LLMUX_MODEL", &model.name)
@@ -156,8 +163,8 @@ fn spawn(script: &str, model: &ModelConfig, dir: &Path) -> std::io::Result<Child
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
+        .kill_on_drop(true);
+    reaper::spawn_hook(&mut cmd)
 }
 
 /// Waits for the hook to exit; past its timeout, or past the shutdown
