@@ -184,10 +184,12 @@ mod tests {
 
     #[tokio::test]
     async fn an_unregistered_zombie_child_is_reaped() {
-        let child = std::process::Command::new("true").spawn().expect("spawn");
+        let mut child = std::process::Command::new("true").spawn().expect("spawn");
         let pid = i32::try_from(child.id()).expect("pid");
         until_zombie(pid).await;
         assert_eq!(reap_unless_hooks(vec![pid]), 1);
         assert!(procfs::stat(pid).is_none(), "still in the process table");
+        // Its exit status is gone: the reaper took it.
+        assert!(child.wait().is_err(), "the zombie was not reaped");
     }
 }
