@@ -25,6 +25,9 @@ pub struct Options {
     pub port: Option<u16>,
     /// How log lines are written.
     pub log_format: LogFormat,
+    /// `--subreaper`: make llmux a child subreaper, so orphans of hooks
+    /// (backends started with `&`) are reparented to it and reaped.
+    pub subreaper: bool,
 }
 
 /// `--log-format`.
@@ -54,12 +57,15 @@ llmux: one OpenAI-compatible endpoint in front of several LLM backends
 sharing a GPU; switches between them on demand by the request's `model`.
 
 USAGE:
-    llmux -c <FILE> [-p <PORT>] [--log-format text|json] [--check]
+    llmux -c <FILE> [-p <PORT>] [--log-format text|json] [--subreaper] [--check]
 
 OPTIONS:
     -c, --config <FILE>  Config file (.yaml, .yml or .json)
     -p, --port <PORT>    Listen port, overriding the config (0: any free port)
         --log-format <F> Log lines as `text` (default) or `json`
+        --subreaper      Adopt and reap the orphans of hooks (backends started
+                         with `&`), as PID 1 does; llmux reaps them anyway
+                         when it runs as PID 1
         --check          Validate the config and exit
     -V, --version        Print the version
     -h, --help           Print this help
@@ -83,6 +89,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Command, String> {
         return Ok(Command::Version);
     }
     let check = args.contains("--check");
+    let subreaper = args.contains("--subreaper");
     let config: Option<PathBuf> = args
         .opt_value_from_os_str(["-c", "--config"], |s| Ok::<_, String>(PathBuf::from(s)))
         .map_err(|e| e.to_string())?;
@@ -94,7 +101,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Command, String> {
         return Err(format!("unexpected argument: {}", rest[0].to_string_lossy()));
     }
     let config = config.ok_or("missing --config <FILE> (see --help)")?;
-    let options = Options { config, port, log_format: log_format.unwrap_or_default() };
+    let options = Options { config, port, log_format: log_format.unwrap_or_default(), subreaper };
     Ok(if check { Command::Check(options) } else { Command::Run(options) })
 }
 
@@ -108,9 +115,10 @@ mod tests {
 
     #[test]
     fn parses_the_forms() {
-        let run = Options { config: "c.yaml".into(), port: Some(0), log_format: LogFormat::Json };
-        assert_eq!(parse_str(&["-c", "c.yaml", "-p", "0", "--log-format", "json"]), Ok(Command::Run(run)));
-        let check = Options { config: "c.json".into(), port: None, log_format: LogFormat::Text };
+        let run = Options { config: "c.yaml".into(), port: Some(0), log_format: LogFormat::Json, subreaper: true };
+        let args = ["-c", "c.yaml", "-p", "0", "--log-format", "json", "--subreaper"];
+        assert_eq!(parse_str(&args), Ok(Command::Run(run)));
+        let check = Options { config: "c.json".into(), port: None, log_format: LogFormat::Text, subreaper: false };
         assert_eq!(parse_str(&["--check", "--config", "c.json"]), Ok(Command::Check(check)));
         assert_eq!(parse_str(&["--version"]), Ok(Command::Version));
         assert_eq!(parse_str(&["-h"]), Ok(Command::Help));

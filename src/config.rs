@@ -73,8 +73,12 @@ pub struct ModelConfig {
 pub struct Hook {
     /// The script, run as `sh -c SCRIPT`.
     pub script: String,
-    /// Killed (with its whole process group) after this long.
+    /// Past this, its process group gets SIGTERM.
     pub timeout: Duration,
+    /// After the SIGTERM, what is left of the group gets SIGKILL after this
+    /// long (`policy.hook_kill_grace_secs`, copied into every hook so the
+    /// hook runner needs nothing else).
+    pub kill_grace: Duration,
 }
 
 /// Which of a model's hooks (the discriminant indexes per-hook metrics).
@@ -130,6 +134,9 @@ pub struct Policy {
     pub on_sleep_failure: OnSleepFailure,
     /// The model woken at start, after adoption.
     pub preload: Option<String>,
+    /// How long a hook's process group gets between SIGTERM and SIGKILL
+    /// when it is stopped at its timeout or at the end of the shutdown grace.
+    pub hook_kill_grace: Duration,
 }
 
 /// A configuration that could not be loaded, with a message naming the key.
@@ -154,6 +161,7 @@ const DEFAULT_WAKE_TIMEOUT_SECS: u64 = 600;
 const DEFAULT_SLEEP_TIMEOUT_SECS: u64 = 120;
 const DEFAULT_ALIVE_TIMEOUT_SECS: u64 = 10;
 const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 30;
+const DEFAULT_HOOK_KILL_GRACE_SECS: f64 = 5.0;
 const DEFAULT_UPSTREAM_IDLE_SECS: u64 = 4;
 
 #[derive(Deserialize)]
@@ -309,6 +317,8 @@ struct RawPolicy {
     idle_sleep_secs: Option<u64>,
     alive_interval_secs: Option<u64>,
     preload: Option<String>,
+    /// Seconds, fractions allowed.
+    hook_kill_grace_secs: Option<f64>,
 }
 
 /// `models:` as an ordered list of (name, model), rejecting duplicate names.
@@ -426,7 +436,7 @@ fn validate(raw: RawConfig, base_dir: PathBuf) -> Result<Config, ConfigError> {
     let mut ports = HashSet::new();
     let mut models = Vec::with_capacity(raw_models.len());
     for (name, m) in raw_models {
-        models.push(validate_model(name, m, &raw.policy, &mut ports, &models)?);
+        models.push(validate_model(name, m, &raw.policy, policy.hook_kill_grace, &mut ports, &models)?);
     }
     let max_body_bytes = raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
     if max_body_bytes == 0 {
@@ -481,13 +491,27 @@ fn validate_policy(p: &RawPolicy) -> Result<Policy, ConfigError> {
         min_active: secs(p.min_active_secs.unwrap_or(0)),
         on_sleep_failure: p.on_sleep_failure.unwrap_or(OnSleepFailure::Abort),
         preload: p.preload.clone(),
+        hook_kill_grace: kill_grace(p.hook_kill_grace_secs)?,
     })
+}
+
+/// `policy.hook_kill_grace_secs`: a positive number of seconds, fractions
+/// allowed, capped like every other duration.
+fn kill_grace(secs: Option<f64>) -> Result<Duration, ConfigError> {
+    let secs = secs.unwrap_or(DEFAULT_HOOK_KILL_GRACE_SECS);
+    // NaN is checked first: `f64::min` would turn it into the cap.
+    let valid = !secs.is_nan() && secs > 0.0;
+    match Duration::try_from_secs_f64(secs.min(MAX_SECS as f64)) {
+        Ok(d) if valid && !d.is_zero() => Ok(d),
+        _ => Err(err("policy.hook_kill_grace_secs: must be a number of seconds greater than 0")),
+    }
 }
 
 fn validate_model(
     name: String,
     m: RawModel,
     policy: &RawPolicy,
+    kill_grace: Duration,
     ports: &mut HashSet<u16>,
     earlier: &[ModelConfig],
 ) -> Result<ModelConfig, ConfigError> {
@@ -509,7 +533,7 @@ fn validate_model(
         if timeout == 0 {
             return Err(err(format!("models.{name}.{kind}_timeout_secs: must be at least 1")));
         }
-        Ok(Hook { script, timeout: secs(timeout) })
+        Ok(Hook { script, timeout: secs(timeout), kill_grace })
     };
     // A model's own setting wins over the policy's; 0 turns it off.
     let every = |own: Option<u64>, default: Option<u64>| own.or(default).filter(|s| *s > 0).map(secs);
@@ -557,6 +581,21 @@ mod tests {
         assert_eq!(c.limits.max_queued_requests, 1024);
         assert_eq!(c.limits.max_queued_body_bytes, 1 << 30);
         assert_eq!(c.limits.upstream_first_byte_timeout, None);
+        assert_eq!(c.policy.hook_kill_grace, Duration::from_secs(5));
+        assert_eq!(c.models[0].sleep.kill_grace, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn hook_kill_grace_takes_fractions_and_must_be_positive() {
+        let c = yaml(&format!("{TWO}policy: {{hook_kill_grace_secs: 0.25}}\n")).expect("valid");
+        assert_eq!(c.policy.hook_kill_grace, Duration::from_millis(250));
+        assert!(c.models.iter().all(|m| m.wake.kill_grace == Duration::from_millis(250)));
+        let c = yaml(&format!("{TWO}policy: {{hook_kill_grace_secs: 18446744073709551615}}\n")).expect("capped");
+        assert_eq!(c.models[1].alive.kill_grace, Duration::from_secs(MAX_SECS));
+        for bad in ["0", "0.0", "-1", ".nan", "-.inf", "'5'"] {
+            let e = yaml(&format!("{TWO}policy: {{hook_kill_grace_secs: {bad}}}\n")).expect_err(bad);
+            assert!(e.to_string().contains("hook_kill_grace_secs"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -6,11 +6,21 @@
 //! detached tasks (so a background server it started never gets SIGPIPE),
 //! but never waited for. Output goes to the log line by line, tagged with
 //! model and hook, with long lines truncated and a rate limit, so a hook
-//! that prints megabytes costs bounded memory. A hook past its timeout, or
-//! past the shutdown grace, is killed with its whole process group; so is a
-//! hook still running when llmux exits (the [`GroupKiller`] drop guard).
+//! that prints megabytes costs bounded memory; what a background process
+//! writes to those pipes after the hook exited is logged as `background
+//! output` (`started_by` the hook), never as the hook's.
+//!
+//! A hook past its timeout, or past the shutdown grace, is stopped: SIGTERM
+//! to its whole process group, then SIGKILL to whatever of the group is
+//! still alive after the hook's `kill_grace`; the wait after the SIGKILL is
+//! bounded by [`KILL_WAIT`]. A hook still running when llmux exits (its
+//! task dropped) gets SIGKILL at once from the [`GroupKiller`] drop guard,
+//! which cannot wait. A hook's pid is registered with [`crate::reaper`]
+//! from its spawn until it has been waited for, so the orphan reaper
+//! never takes its exit status.
 
 use std::fmt;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -20,9 +30,11 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{Child, Command};
+use tokio::sync::watch;
 
-use crate::config::ModelConfig;
+use crate::config::{Hook, ModelConfig};
 use crate::events::Events;
+use crate::reaper::{self, HookPid};
 use crate::state::Shutdown;
 
 pub use crate::config::HookKind;
@@ -68,8 +80,8 @@ impl fmt::Display for Outcome {
                 Some(code) => write!(f, "exited with status {code}"),
                 None => write!(f, "was killed by a signal ({status})"),
             },
-            Outcome::TimedOut(t) => write!(f, "timed out after {}s and was killed", t.as_secs()),
-            Outcome::CutByShutdown => f.write_str("was killed at the end of the shutdown grace"),
+            Outcome::TimedOut(t) => write!(f, "timed out after {}s and was stopped", t.as_secs()),
+            Outcome::CutByShutdown => f.write_str("was stopped at the end of the shutdown grace"),
             Outcome::SpawnFailed(e) => write!(f, "could not be started: {e}"),
         }
     }
@@ -94,24 +106,29 @@ pub async fn run(
         HookKind::Alive => &model.alive,
     };
     let started = Instant::now();
-    let mut child = match spawn(&hook.script, model, dir) {
-        Ok(child) => child,
+    // `_registered` lives until the hook has been waited for (or its run
+    // is dropped): the orphan reaper leaves its exit status to tokio.
+    let (mut child, _registered) = match spawn(&hook.script, model, dir) {
+        Ok(spawned) => spawned,
         Err(e) => return HookRun { outcome: Outcome::SpawnFailed(e), started, duration: started.elapsed() },
     };
-    let killer = GroupKiller::new(child.id());
-    forward_output(&mut child, &model.name, kind, events);
+    let group = GroupKiller::new(child.id());
+    let exited = forward_output(&mut child, &model.name, kind, events);
     tracing::debug!(model = %model.name, hook = %kind, "hook started");
-    let outcome = wait(&mut child, &killer, hook.timeout, shutdown, grace).await;
-    // Exited (or already killed): a server it started in the background lives on.
-    killer.disarm();
+    let (outcome, stopped) = wait(&mut child, &group, hook, shutdown, grace).await;
+    // Exited (or already stopped): a server it started in the background lives on.
+    group.disarm();
+    exited.send_replace(true);
     let run = HookRun { outcome, started, duration: started.elapsed() };
-    log_finished(&model.name, kind, &run);
+    log_finished(&model.name, kind, &run, stopped);
     run
 }
 
-fn spawn(script: &str, model: &ModelConfig, dir: &Path) -> std::io::Result<Child> {
-    Command::new("sh")
-        .arg("-c")
+/// Spawns the hook, its pid registered with the reaper until the returned
+/// [`HookPid`] is dropped.
+fn spawn(script: &str, model: &ModelConfig, dir: &Path) -> std::io::Result<(Child, Option<HookPid>)> {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
         .arg(script)
         .current_dir(dir)
         .env("LLMUX_MODEL", &model.name)
@@ -120,35 +137,94 @@ fn spawn(script: &str, model: &ModelConfig, dir: &Path) -> std::io::Result<Child
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
+        .kill_on_drop(true);
+    reaper::spawn_hook(&mut cmd)
 }
 
+/// Waits for the hook to exit; past its timeout, or past the shutdown
+/// grace, stops its process group (and says how it ended).
 async fn wait(
     child: &mut Child,
-    killer: &GroupKiller,
-    timeout: Duration,
+    group: &GroupKiller,
+    hook: &Hook,
     shutdown: &Shutdown,
     grace: Duration,
-) -> Outcome {
-    let deadline = tokio::time::Instant::now() + timeout;
+) -> (Outcome, Option<Stopped>) {
+    let deadline = tokio::time::Instant::now() + hook.timeout;
     tokio::select! {
-        status = child.wait() => return exited(status),
+        status = child.wait() => return (exited(status), None),
         () = tokio::time::sleep_until(deadline) => {
-            killer.kill();
-            let _ = child.wait().await;
-            return Outcome::TimedOut(timeout);
+            let stopped = stop(child, group, hook.kill_grace).await;
+            return (Outcome::TimedOut(hook.timeout), Some(stopped));
         }
         () = shutdown.started() => {}
     }
     let grace_end = tokio::time::Instant::now() + grace;
     tokio::select! {
-        status = child.wait() => exited(status),
+        status = child.wait() => (exited(status), None),
         () = tokio::time::sleep_until(deadline.min(grace_end)) => {
-            killer.kill();
-            let _ = child.wait().await;
-            if deadline <= grace_end { Outcome::TimedOut(timeout) } else { Outcome::CutByShutdown }
+            let stopped = stop(child, group, hook.kill_grace).await;
+            let outcome = if deadline <= grace_end { Outcome::TimedOut(hook.timeout) } else { Outcome::CutByShutdown };
+            (outcome, Some(stopped))
         }
+    }
+}
+
+/// How long llmux waits, after a SIGKILL, for a hook to be reaped and its
+/// process group to empty (a process stuck in uninterruptible sleep, say
+/// on a hung NFS mount or GPU driver, cannot die; llmux does not hang on it).
+pub const KILL_WAIT: Duration = Duration::from_secs(2);
+
+/// How often a stopped hook's process group is checked for survivors.
+const GROUP_POLL: Duration = Duration::from_millis(50);
+
+/// How a hook that was told to stop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stopped {
+    /// Its process group was gone within the kill grace after SIGTERM.
+    ByTerm,
+    /// Something in its group outlived the kill grace and got SIGKILL.
+    ByKill,
+    /// SIGKILL was sent but the hook was not reaped, or its group not
+    /// empty, within [`KILL_WAIT`]; llmux gave up waiting.
+    NotReaped,
+}
+
+impl Stopped {
+    /// The signal that ended the hook.
+    fn signal(self) -> &'static str {
+        match self {
+            Stopped::ByTerm => "SIGTERM",
+            Stopped::ByKill | Stopped::NotReaped => "SIGKILL",
+        }
+    }
+}
+
+/// The longest [`stop`] takes: the kill grace, then [`KILL_WAIT`].
+pub fn stop_bound(kill_grace: Duration) -> Duration {
+    kill_grace + KILL_WAIT
+}
+
+/// Stops a hook's process group: SIGTERM, then SIGKILL to whatever of the
+/// group is left after `kill_grace`, then at most [`KILL_WAIT`] more.
+async fn stop(child: &mut Child, group: &GroupKiller, kill_grace: Duration) -> Stopped {
+    group.signal(Signal::SIGTERM);
+    if tokio::time::timeout(kill_grace, gone(child, group)).await.is_ok() {
+        return Stopped::ByTerm;
+    }
+    group.signal(Signal::SIGKILL);
+    match tokio::time::timeout(KILL_WAIT, gone(child, group)).await {
+        Ok(()) => Stopped::ByKill,
+        Err(_) => Stopped::NotReaped,
+    }
+}
+
+/// Resolves once the hook has been reaped and nothing is left alive in
+/// its process group.
+async fn gone(child: &mut Child, group: &GroupKiller) {
+    let _ = child.wait().await;
+    while group.exists() {
+        tokio::time::sleep(GROUP_POLL).await;
     }
 }
 
@@ -160,8 +236,11 @@ fn exited(status: std::io::Result<ExitStatus>) -> Outcome {
     }
 }
 
-fn log_finished(model: &str, kind: HookKind, run: &HookRun) {
+fn log_finished(model: &str, kind: HookKind, run: &HookRun, stopped: Option<Stopped>) {
     let ms = run.duration.as_millis() as u64;
+    if let Some(stopped) = stopped {
+        return log_stopped(model, kind, run, ms, stopped);
+    }
     match &run.outcome {
         Outcome::Success => tracing::info!(model, hook = %kind, ms, "hook succeeded"),
         // An alive hook that fails is an answer ("down"), not an error.
@@ -175,7 +254,26 @@ fn log_finished(model: &str, kind: HookKind, run: &HookRun) {
     }
 }
 
-/// Kills a hook's process group when asked, or when dropped while armed.
+/// Logs a hook that was stopped, with the signal that ended it.
+fn log_stopped(model: &str, kind: HookKind, run: &HookRun, ms: u64, stopped: Stopped) {
+    let signal = stopped.signal();
+    match (&run.outcome, stopped) {
+        (_, Stopped::NotReaped) => tracing::warn!(
+            model, hook = %kind, ms, signal,
+            "hook {}; after SIGKILL it was still not reaped (or its process group not empty) within {}s, llmux gave up waiting",
+            run.outcome, KILL_WAIT.as_secs()
+        ),
+        (Outcome::CutByShutdown, _) => tracing::warn!(
+            model, hook = %kind, ms, signal,
+            "hook cut short by shutdown: its process group was stopped, ended by {signal}"
+        ),
+        (other, _) => tracing::warn!(model, hook = %kind, ms, signal, "hook {other}, ended by {signal}"),
+    }
+}
+
+/// Signals a hook's process group when asked; SIGKILLs it when dropped
+/// while armed (a drop cannot wait for a SIGTERM to take effect: that is
+/// a hook still running when llmux exits or its task is dropped).
 struct GroupKiller {
     pgid: Option<Pid>,
     armed: AtomicBool,
@@ -187,12 +285,23 @@ impl GroupKiller {
         GroupKiller { pgid, armed: AtomicBool::new(true) }
     }
 
-    fn kill(&self) {
+    fn signal(&self, signal: Signal) {
         if let Some(pgid) = self.pgid {
             // ESRCH (already gone) is fine.
-            let _ = killpg(pgid, Signal::SIGKILL);
+            let _ = killpg(pgid, signal);
         }
-        self.armed.store(false, Relaxed);
+    }
+
+    /// True while a process of the group is alive. An exited member not
+    /// yet reaped (a zombie, until its parent or init reaps it) does not
+    /// count when `/proc` can tell; otherwise it does.
+    fn exists(&self) -> bool {
+        let Some(pgid) = self.pgid else { return false };
+        // EPERM (a member we may not signal) still means it exists.
+        if killpg(pgid, None) == Err(nix::errno::Errno::ESRCH) {
+            return false;
+        }
+        crate::procfs::group_has_live_members(pgid.as_raw()).unwrap_or(true)
     }
 
     fn disarm(&self) {
@@ -203,7 +312,7 @@ impl GroupKiller {
 impl Drop for GroupKiller {
     fn drop(&mut self) {
         if self.armed.load(Relaxed) {
-            self.kill();
+            self.signal(Signal::SIGKILL);
         }
     }
 }
@@ -214,16 +323,22 @@ const MAX_LINE_BYTES: usize = 4096;
 const LINE_BURST: u32 = 200;
 /// Lines per second logged after the burst.
 const LINES_PER_SEC: u32 = 20;
+/// The most bytes read straight from a pipe when its hook exits (the
+/// hook's last output); the rest is read, and tagged, as it comes.
+const MAX_EXIT_DRAIN: usize = 1 << 20;
 
-fn forward_output(child: &mut Child, model: &str, kind: HookKind, events: &Events) {
+/// Starts reading the hook's stdout and stderr; returns the sender that
+/// tells the readers the hook has exited (dropping it says the same).
+fn forward_output(child: &mut Child, model: &str, kind: HookKind, events: &Events) -> watch::Sender<bool> {
+    let (exited, rx) = watch::channel(false);
+    let sink = |stream| LineSink { model: model.to_owned(), kind, stream, events: events.clone() };
     if let Some(out) = child.stdout.take() {
-        let to = LineSink { model: model.to_owned(), kind, stream: "stdout", events: events.clone() };
-        tokio::spawn(log_lines(out, to));
+        tokio::spawn(log_lines(out, rx.clone(), sink("stdout")));
     }
     if let Some(err) = child.stderr.take() {
-        let to = LineSink { model: model.to_owned(), kind, stream: "stderr", events: events.clone() };
-        tokio::spawn(log_lines(err, to));
+        tokio::spawn(log_lines(err, rx, sink("stderr")));
     }
+    exited
 }
 
 /// Where one pipe's lines go: the log and the event stream.
@@ -235,45 +350,118 @@ struct LineSink {
 }
 
 /// Reads `pipe` to EOF, logging each line (rate-limited, truncated).
-async fn log_lines(mut pipe: impl AsyncRead + Unpin, to: LineSink) {
-    let LineSink { ref model, kind, stream, .. } = to;
-    let mut limiter = LineLimiter::new(Instant::now());
-    let mut line = Vec::with_capacity(256);
+///
+/// Lines are the hook's until it exits. Then what is already in the pipe
+/// (everything the hook wrote: a write to a pipe is complete before its
+/// writer can exit) is read at once, straight from the file descriptor
+/// since tokio's readiness may lag, and is the hook's too; anything after
+/// that comes from a background process that inherited the pipe, and is
+/// logged as `background output`.
+async fn log_lines(mut pipe: impl AsyncRead + AsRawFd + Unpin, mut exited: watch::Receiver<bool>, to: LineSink) {
+    let mut lines = LineSplitter::new(to);
     let mut buf = [0u8; 8192];
-    while let Ok(n) = pipe.read(&mut buf).await {
-        if n == 0 {
-            break;
-        }
-        for &byte in &buf[..n] {
-            if byte == b'\n' {
-                emit(&mut limiter, &mut line, &to);
-            } else if line.len() < MAX_LINE_BYTES {
-                line.push(byte);
+    loop {
+        tokio::select! {
+            biased;
+            read = pipe.read(&mut buf) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => lines.feed(&buf[..n]),
+            },
+            // Err: the sender is gone, so the hook is too.
+            _ = exited.wait_for(|e| *e), if !lines.late => {
+                let at_eof = drain_ready(pipe.as_raw_fd(), &mut lines);
+                lines.hook_exited();
+                if at_eof {
+                    break;
+                }
             }
         }
     }
-    if !line.is_empty() {
-        emit(&mut limiter, &mut line, &to);
-    }
-    if limiter.dropped > 0 {
-        tracing::warn!(model, hook = %kind, stream, dropped = limiter.dropped, "hook output rate-limited: lines dropped");
-    }
+    lines.finish();
 }
 
-fn emit(limiter: &mut LineLimiter, line: &mut Vec<u8>, to: &LineSink) {
-    if limiter.allow(Instant::now()) {
-        let text = String::from_utf8_lossy(line);
-        let text = text.trim_end_matches('\r');
-        let (model, hook, stream) = (to.model.as_str(), to.kind.as_str(), to.stream);
-        tracing::info!(model, hook, stream, line = text, "hook output");
-        to.events.emit(
-            "hook_output",
-            || serde_json::json!({ "model": model, "hook": hook, "stream": stream, "line": text }),
-        );
+/// Reads what `fd` (non-blocking, as tokio's pipes are) holds right now
+/// into `lines`; true at EOF.
+fn drain_ready(fd: RawFd, lines: &mut LineSplitter) -> bool {
+    let mut buf = [0u8; 8192];
+    let mut total = 0;
+    while total < MAX_EXIT_DRAIN {
+        match nix::unistd::read(fd, &mut buf) {
+            Ok(0) => return true,
+            Ok(n) => {
+                lines.feed(&buf[..n]);
+                total += n;
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            // EAGAIN: nothing more for now; anything else: tokio's read will see it.
+            Err(_) => return false,
+        }
     }
-    line.clear();
+    false
 }
 
+/// Splits a pipe's bytes into lines and sends them on, tagged as the
+/// hook's or, once the hook has exited, as a background process's.
+struct LineSplitter {
+    to: LineSink,
+    limiter: LineLimiter,
+    line: Vec<u8>,
+    /// The hook has exited: lines from now on are not its own.
+    late: bool,
+}
+
+impl LineSplitter {
+    fn new(to: LineSink) -> LineSplitter {
+        LineSplitter { to, limiter: LineLimiter::new(Instant::now()), line: Vec::with_capacity(256), late: false }
+    }
+
+    fn feed(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            if byte == b'\n' {
+                self.emit();
+            } else if self.line.len() < MAX_LINE_BYTES {
+                self.line.push(byte);
+            }
+        }
+    }
+
+    /// The hook's output ends here: an unfinished line is its last.
+    fn hook_exited(&mut self) {
+        if !self.line.is_empty() {
+            self.emit();
+        }
+        self.late = true;
+    }
+
+    fn finish(&mut self) {
+        if !self.line.is_empty() {
+            self.emit();
+        }
+        if self.limiter.dropped > 0 {
+            let LineSink { ref model, kind, stream, .. } = self.to;
+            tracing::warn!(model, hook = %kind, stream, dropped = self.limiter.dropped, "hook output rate-limited: lines dropped");
+        }
+    }
+
+    fn emit(&mut self) {
+        if self.limiter.allow(Instant::now()) {
+            let text = String::from_utf8_lossy(&self.line);
+            let text = text.trim_end_matches('\r');
+            let (model, hook, stream) = (self.to.model.as_str(), self.to.kind.as_str(), self.to.stream);
+            if self.late {
+                // Not the hook's: no `hook` field, no `hook_output` event.
+                tracing::info!(model, started_by = hook, stream, line = text, "background output");
+            } else {
+                tracing::info!(model, hook, stream, line = text, "hook output");
+                self.to.events.emit(
+                    "hook_output",
+                    || serde_json::json!({ "model": model, "hook": hook, "stream": stream, "line": text }),
+                );
+            }
+        }
+        self.line.clear();
+    }
+}
 /// A token bucket: a burst, then a steady rate; counts what it drops.
 struct LineLimiter {
     tokens: f64,
@@ -303,10 +491,16 @@ impl LineLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Hook;
+
+    /// The kill grace of the test hooks.
+    const KILL_GRACE_MS: u64 = 500;
 
     fn model(wake: &str, timeout_ms: u64) -> ModelConfig {
-        let hook = |s: &str| Hook { script: s.into(), timeout: Duration::from_millis(timeout_ms) };
+        let hook = |s: &str| Hook {
+            script: s.into(),
+            timeout: Duration::from_millis(timeout_ms),
+            kill_grace: Duration::from_millis(KILL_GRACE_MS),
+        };
         ModelConfig {
             name: "m".into(),
             port: 4242,
@@ -362,6 +556,124 @@ mod tests {
         // The whole group is gone: nothing is left holding the marker open.
         let out = std::process::Command::new("pgrep").args(["-f", &path]).output().expect("pgrep");
         assert!(out.stdout.is_empty(), "children survived: {}", String::from_utf8_lossy(&out.stdout));
+    }
+
+    /// A temp file's path, for a hook to write a marker to.
+    fn marker() -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("marker").display().to_string();
+        (dir, path)
+    }
+
+    fn read(path: &str) -> String {
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+
+    /// Waits (at most 5 s) for `cond`.
+    async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !cond() {
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
+    #[tokio::test]
+    async fn a_hook_that_traps_term_ends_by_sigterm() {
+        let (_dir, path) = marker();
+        let run = run_wake(&format!("trap 'echo term > {path}; exit 0' TERM; sleep 30 & wait"), 300).await;
+        assert!(matches!(run.outcome, Outcome::TimedOut(_)), "{:?}", run.outcome);
+        assert_eq!(read(&path), "term\n", "the TERM trap did not run");
+        // It ended well before the grace ran out: no SIGKILL was needed.
+        assert!(run.duration < Duration::from_millis(300 + KILL_GRACE_MS), "{:?}", run.duration);
+    }
+
+    #[tokio::test]
+    async fn a_hook_that_ignores_term_is_killed_after_the_grace() {
+        let run = run_wake("trap '' TERM; sleep 30", 300).await;
+        assert!(matches!(run.outcome, Outcome::TimedOut(_)), "{:?}", run.outcome);
+        let grace_end = Duration::from_millis(300 + KILL_GRACE_MS);
+        assert!(run.duration >= grace_end, "killed before the grace ran out: {:?}", run.duration);
+        assert!(run.duration < grace_end + Duration::from_secs(2), "the wait was not bounded: {:?}", run.duration);
+    }
+
+    #[tokio::test]
+    async fn the_whole_group_gets_sigterm() {
+        let (_dir, path) = marker();
+        let script =
+            format!("(trap 'echo child > {path}; exit 0' TERM; sleep 30 & wait) & trap 'exit 0' TERM; sleep 30 & wait");
+        let run = run_wake(&script, 300).await;
+        assert!(matches!(run.outcome, Outcome::TimedOut(_)), "{:?}", run.outcome);
+        // The child's trap has run by the time the hook is reported done.
+        assert_eq!(read(&path), "child\n", "the child in the group got no SIGTERM");
+    }
+
+    #[tokio::test]
+    async fn a_group_member_that_ignores_term_is_killed_after_the_grace() {
+        let (_dir, path) = marker();
+        // The hook itself leaves at SIGTERM; its child ignores it.
+        let script = format!("(trap '' TERM; sleep 30; echo late > {path}) & trap 'exit 0' TERM; sleep 30 & wait");
+        let run = run_wake(&script, 300).await;
+        assert!(matches!(run.outcome, Outcome::TimedOut(_)), "{:?}", run.outcome);
+        assert!(run.duration >= Duration::from_millis(300 + KILL_GRACE_MS), "{:?}", run.duration);
+        let gone = eventually(|| {
+            let out = std::process::Command::new("pgrep").args(["-f", &path]).output().expect("pgrep");
+            out.stdout.is_empty()
+        });
+        assert!(gone.await, "the child that ignored SIGTERM survived");
+    }
+
+    /// Log lines written while `f` runs, as text.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<parking_lot::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock()).into_owned()
+        }
+
+        fn line_with(&self, needle: &str) -> Option<String> {
+            self.text().lines().find(|l| l.contains(needle)).map(str::to_owned)
+        }
+    }
+
+    #[tokio::test]
+    async fn output_after_the_hook_exited_is_not_the_hooks() {
+        let log = Captured::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let events = Events::default();
+        let mut rx = events.subscribe();
+        let dir = std::env::temp_dir();
+        let model = model("echo early-line; (sleep 0.3; echo late-line) &", 5000);
+        let run = run(&model, HookKind::Wake, &dir, &Shutdown::default(), Duration::from_secs(1), &events).await;
+        assert!(run.succeeded(), "{:?}", run.outcome);
+        assert!(eventually(|| log.line_with("late-line").is_some()).await, "no late line in {}", log.text());
+        let early = log.line_with("early-line").unwrap_or_default();
+        assert!(early.contains("hook output") && early.contains("hook=\"wake\""), "{early}");
+        let late = log.line_with("late-line").unwrap_or_default();
+        assert!(!late.contains("hook output") && !late.contains("hook="), "late line attributed to the hook: {late}");
+        assert!(late.contains("background output") && late.contains("started_by=\"wake\""), "{late}");
+        let mut hook_output = Vec::new();
+        while let Ok(frame) = rx.try_recv() {
+            hook_output.push(String::from_utf8_lossy(&frame).into_owned());
+        }
+        assert!(hook_output.iter().any(|e| e.contains("early-line")), "{hook_output:?}");
+        assert!(!hook_output.iter().any(|e| e.contains("late-line")), "{hook_output:?}");
     }
 
     #[test]

@@ -35,8 +35,9 @@
 //! snapshot and wakes its waiters. The same task carries out operators'
 //! commands from the control API, puts an idle model to sleep, runs the
 //! periodic `alive` check and sleeps a model a reload removed; it reports
-//! all of it on the [`events`] bus. [`state`] documents who reads and
-//! writes each piece of shared state.
+//! all of it on the [`events`] bus. When llmux is PID 1 or a child
+//! subreaper, [`reaper`] reaps the orphans hooks leave behind. [`state`]
+//! documents who reads and writes each piece of shared state.
 //!
 //! ```text
 //!  client ──► server ──► service ──► model scan ──► admit ──► proxy ──► backend
@@ -63,8 +64,10 @@ pub mod inbox;
 pub mod machine;
 pub mod metrics;
 pub mod model;
+pub mod procfs;
 pub mod proxy;
 pub mod queue;
+pub mod reaper;
 pub mod routing;
 pub mod server;
 pub mod service;
@@ -99,6 +102,12 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
         }
     };
     init_logging(options.log_format);
+    if options.subreaper {
+        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+            eprintln!("llmux: --subreaper: cannot become a child subreaper: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(config.workers).enable_all().build()
     {
         Ok(rt) => rt,
@@ -151,6 +160,8 @@ fn init_logging(format: cli::LogFormat) {
 }
 
 async fn serve_until_signal(config: Config, file: state::ConfigFile) -> ExitCode {
+    // Only when orphans are given to llmux (PID 1, or --subreaper).
+    let _reaper = reaper::start().map(AbortOnDrop);
     let server = match Server::bind_from(config, Some(file)).await {
         Ok(server) => server,
         Err(e) => {
@@ -181,6 +192,15 @@ async fn serve_until_signal(config: Config, file: state::ConfigFile) -> ExitCode
     } else {
         tracing::warn!("shut down with requests or hooks cut short");
         ExitCode::FAILURE
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -98,9 +98,11 @@ impl Server {
         if !drained {
             tracing::warn!("shutdown grace ran out: in-flight requests were cut");
         }
-        // The hook runner kills a running hook at the end of the grace.
+        // The hook runner stops a running hook at the end of the grace
+        // (SIGTERM, then SIGKILL after the kill grace).
+        let stop = crate::hooks::stop_bound(shared.catalog().config.policy.hook_kill_grace);
         let switch_done =
-            tokio::time::timeout(grace + Duration::from_secs(5), switch_task_join(switch_task)).await.is_ok();
+            tokio::time::timeout(grace + stop + Duration::from_secs(5), switch_task_join(switch_task)).await.is_ok();
         // Close llmux's own backend connections (the model itself stays up
         // for the next start to adopt).
         shared.routing.store(Arc::new(crate::routing::Routing::empty()));

@@ -8,6 +8,7 @@ mod config_cli;
 mod control;
 mod errors;
 mod fuzz_corpus;
+mod hooks;
 mod idle;
 mod limits;
 mod logs;
