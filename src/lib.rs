@@ -51,6 +51,7 @@
 pub mod api;
 pub mod auth;
 pub mod body;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod control;
