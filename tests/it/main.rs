@@ -11,6 +11,7 @@ mod fuzz_corpus;
 mod idle;
 mod limits;
 mod logs;
+mod memory;
 mod metrics;
 mod real;
 mod reload;
