@@ -61,6 +61,7 @@ pub mod hooks;
 pub mod metrics;
 pub mod model;
 pub mod policy;
+pub mod pool;
 pub mod proxy;
 pub mod queue;
 pub mod routing;
