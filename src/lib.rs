@@ -205,7 +205,7 @@ impl Signals {
 async fn reload_on_sighup(shared: std::sync::Arc<state::Shared>, mut hup: tokio::signal::unix::Signal) {
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP received: reloading the config");
-        let _ = control::reload(&shared);
+        let _ = control::reload(&shared).await;
     }
 }
 
