@@ -22,6 +22,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use crate::budget::Reservation;
 use crate::error::Error;
 use crate::proxy::Connection;
 use crate::routing::InFlight;
@@ -98,10 +99,17 @@ const KEEP_CHUNKS_FROM: usize = 16 * 1024;
 
 /// Reads `body` whole, failing with 413 past `limit` bytes. A declared
 /// `content_length` sizes the buffer that small chunks are copied into.
+///
+/// `memory` covers the bytes read: a body whose `Content-Length` was
+/// reserved up front never grows it; any other body grows it as its chunks
+/// arrive, failing with 503 `server_overloaded` once that would pass
+/// `memory_bound` (`limits.max_body_bytes_in_memory`).
 pub async fn read_request_body(
     mut body: Incoming,
     content_length: Option<u64>,
     limit: u64,
+    memory: &mut Reservation<'_>,
+    memory_bound: u64,
 ) -> Result<RequestBody, Error> {
     let declared = content_length.map(|n| usize::try_from(n.min(limit)).unwrap_or(usize::MAX));
     let mut chunks = Collector::new(declared);
@@ -112,6 +120,9 @@ pub async fn read_request_body(
         total += data.len() as u64;
         if total > limit {
             return Err(Error::body_too_large(limit));
+        }
+        if total > memory.bytes() && !memory.grow(total - memory.bytes(), memory_bound) {
+            return Err(Error::server_overloaded());
         }
         chunks.push(data);
     }

@@ -216,6 +216,9 @@ pub struct Limits {
     pub max_queued_requests: usize,
     /// Body bytes held by queued requests (429 past it).
     pub max_queued_body_bytes: u64,
+    /// Request-body bytes held in memory by all requests together: being
+    /// read, queued or forwarded (503 past it). At least `max_body_bytes`.
+    pub max_body_bytes_in_memory: u64,
 }
 
 #[derive(Deserialize, Default)]
@@ -233,12 +236,13 @@ struct RawLimits {
     h2_max_pending_reset_streams: Option<usize>,
     max_queued_requests: Option<usize>,
     max_queued_body_bytes: Option<u64>,
+    max_body_bytes_in_memory: Option<u64>,
 }
 
 /// The most connections `limits.max_connections` may allow.
 const MAX_CONNECTIONS: usize = 1_000_000;
 
-fn validate_limits(raw: &RawLimits) -> Result<Limits, ConfigError> {
+fn validate_limits(raw: &RawLimits, max_body_bytes: u64) -> Result<Limits, ConfigError> {
     let positive = |key: &str, value: Option<u64>, default: u64| match value {
         Some(0) => Err(err(format!("limits.{key}: must be at least 1"))),
         v => Ok(v.unwrap_or(default)),
@@ -286,7 +290,26 @@ fn validate_limits(raw: &RawLimits) -> Result<Limits, ConfigError> {
         )?),
         max_queued_requests: as_usize(positive("max_queued_requests", usize_of(raw.max_queued_requests), 1024)?),
         max_queued_body_bytes: positive("max_queued_body_bytes", raw.max_queued_body_bytes, 1 << 30)?,
+        max_body_bytes_in_memory: 0,
     })
+    .and_then(|limits| with_body_bytes_in_memory(limits, raw.max_body_bytes_in_memory, max_body_bytes))
+}
+
+/// Sets `max_body_bytes_in_memory`: by default twice the queue's bound
+/// (the queue may hold `max_queued_body_bytes`; as much again is left for
+/// bodies being read and forwarded to the active model), and never below
+/// `max_body_bytes` (one largest body always fits).
+fn with_body_bytes_in_memory(mut limits: Limits, raw: Option<u64>, max_body_bytes: u64) -> Result<Limits, ConfigError> {
+    limits.max_body_bytes_in_memory = match raw {
+        Some(n) if n < max_body_bytes => {
+            return Err(err(format!(
+                "limits.max_body_bytes_in_memory: must be at least max_body_bytes ({max_body_bytes}), or no body of that size could be read"
+            )));
+        }
+        Some(n) => n,
+        None => limits.max_queued_body_bytes.saturating_mul(2).max(max_body_bytes),
+    };
+    Ok(limits)
 }
 
 #[derive(Deserialize)]
@@ -448,7 +471,7 @@ fn validate(raw: RawConfig, base_dir: PathBuf) -> Result<Config, ConfigError> {
         Some(n) => n,
         None => std::thread::available_parallelism().map_or(1, usize::from),
     };
-    let limits = validate_limits(&raw.limits)?;
+    let limits = validate_limits(&raw.limits, max_body_bytes)?;
     for (key, keys) in [("api_keys", &raw.api_keys), ("admin_api_keys", &raw.admin_api_keys)] {
         if let Some(i) = keys.iter().position(|k| k.trim().is_empty() || k.chars().any(char::is_whitespace)) {
             return Err(err(format!("{key}[{i}]: a key must be non-empty and contain no whitespace")));
@@ -580,6 +603,7 @@ mod tests {
         assert_eq!(c.max_body_bytes, 64 << 20);
         assert_eq!(c.limits.max_queued_requests, 1024);
         assert_eq!(c.limits.max_queued_body_bytes, 1 << 30);
+        assert_eq!(c.limits.max_body_bytes_in_memory, 2 << 30);
         assert_eq!(c.limits.upstream_first_byte_timeout, None);
         assert_eq!(c.policy.hook_kill_grace, Duration::from_secs(5));
         assert_eq!(c.models[0].sleep.kill_grace, Duration::from_secs(5));
@@ -630,6 +654,21 @@ mod tests {
             let msg = yaml(text).expect_err(text).to_string();
             assert!(msg.contains(needle), "{text:?} gave {msg:?}");
         }
+    }
+
+    #[test]
+    fn max_body_bytes_in_memory_is_at_least_max_body_bytes() {
+        let e = yaml(&format!("{TWO}max_body_bytes: 1000\nlimits: {{max_body_bytes_in_memory: 999}}\n"))
+            .expect_err("too small");
+        assert!(e.to_string().contains("limits.max_body_bytes_in_memory"), "{e}");
+        let c =
+            yaml(&format!("{TWO}max_body_bytes: 1000\nlimits: {{max_body_bytes_in_memory: 1000}}\n")).expect("valid");
+        assert_eq!(c.limits.max_body_bytes_in_memory, 1000);
+        // The default follows the queue's bound, and never refuses one largest body.
+        let c = yaml(&format!("{TWO}limits: {{max_queued_body_bytes: 100}}\n")).expect("valid");
+        assert_eq!(c.limits.max_body_bytes_in_memory, 64 << 20);
+        let c = yaml(&format!("{TWO}limits: {{max_queued_body_bytes: 1073741824}}\n")).expect("valid");
+        assert_eq!(c.limits.max_body_bytes_in_memory, 2 << 30);
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Resp
         (&Method::GET | &Method::HEAD, "/llmux/status") => Ok(json_response(&status(shared))),
         (&Method::GET, "/llmux/events") => Ok(event_stream(shared)),
         (&Method::POST, "/llmux/sleep") => sleep(shared, None).await,
-        (&Method::POST, "/llmux/reload") => reload(shared).map(|changes| json_response(&changes_json(&changes))),
+        (&Method::POST, "/llmux/reload") => reload(shared).await.map(|changes| json_response(&changes_json(&changes))),
         (&Method::POST, _) => match model_action(path) {
             Some((name, "wake")) => wake(shared, &name, wait).await,
             Some((name, "sleep")) => {
@@ -197,7 +197,24 @@ async fn pump_events(
 
 /// `POST /llmux/reload` and `SIGHUP`: rereads the config file. An invalid
 /// file changes nothing; the error says why.
-pub fn reload(shared: &Shared) -> Result<Changes, Error> {
+///
+/// The file is read and parsed on tokio's blocking pool, never on a runtime
+/// worker (a slow or hung file system would stall every request on that
+/// worker). The whole reload (read, parse, swap) runs there under
+/// `reload_lock`, so reloads still happen one at a time and the lock is
+/// never held across an await.
+pub async fn reload(shared: &Arc<Shared>) -> Result<Changes, Error> {
+    let shared = Arc::clone(shared);
+    match tokio::task::spawn_blocking(move || reload_now(&shared)).await {
+        Ok(result) => result,
+        // Only at shutdown: the runtime dropped the task before it ran.
+        Err(e) if e.is_cancelled() => Err(Error::shutting_down()),
+        Err(e) => Err(Error::invalid_config(format!("the reload failed unexpectedly: {e}"))),
+    }
+}
+
+/// The reload itself, on a thread that may block.
+fn reload_now(shared: &Shared) -> Result<Changes, Error> {
     let _one_at_a_time = shared.reload_lock.lock();
     let Some(file) = &shared.config_file else {
         return Err(Error::invalid_config("llmux was not started from a config file"));
@@ -255,5 +272,41 @@ mod tests {
         assert_eq!(model_action("/llmux/models/"), None);
         assert_eq!(model_action("/llmux/status"), None);
         assert!(is_control("/llmux/status") && is_control("/llmux") && !is_control("/llmuxx"));
+    }
+
+    /// The config file is a FIFO whose writer waits for the runtime's only
+    /// thread to run something else while the reload waits on the file: a
+    /// reload that read it on that thread would block it, and the writer
+    /// would give up after 5 s.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_reload_reads_the_file_off_the_runtime_thread() {
+        use crate::config::Format;
+        use crate::state::ConfigFile;
+        use std::future::Future;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("llmux.yaml");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+        assert!(made.success());
+        let one = "models:\n  a: {port: 1, wake: w, sleep: s, alive: a}\n";
+        let config = Config::parse(one, Format::Yaml, dir.path().to_path_buf()).expect("valid");
+        let shared = Arc::new(Shared::new(config, Some(ConfigFile { path: fifo.clone(), port: None })));
+        let (ran, got) = std::sync::mpsc::channel::<()>();
+        let writer = std::thread::spawn(move || {
+            let in_time = got.recv_timeout(Duration::from_secs(5)).is_ok();
+            let two =
+                "models:\n  a: {port: 1, wake: w, sleep: s, alive: a}\n  b: {port: 2, wake: w, sleep: s, alive: a}\n";
+            std::fs::write(&fifo, two).expect("write the FIFO");
+            in_time
+        });
+        let mut reloading = std::pin::pin!(reload(&shared));
+        // Started: the reload now waits for the FIFO's writer.
+        let first = std::future::poll_fn(|cx| std::task::Poll::Ready(reloading.as_mut().poll(cx))).await;
+        assert!(first.is_pending());
+        // This runs on the runtime's thread while the reload waits.
+        let _ = ran.send(());
+        let changes = reloading.await.expect("a valid config");
+        assert!(writer.join().expect("writer"), "the reload blocked the runtime's thread");
+        assert_eq!(changes.added, ["b"]);
+        assert!(shared.catalog().lookup("b").is_some());
     }
 }

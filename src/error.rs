@@ -52,6 +52,8 @@ enum Kind {
     BodyTimeout,
     /// True: `max_queued_requests`; false: `max_queued_body_bytes`.
     QueueFull(bool),
+    /// `max_body_bytes_in_memory`: request bodies hold too much memory.
+    Overloaded,
     InvalidApiKey,
     Forbidden,
     InvalidConfig,
@@ -102,6 +104,13 @@ impl Error {
         Error::new(Kind::QueueFull(requests), msg).with_retry_after(Duration::from_secs(1))
     }
 
+    /// Request bodies in memory would pass `limits.max_body_bytes_in_memory`
+    /// with this one: load shedding, retried shortly by a well-behaved client.
+    pub fn server_overloaded() -> Error {
+        let msg = "request bodies in memory are at their limit (max_body_bytes_in_memory); retry shortly";
+        Error::new(Kind::Overloaded, msg).with_retry_after(Duration::from_secs(1))
+    }
+
     /// The control API refused a client: not loopback, or an ordinary key
     /// where an admin key is needed.
     pub fn forbidden(message: impl Into<Cow<'static, str>>) -> Error {
@@ -120,6 +129,7 @@ impl Error {
             Kind::BodyTimeout => Some(Limit::BodyReadTimeout),
             Kind::QueueFull(true) => Some(Limit::MaxQueuedRequests),
             Kind::QueueFull(false) => Some(Limit::MaxQueuedBodyBytes),
+            Kind::Overloaded => Some(Limit::MaxBodyBytesInMemory),
             Kind::InvalidApiKey | Kind::Forbidden => Some(Limit::ApiKey),
             _ => None,
         }
@@ -179,6 +189,9 @@ impl Error {
             | Kind::WaitTimeout
             | Kind::BodyTimeout
             | Kind::QueueFull(_)
+            // The clients' uploads together, like a full queue: logged at
+            // debug, counted in `llmux_rejected_total`.
+            | Kind::Overloaded
             | Kind::InvalidApiKey
             | Kind::Forbidden
             | Kind::InvalidConfig => Fault::Client,
@@ -214,7 +227,7 @@ impl Error {
             Kind::UnknownModel | Kind::UnknownRoute => StatusCode::NOT_FOUND,
             Kind::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Kind::UpgradeUnsupported => StatusCode::NOT_IMPLEMENTED,
-            Kind::ModelUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::ModelUnavailable(_) | Kind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Kind::WaitTimeout | Kind::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
             Kind::Backend => StatusCode::BAD_GATEWAY,
             Kind::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -237,6 +250,7 @@ impl Error {
             Kind::Backend => "backend_error",
             Kind::BodyTimeout => "body_read_timeout",
             Kind::QueueFull(_) => "queue_full",
+            Kind::Overloaded => "server_overloaded",
             Kind::InvalidApiKey => "invalid_api_key",
             Kind::Forbidden => "forbidden",
             Kind::InvalidConfig => "invalid_config",
@@ -303,6 +317,7 @@ mod tests {
             (Error::backend("refused"), 502, Fault::Backend),
             (Error::body_timeout(Duration::from_secs(1)), 408, Fault::Client),
             (Error::queue_full(true), 429, Fault::Client),
+            (Error::server_overloaded(), 503, Fault::Client),
             (Error::forbidden("x"), 403, Fault::Client),
             (Error::invalid_config("x"), 400, Fault::Client),
             (Error::backend_timeout("slow"), 504, Fault::Backend),

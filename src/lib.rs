@@ -8,7 +8,9 @@
 //! 2. [`service`] answers `/health`, `/metrics` and `/v1/models` itself
 //!    ([`api`], [`metrics`]) unless the body names a model, and hands
 //!    `/llmux/*` to the control API ([`control`]); anything else has its
-//!    body read whole ([`body`]), bounded by `max_body_bytes`, and its
+//!    body read whole ([`body`]), bounded by `max_body_bytes` and, with
+//!    every other body held, by `limits.max_body_bytes_in_memory`
+//!    ([`budget`]: one atomic each way), and its
 //!    top-level `model` found by a simd-json scan ([`model`]) and looked up
 //!    in the [`state::Catalog`] (one `ArcSwap` load).
 //! 3. [`queue::admit`] admits it. If its model is the active one, that
@@ -16,7 +18,8 @@
 //!    lock, no channel, no allocation. Otherwise the request queues for its
 //!    model and raises the switch task.
 //! 4. [`proxy`] forwards it to `127.0.0.1:<port>` over a pooled connection
-//!    of the model's current [`routing::Incarnation`]; the response streams
+//!    of the model's current [`routing::Incarnation`] (the one released
+//!    last, from a lock-free LIFO [`pool`]); the response streams
 //!    back frame by frame, its body holding the request's
 //!    [`routing::InFlight`] guard until the last byte or a disconnect.
 //! 5. Any failure is an [`error::Error`], which knows who is at fault and
@@ -52,6 +55,7 @@
 pub mod api;
 pub mod auth;
 pub mod body;
+pub mod budget;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -64,6 +68,7 @@ pub mod inbox;
 pub mod machine;
 pub mod metrics;
 pub mod model;
+pub mod pool;
 pub mod procfs;
 pub mod proxy;
 pub mod queue;
@@ -226,7 +231,7 @@ impl Signals {
 async fn reload_on_sighup(shared: std::sync::Arc<state::Shared>, mut hup: tokio::signal::unix::Signal) {
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP received: reloading the config");
-        let _ = control::reload(&shared);
+        let _ = control::reload(&shared).await;
     }
 }
 

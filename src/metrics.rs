@@ -155,9 +155,11 @@ pub enum Limit {
     MaxConnections,
     /// `api_keys` / `admin_api_keys` (401, 403).
     ApiKey,
+    /// `limits.max_body_bytes_in_memory` (503).
+    MaxBodyBytesInMemory,
 }
 
-const LIMITS: [(Limit, &str); 7] = [
+const LIMITS: [(Limit, &str); 8] = [
     (Limit::MaxBodyBytes, "max_body_bytes"),
     (Limit::BodyReadTimeout, "body_read_timeout"),
     (Limit::MaxQueuedRequests, "max_queued_requests"),
@@ -165,6 +167,7 @@ const LIMITS: [(Limit, &str); 7] = [
     (Limit::HeaderReadTimeout, "header_read_timeout"),
     (Limit::MaxConnections, "max_connections"),
     (Limit::ApiKey, "api_key"),
+    (Limit::MaxBodyBytesInMemory, "max_body_bytes_in_memory"),
 ];
 
 /// Statistics of the switches from one model (or nothing) to another.
@@ -182,7 +185,7 @@ pub struct ProcessMetrics {
     /// Client connections open now. Written by the accept loop.
     pub open_connections: AtomicI64,
     /// Rejections by [`Limit`].
-    rejected: [AtomicU64; 7],
+    rejected: [AtomicU64; LIMITS.len()],
     /// Requests cut by a drain timeout. Written by the switch task.
     pub cut_requests: AtomicU64,
     /// Per (from, to) slot indices. Written by the switch task, read by
@@ -368,6 +371,8 @@ fn render_process(out: &mut String, shared: &Shared) {
     let _ = writeln!(out, "llmux_requests_cut_total {}", m.cut_requests.load(Relaxed));
     family(out, "llmux_queued_requests", "gauge", "Requests queued for any model.");
     let _ = writeln!(out, "llmux_queued_requests {}", shared.queued_requests.load(Relaxed));
+    family(out, "llmux_body_bytes_in_memory", "gauge", "Request-body bytes held in memory (reserved).");
+    let _ = writeln!(out, "llmux_body_bytes_in_memory {}", shared.body_budget.held());
 }
 
 #[cfg(test)]

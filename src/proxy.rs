@@ -2,7 +2,9 @@
 //!
 //! Each [`Upstream`] owns the keep-alive HTTP/1.1 connections to one
 //! backend port: hyper's client connections (`client::conn::http1`) in a
-//! lock-free queue. It is created when its model is published, so no
+//! lock-free LIFO pool ([`crate::pool`]: the connection used last, the one
+//! least likely closed by the backend, is reused first). It is created
+//! when its model is published, so no
 //! connection survives a sleep/wake. A [`Connection`] has no task of its
 //! own: the request using it drives its I/O, while waiting for the
 //! response head and then from the response body's `poll_frame`, so a
@@ -10,8 +12,9 @@
 //! connection goes back to the queue when its response body has been read
 //! to the end (see [`crate::body::ResponseBody`]); one dropped early is
 //! closed, which cancels the generation. Idle connections older than the idle
-//! timeout are dropped when next taken (llama-server and uvicorn close
-//! idle connections after 5 s, so the default is 4). A request that finds
+//! timeout are dropped when next taken or by the periodic reaper
+//! (llama-server and uvicorn close idle connections after 5 s, so the
+//! default is 4). A request that finds
 //! a pooled connection dead before any byte was written is retried once on
 //! a new connection.
 
@@ -21,7 +24,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use crossbeam::queue::ArrayQueue;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -30,6 +32,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::body::{OutgoingBody, RequestBody};
 use crate::error::Error;
+use crate::pool::LifoPool;
 
 /// `X-Request-Id`.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -122,7 +125,8 @@ fn poll_driver(driver: &mut Pin<Box<Driver>>, closed: &mut bool, cx: &mut Contex
 pub struct Upstream {
     addr: SocketAddr,
     host: HeaderValue,
-    idle: ArrayQueue<(Connection, Instant)>,
+    /// Idle connections and when they were released, the latest on top.
+    idle: LifoPool<(Connection, Instant)>,
     options: UpstreamOptions,
 }
 
@@ -149,7 +153,7 @@ impl Upstream {
     pub fn new(port: u16, options: UpstreamOptions) -> Upstream {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let host = HeaderValue::from_str(&addr.to_string()).unwrap_or(HeaderValue::from_static("127.0.0.1"));
-        Upstream { addr, host, idle: ArrayQueue::new(MAX_IDLE), options }
+        Upstream { addr, host, idle: LifoPool::new(MAX_IDLE), options }
     }
 
     /// Sends `head` and `body` to the backend; returns its response head and
@@ -205,7 +209,8 @@ impl Upstream {
         }
     }
 
-    /// A pooled connection that is still open and not past the idle timeout.
+    /// The most recently released pooled connection that is still open and
+    /// not past the idle timeout (the ones past it are closed on the way).
     async fn take_idle(&self) -> Option<Connection> {
         while let Some((mut conn, since)) = self.idle.pop() {
             if conn.closed || since.elapsed() >= self.options.idle_timeout {
@@ -238,12 +243,8 @@ impl Upstream {
     /// Closes pooled connections idle past the idle timeout; run
     /// periodically by the incarnation's reaper (see `switcher::publish`).
     pub fn reap_idle(&self) {
-        for _ in 0..self.idle.len() {
-            let Some((conn, since)) = self.idle.pop() else { break };
-            if !conn.closed && since.elapsed() < self.options.idle_timeout {
-                let _ = self.idle.push((conn, since));
-            }
-        }
+        let timeout = self.options.idle_timeout;
+        self.idle.retain(|(conn, since)| !conn.closed && since.elapsed() < timeout);
     }
 
     /// How long a pooled connection may stay idle.
@@ -400,6 +401,54 @@ mod tests {
         assert_eq!(xff, ["10.0.0.1", "127.0.0.1"]);
         assert_eq!(h[&X_REQUEST_ID], "id-1");
         assert_eq!(h["x-kept"], "yes");
+    }
+
+    /// Answers the one request that arrives on `a` or `b`; which one it was.
+    async fn answer_on(a: &mut tokio::net::TcpStream, b: &mut tokio::net::TcpStream) -> u8 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut buf_a, mut buf_b) = ([0u8; 1024], [0u8; 1024]);
+        let (which, stream) = tokio::select! {
+            n = a.read(&mut buf_a) => (1, n.map(|_| a)),
+            n = b.read(&mut buf_b) => (2, n.map(|_| b)),
+        };
+        let stream = stream.expect("a request");
+        stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await.expect("answer");
+        which
+    }
+
+    /// Reads `stream` until the peer closes it, failing after 10 s.
+    async fn closed(stream: &mut tokio::net::TcpStream) {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0) | Err(_))), "the connection is still open: {read:?}");
+    }
+
+    #[tokio::test]
+    async fn the_last_released_connection_is_reused_first_and_the_reaper_closes_idle_ones() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let up = Upstream::new(port, UpstreamOptions::with_idle_timeout(Duration::from_millis(200)));
+        let older = up.connect().await.expect("connect").expect("not refused");
+        let (mut older_peer, _) = listener.accept().await.expect("accept");
+        let newer = up.connect().await.expect("connect").expect("not refused");
+        let (mut newer_peer, _) = listener.accept().await.expect("accept");
+        up.release(older);
+        up.release(newer);
+        // The one released last carries the next request.
+        let mut conn = up.take_idle().await.expect("a pooled connection");
+        let request = Request::get("/").body(RequestBody::default().outgoing()).expect("request");
+        let (response, which) = tokio::join!(conn.send(request), answer_on(&mut older_peer, &mut newer_peer));
+        assert_eq!(response.expect("response").status(), 200);
+        assert_eq!(which, 2, "the older connection was reused first");
+        up.release(conn);
+        // Both idle past the timeout (the timeout is what is under test):
+        // the reaper closes them.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        up.reap_idle();
+        closed(&mut older_peer).await;
+        closed(&mut newer_peer).await;
+        assert!(up.take_idle().await.is_none());
     }
 
     #[test]

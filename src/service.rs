@@ -134,20 +134,29 @@ async fn proxy(
     local: Option<Local>,
     started: Instant,
 ) -> Result<Response<ResponseBody>, Error> {
-    let (limit, read_limit, strip_auth) = {
+    let (limit, read_limit, strip_auth, memory_bound) = {
         let config = &shared.catalog().config;
-        (config.max_body_bytes, config.limits.body_read_timeout, config.has_keys())
+        let limits = &config.limits;
+        (config.max_body_bytes, limits.body_read_timeout, config.has_keys(), limits.max_body_bytes_in_memory)
     };
     let content_length = content_length(&req)?;
     if content_length.is_some_and(|n| n > limit) {
         return Err(Error::body_too_large(limit));
     }
+    // The body's bytes in `limits.max_body_bytes_in_memory`: a declared
+    // length is reserved whole before a byte is read (one atomic; refused
+    // at once past the bound), any other body as it arrives. Held until
+    // this function returns: see `crate::budget` for why that covers every
+    // copy of the body llmux keeps.
+    let mut memory = match content_length {
+        Some(n) => shared.body_budget.reserve(n, memory_bound).ok_or_else(Error::server_overloaded)?,
+        None => shared.body_budget.empty(),
+    };
     let (mut head, body) = req.into_parts();
     // `timeout` polls the read first: a body that came with its head never
     // touches the timer.
-    let body = tokio::time::timeout(read_limit, read_request_body(body, content_length, limit))
-        .await
-        .map_err(|_| Error::body_timeout(read_limit))??;
+    let read = read_request_body(body, content_length, limit, &mut memory, memory_bound);
+    let body = tokio::time::timeout(read_limit, read).await.map_err(|_| Error::body_timeout(read_limit))??;
     let found = match (body.is_empty(), local) {
         (true, Some(local)) => return local.answer(shared, head.uri.path()),
         (true, None) => return Err(Error::unknown_route(&head.method, head.uri.path())),
@@ -169,6 +178,10 @@ async fn proxy(
         head.headers.remove(header::AUTHORIZATION);
     }
     let result = serve_model(shared, model, head, body, started).await;
+    // Released: the response head is here (or the request failed), so the
+    // backend has the body and no clone of it is left (queue ticket, resend
+    // copy and outgoing body are gone).
+    drop(memory);
     if let Err(e) = &result {
         // Counted here when no response body will count it.
         let elapsed = started.elapsed();

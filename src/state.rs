@@ -64,6 +64,10 @@ pub struct Shared {
     pub config_file: Option<ConfigFile>,
     /// Serialises reloads.
     pub reload_lock: Mutex<()>,
+    /// Request-body bytes held in memory, against
+    /// `limits.max_body_bytes_in_memory`. Reserved and released by every
+    /// request with a body (one atomic each way; see [`crate::budget`]).
+    pub body_budget: crate::budget::BodyBudget,
 }
 
 /// The file a config was read from and the command line's overrides.
@@ -226,6 +230,7 @@ impl Shared {
             metrics: ProcessMetrics::default(),
             config_file,
             reload_lock: Mutex::new(()),
+            body_budget: crate::budget::BodyBudget::default(),
         }
     }
 

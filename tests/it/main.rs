@@ -12,6 +12,7 @@ mod hooks;
 mod idle;
 mod limits;
 mod logs;
+mod memory;
 mod metrics;
 mod protocol;
 mod real;

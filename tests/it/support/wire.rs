@@ -56,6 +56,38 @@ impl RawConn {
         self.stream.write_all(bytes).await.expect("write");
     }
 
+    /// Writes `bytes` while reading what llmux sends meanwhile, and stops
+    /// writing once an answer starts to arrive, the peer closes, or a write
+    /// fails: for uploads llmux may refuse before reading them (a blocked
+    /// `write` would never see the answer). The write side stays open.
+    pub async fn write_unless_answered(&mut self, mut bytes: &[u8]) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        let before = self.buf.len();
+        let mut chunk = [0u8; 16 * 1024];
+        while !bytes.is_empty() && self.buf.len() == before {
+            tokio::select! {
+                ready = self.stream.readable() => {
+                    ready.expect("readable");
+                    match self.stream.try_read(&mut chunk) {
+                        Ok(0) => return,
+                        Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(_) => return,
+                    }
+                }
+                ready = self.stream.writable() => {
+                    ready.expect("writable");
+                    match self.stream.try_write(bytes) {
+                        Ok(n) => bytes = &bytes[n..],
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(_) => return,
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => panic!("the upload neither finished nor was answered in time"),
+            }
+        }
+    }
+
     /// Reads more bytes; false once the peer closed (or reset).
     async fn fill(&mut self) -> bool {
         let mut chunk = [0u8; 16 * 1024];
