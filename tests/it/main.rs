@@ -6,6 +6,7 @@ mod support;
 mod auth;
 mod config_cli;
 mod control;
+mod defects;
 mod errors;
 mod fuzz_corpus;
 mod hooks;

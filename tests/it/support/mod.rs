@@ -108,6 +108,7 @@ pub fn standin_on(model: &str, port: u16) -> Process {
 /// The hook scripts every harness model uses. `$D` is the hook directory.
 ///
 /// Control files: `fail-<hook>-<model>` makes that hook exit 1;
+/// `slow-alive-<model>` makes `alive` sleep past its timeout;
 /// `hold-<hook>-<model>` makes it wait until the file is removed;
 /// `hang-<hook>-<model>` makes it sleep far past any timeout (the sleep's
 /// pid goes to `hang-pid-<hook>-<model>`); `bg-<hook>-<model>` leaves a
@@ -119,6 +120,7 @@ kind="$1"; m="$LLMUX_MODEL"
 log() { echo "$1 $m" >> hooks.log; }
 if [ "$kind" = alive ]; then
   [ -f "fail-alive-$m" ] && exit 1
+  if [ -f "slow-alive-$m" ]; then sleep 30; fi
   [ -f "awake-$m" ] || [ -f "up-$m" ]; exit $?
 fi
 log "$kind-start"
