@@ -120,16 +120,46 @@ fn finish(buf: &[u8], req: &httparse::Request, parsed: httparse::Result<usize>) 
         Ok(httparse::Status::Complete(len)) => head(buf, req, len).map(Some),
         Err(httparse::Error::Version) => Err(version_error(buf)),
         Err(httparse::Error::TooManyHeaders) => Err(ReadErr::Bad(431, "too many header fields")),
-        Err(httparse::Error::HeaderName) => Err(ReadErr::Bad(400, "invalid header name")),
+        Err(httparse::Error::HeaderName) => Err(header_name_error(buf)),
         Err(httparse::Error::HeaderValue) => Err(ReadErr::Bad(400, "invalid header value")),
+        Err(httparse::Error::Token) => Err(token_error(buf)),
         Err(_) => Err(ReadErr::Bad(400, "malformed request head")),
+    }
+}
+
+/// The request line, or what there is of it, without its line ending.
+fn request_line(buf: &[u8]) -> &[u8] {
+    let line = buf.split(|&b| b == b'\n').find(|l| !matches!(l, [] | [b'\r'])).unwrap_or_default();
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// A method or a request target httparse refused: which one.
+fn token_error(buf: &[u8]) -> ReadErr {
+    let line = request_line(buf);
+    let mut words = line.split(|&b| b == b' ');
+    let method = words.next().unwrap_or_default();
+    if words.next().is_some_and(<[u8]>::is_empty) {
+        ReadErr::Bad(400, "malformed request head")
+    } else if method.is_empty() || method.iter().any(|&b| !b.is_ascii_graphic() || b"\"(),/:;<=>?@[\\]{}".contains(&b))
+    {
+        ReadErr::Bad(400, "invalid method")
+    } else {
+        ReadErr::Bad(400, "invalid request target")
+    }
+}
+
+/// A header line starting with whitespace is obsolete line folding.
+fn header_name_error(buf: &[u8]) -> ReadErr {
+    if buf.windows(2).any(|w| matches!(w, [b'\n', b' ' | b'\t'])) {
+        ReadErr::Bad(400, "obsolete header line folding")
+    } else {
+        ReadErr::Bad(400, "invalid header name")
     }
 }
 
 /// 505 for an `HTTP/x.y` other than 1.0 and 1.1, 400 for anything else.
 fn version_error(buf: &[u8]) -> ReadErr {
-    let line = buf.split(|&b| b == b'\n').find(|l| !matches!(l, [] | [b'\r'])).unwrap_or_default();
-    let version = line.rsplit(|&b| b == b' ').next().unwrap_or_default();
+    let version = request_line(buf).rsplit(|&b| b == b' ').next().unwrap_or_default();
     if version.starts_with(b"HTTP/") {
         ReadErr::Bad(505, "HTTP version not supported")
     } else {
