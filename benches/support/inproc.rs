@@ -19,6 +19,9 @@ use llmux::state::Shared;
 use llmux::Server;
 use tokio::sync::oneshot;
 
+#[path = "../../tests/standin/locate.rs"]
+mod locate;
+
 /// A stand-in backend process, killed on drop.
 pub struct Standin {
     child: Child,
@@ -29,7 +32,7 @@ pub struct Standin {
 impl Standin {
     /// Starts `llmux-standin` for `model` on an ephemeral port.
     pub fn start(model: &str) -> Standin {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_llmux-standin"))
+        let mut child = Command::new(locate::standin_bin())
             .args(["--port", "0", "--model", model])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

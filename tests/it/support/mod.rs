@@ -15,6 +15,9 @@ pub mod backend;
 pub mod http;
 pub mod wire;
 
+#[path = "../../standin/locate.rs"]
+mod locate;
+
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -100,7 +103,7 @@ pub fn standin(model: &str) -> Process {
 
 /// A stand-in backend serving `model` on `port`.
 pub fn standin_on(model: &str, port: u16) -> Process {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_llmux-standin"));
+    let mut cmd = Command::new(locate::standin_bin());
     cmd.args(["--port", &port.to_string(), "--model", model]).stderr(Stdio::null());
     Process::start(cmd)
 }
