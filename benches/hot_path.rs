@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use hyper::StatusCode;
+use llmux::catalog::ModelSlot;
 use llmux::proxy::{Upstream, UpstreamOptions};
 use llmux::routing::{try_admit, Incarnation, Routing};
-use llmux::state::ModelSlot;
 
 #[path = "support/counting.rs"]
 mod counting;

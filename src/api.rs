@@ -6,8 +6,8 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::Response;
 use serde_json::{json, Value};
 
-use crate::body::ResponseBody;
 use crate::error::Error;
+use crate::response::ResponseBody;
 use crate::state::Shared;
 
 /// `GET /health`: the active model and every model's state and queue
@@ -46,7 +46,7 @@ pub fn one_model(shared: &Shared, encoded_id: &str) -> Result<Response<ResponseB
 
 /// `GET /metrics`: the Prometheus text exposition, format 0.0.4.
 pub fn metrics(shared: &Shared) -> Response<ResponseBody> {
-    let mut response = Response::new(ResponseBody::full(Bytes::from(crate::metrics::render(shared))));
+    let mut response = Response::new(ResponseBody::full(Bytes::from(crate::exposition::render(shared))));
     let content_type = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
     response.headers_mut().insert(CONTENT_TYPE, content_type);
     response

@@ -17,14 +17,15 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::api::json_response;
-use crate::body::ResponseBody;
+use crate::catalog::Changes;
 use crate::config::Config;
 use crate::error::Error;
 use crate::events;
 use crate::inbox::Input;
 use crate::metrics::millis;
 use crate::queue;
-use crate::state::{Changes, Shared};
+use crate::response::ResponseBody;
+use crate::state::Shared;
 
 /// True for a path of the control API.
 pub fn is_control(path: &str) -> bool {

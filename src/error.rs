@@ -10,11 +10,8 @@ use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
-use bytes::Bytes;
-use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
-use hyper::{Response, StatusCode};
+use hyper::StatusCode;
 
-use crate::body::ResponseBody;
 use crate::metrics::Limit;
 
 /// Who caused an error.
@@ -257,33 +254,29 @@ impl Error {
         }
     }
 
-    fn param(&self) -> Option<&'static str> {
-        match self.kind {
-            Kind::InvalidBody | Kind::UnknownModel => Some("model"),
-            _ => None,
-        }
-    }
-
-    /// OpenAI's error JSON with this error's status (and `Retry-After`).
-    pub fn into_response(self) -> Response<ResponseBody> {
-        let status = self.status();
-        let kind = if status.is_client_error() { "invalid_request_error" } else { "server_error" };
-        let body = serde_json::json!({
+    /// OpenAI's error JSON: `{"error": {"message", "type", "param", "code"}}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let kind = if self.status().is_client_error() { "invalid_request_error" } else { "server_error" };
+        serde_json::json!({
             "error": {
                 "message": self.message,
                 "type": kind,
                 "param": self.param(),
                 "code": self.code(),
             }
-        });
-        let mut response = Response::new(ResponseBody::full(Bytes::from(body.to_string())));
-        *response.status_mut() = status;
-        let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Some(after) = self.retry_after {
-            headers.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(after)));
+        })
+    }
+
+    /// How long the client should wait before trying again, if it should.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    fn param(&self) -> Option<&'static str> {
+        match self.kind {
+            Kind::InvalidBody | Kind::UnknownModel => Some("model"),
+            _ => None,
         }
-        response
     }
 }
 

@@ -35,7 +35,7 @@ use tokio::sync::watch;
 use crate::config::{Hook, ModelConfig};
 use crate::events::Events;
 use crate::reaper::{self, HookPid};
-use crate::state::Shutdown;
+use crate::shutdown::Shutdown;
 
 pub use crate::config::HookKind;
 
@@ -66,6 +66,12 @@ pub struct HookRun {
 }
 
 impl HookRun {
+    /// Counts this run in `metrics`.
+    pub fn count_in(&self, metrics: &crate::metrics::HookMetrics) {
+        let timed_out = matches!(self.outcome, Outcome::TimedOut(_));
+        metrics.record(self.duration, !self.succeeded() && !timed_out, timed_out);
+    }
+
     /// True if the hook exited 0.
     pub fn succeeded(&self) -> bool {
         matches!(self.outcome, Outcome::Success)

@@ -1,12 +1,11 @@
-//! Counters, gauges and histograms, and their Prometheus exposition.
+//! Counters, gauges and histograms: the metric primitives.
 //!
 //! Everything a request counts is a preallocated atomic in its model's
 //! [`ModelMetrics`], which the request reaches through the model's slot
 //! (or its incarnation) once: counting itself touches no map, no lock and
 //! allocates nothing. Switch statistics per (from, to) and hook statistics
 //! are written by the switch task only; they live behind cold-path locks or
-//! in the slot. [`render`] writes the text exposition format 0.0.4, with
-//! label values taken only from the configuration.
+//! in the slot. [`crate::exposition`] writes them out for `/metrics`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -17,8 +16,7 @@ use std::time::{Duration, Instant};
 use hyper::StatusCode;
 use parking_lot::Mutex;
 
-use crate::hooks::{HookKind, HookRun, Outcome};
-use crate::state::{Catalog, ModelState, Shared, SwitchRecord, SwitchResult};
+use crate::machine::SwitchRecord;
 
 /// Upper bounds of the latency buckets, in seconds: from 5 ms (a cached
 /// answer) to an hour (a long generation or a slow wake).
@@ -61,7 +59,8 @@ impl Histogram {
         self.buckets.iter().map(|b| b.load(Relaxed)).sum()
     }
 
-    fn write(&self, out: &mut String, name: &str, labels: &str) {
+    /// Writes the histogram in the text exposition format.
+    pub fn write(&self, out: &mut String, name: &str, labels: &str) {
         let sep = if labels.is_empty() { "" } else { "," };
         let mut cumulative = 0u64;
         for (bound, bucket) in BUCKETS.iter().zip(&self.buckets) {
@@ -77,7 +76,7 @@ impl Histogram {
 }
 
 /// Status classes counted per model: 1xx to 5xx.
-const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// What one model's requests count. Written by its requests, read by
 /// [`render`].
@@ -111,27 +110,23 @@ impl ModelMetrics {
 /// One hook's statistics.
 #[derive(Default)]
 pub struct HookMetrics {
-    runs: AtomicU64,
-    failures: AtomicU64,
-    timeouts: AtomicU64,
-    duration: Histogram,
+    /// Runs.
+    pub runs: AtomicU64,
+    /// Runs that failed (timeouts included).
+    pub failures: AtomicU64,
+    /// Runs killed at their timeout.
+    pub timeouts: AtomicU64,
+    /// Spawn to reap.
+    pub duration: Histogram,
 }
 
 impl HookMetrics {
-    /// Counts a finished run.
-    pub fn record(&self, run: &HookRun) {
+    /// Counts a finished run that took `duration`.
+    pub fn record(&self, duration: Duration, failed: bool, timed_out: bool) {
         self.runs.fetch_add(1, Relaxed);
-        self.duration.observe(run.duration);
-        match run.outcome {
-            Outcome::Success => {}
-            Outcome::TimedOut(_) => {
-                self.failures.fetch_add(1, Relaxed);
-                self.timeouts.fetch_add(1, Relaxed);
-            }
-            _ => {
-                self.failures.fetch_add(1, Relaxed);
-            }
-        }
+        self.duration.observe(duration);
+        self.failures.fetch_add(u64::from(failed || timed_out), Relaxed);
+        self.timeouts.fetch_add(u64::from(timed_out), Relaxed);
     }
 }
 
@@ -159,7 +154,8 @@ pub enum Limit {
     MaxBodyBytesInMemory,
 }
 
-const LIMITS: [(Limit, &str); 8] = [
+/// Every counted limit with its label value.
+pub const LIMITS: [(Limit, &str); 8] = [
     (Limit::MaxBodyBytes, "max_body_bytes"),
     (Limit::BodyReadTimeout, "body_read_timeout"),
     (Limit::MaxQueuedRequests, "max_queued_requests"),
@@ -174,9 +170,9 @@ const LIMITS: [(Limit, &str); 8] = [
 #[derive(Default)]
 pub struct SwitchStats {
     /// Switches by result: done, abandoned, failed.
-    results: [u64; 3],
+    pub results: [u64; 3],
     /// Drain, sleep and wake phase durations.
-    phases: [Histogram; 3],
+    pub phases: [Histogram; 3],
 }
 
 /// Process-wide metrics.
@@ -184,16 +180,21 @@ pub struct SwitchStats {
 pub struct ProcessMetrics {
     /// Client connections open now. Written by the accept loop.
     pub open_connections: AtomicI64,
-    /// Rejections by [`Limit`].
+    /// Rejections by [`Limit`]; read with [`ProcessMetrics::rejected`].
     rejected: [AtomicU64; LIMITS.len()],
     /// Requests cut by a drain timeout. Written by the switch task.
     pub cut_requests: AtomicU64,
     /// Per (from, to) slot indices. Written by the switch task, read by
-    /// [`render`].
-    switches: Mutex<BTreeMap<(Option<usize>, usize), SwitchStats>>,
+    /// `/metrics`.
+    pub switches: Mutex<BTreeMap<(Option<usize>, usize), SwitchStats>>,
 }
 
 impl ProcessMetrics {
+    /// Rejections by `limit` so far.
+    pub fn rejected(&self, limit: Limit) -> u64 {
+        self.rejected[limit as usize].load(Relaxed)
+    }
+
     /// Counts a rejection by `limit`.
     #[inline]
     pub fn reject(&self, limit: Limit) {
@@ -230,151 +231,6 @@ pub fn now_micros() -> u64 {
     u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
-/// The `/metrics` page.
-pub fn render(shared: &Shared) -> String {
-    let catalog = shared.catalog.load();
-    let mut out = String::with_capacity(16 * 1024);
-    let _ = writeln!(out, "# HELP llmux_build_info The running llmux version.\n# TYPE llmux_build_info gauge");
-    let _ = writeln!(out, "llmux_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
-    render_requests(&mut out, &catalog);
-    render_models(&mut out, shared, &catalog);
-    render_hooks(&mut out, &catalog);
-    render_switches(&mut out, shared, &catalog);
-    render_process(&mut out, shared);
-    out
-}
-
-/// A label value, escaped as the format wants.
-fn escape(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-fn render_requests(out: &mut String, catalog: &Catalog) {
-    family(out, "llmux_requests_total", "counter", "Requests answered, by model and status class.");
-    for (_, m, slot) in catalog.live() {
-        let model = escape(&m.name);
-        for (class, name) in CLASSES.iter().enumerate() {
-            let n = slot.metrics.requests_in_class(class + 1);
-            let _ = writeln!(out, "llmux_requests_total{{model=\"{model}\",class=\"{name}\"}} {n}");
-        }
-    }
-    family(out, "llmux_request_first_byte_seconds", "histogram", "Arrival to response head.");
-    for (_, m, slot) in catalog.live() {
-        let labels = format!("model=\"{}\"", escape(&m.name));
-        slot.metrics.first_byte.write(out, "llmux_request_first_byte_seconds", &labels);
-    }
-    family(out, "llmux_request_duration_seconds", "histogram", "Arrival to the last byte of the response.");
-    for (_, m, slot) in catalog.live() {
-        let labels = format!("model=\"{}\"", escape(&m.name));
-        slot.metrics.duration.write(out, "llmux_request_duration_seconds", &labels);
-    }
-}
-
-fn render_models(out: &mut String, shared: &Shared, catalog: &Catalog) {
-    let routing = shared.routing.load();
-    let active = routing.active();
-    family(out, "llmux_queue_depth", "gauge", "Requests waiting for the model.");
-    for (_, m, slot) in catalog.live() {
-        let _ = writeln!(out, "llmux_queue_depth{{model=\"{}\"}} {}", escape(&m.name), slot.waiting());
-    }
-    family(out, "llmux_in_flight", "gauge", "Requests being served by the model.");
-    for (i, m, _) in catalog.live() {
-        let n = active.filter(|a| a.model == i).map_or(0, |a| a.in_flight());
-        let _ = writeln!(out, "llmux_in_flight{{model=\"{}\"}} {n}", escape(&m.name));
-    }
-    family(out, "llmux_model_state", "gauge", "1 for the model's current state.");
-    for (_, m, slot) in catalog.live() {
-        let current = slot.state();
-        for state in ModelState::ALL {
-            let v = u8::from(state == current);
-            let _ = writeln!(out, "llmux_model_state{{model=\"{}\",state=\"{state}\"}} {v}", escape(&m.name));
-        }
-    }
-    family(out, "llmux_model_active_seconds_total", "counter", "Time the model has been active.");
-    for (_, m, slot) in catalog.live() {
-        let secs = slot.active_time().as_secs_f64();
-        let _ = writeln!(out, "llmux_model_active_seconds_total{{model=\"{}\"}} {secs}", escape(&m.name));
-    }
-}
-
-/// Picks one counter of a hook's statistics.
-type HookCounter = fn(&HookMetrics) -> &AtomicU64;
-
-fn render_hooks(out: &mut String, catalog: &Catalog) {
-    let kinds = [HookKind::Wake, HookKind::Sleep, HookKind::Alive];
-    let counters: [(&str, &str, HookCounter); 3] = [
-        ("llmux_hook_runs_total", "Hook runs.", |h| &h.runs),
-        ("llmux_hook_failures_total", "Hook runs that failed (timeouts included).", |h| &h.failures),
-        ("llmux_hook_timeouts_total", "Hook runs killed at their timeout.", |h| &h.timeouts),
-    ];
-    for (name, help, field) in counters {
-        family(out, name, "counter", help);
-        for (_, m, slot) in catalog.live() {
-            for (kind, hook) in kinds.iter().zip(&slot.metrics.hooks) {
-                let v = field(hook).load(Relaxed);
-                let _ = writeln!(out, "{name}{{model=\"{}\",hook=\"{kind}\"}} {v}", escape(&m.name));
-            }
-        }
-    }
-    family(out, "llmux_hook_duration_seconds", "histogram", "Hook spawn to reap.");
-    for (_, m, slot) in catalog.live() {
-        for (kind, hook) in kinds.iter().zip(&slot.metrics.hooks) {
-            let labels = format!("model=\"{}\",hook=\"{kind}\"", escape(&m.name));
-            hook.duration.write(out, "llmux_hook_duration_seconds", &labels);
-        }
-    }
-}
-
-fn render_switches(out: &mut String, shared: &Shared, catalog: &Catalog) {
-    let switches = shared.metrics.switches.lock();
-    // Only pairs whose models are both still configured: label values come
-    // from the config in force.
-    let name = |slot: usize| catalog.model(slot).map(|m| escape(&m.name));
-    let pairs: Vec<(String, String, &SwitchStats)> = switches
-        .iter()
-        .filter_map(|((from, to), stats)| {
-            let from = match from {
-                Some(f) => name(*f)?,
-                None => String::new(),
-            };
-            Some((from, name(*to)?, stats))
-        })
-        .collect();
-    family(out, "llmux_switches_total", "counter", "Switches by result.");
-    for (from, to, stats) in &pairs {
-        for (result, n) in SwitchResult::ALL.map(SwitchResult::as_str).iter().zip(stats.results) {
-            let _ = writeln!(out, "llmux_switches_total{{from=\"{from}\",to=\"{to}\",result=\"{result}\"}} {n}");
-        }
-    }
-    family(out, "llmux_switch_phase_seconds", "histogram", "Switch phase durations: drain, sleep, wake.");
-    for (from, to, stats) in &pairs {
-        for (phase, h) in ["drain", "sleep", "wake"].iter().zip(&stats.phases) {
-            let labels = format!("from=\"{from}\",to=\"{to}\",phase=\"{phase}\"");
-            h.write(out, "llmux_switch_phase_seconds", &labels);
-        }
-    }
-}
-
-fn render_process(out: &mut String, shared: &Shared) {
-    let m = &shared.metrics;
-    family(out, "llmux_open_connections", "gauge", "Client connections open.");
-    let _ = writeln!(out, "llmux_open_connections {}", m.open_connections.load(Relaxed).max(0));
-    family(out, "llmux_rejected_total", "counter", "Requests or connections turned away, by limit.");
-    for (limit, name) in LIMITS {
-        let _ = writeln!(out, "llmux_rejected_total{{limit=\"{name}\"}} {}", m.rejected[limit as usize].load(Relaxed));
-    }
-    family(out, "llmux_requests_cut_total", "counter", "Requests cut by a drain timeout.");
-    let _ = writeln!(out, "llmux_requests_cut_total {}", m.cut_requests.load(Relaxed));
-    family(out, "llmux_queued_requests", "gauge", "Requests queued for any model.");
-    let _ = writeln!(out, "llmux_queued_requests {}", shared.queued_requests.load(Relaxed));
-    family(out, "llmux_body_bytes_in_memory", "gauge", "Request-body bytes held in memory (reserved).");
-    let _ = writeln!(out, "llmux_body_bytes_in_memory {}", shared.body_budget.held());
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,10 +261,5 @@ mod tests {
         }
         let counts: Vec<u64> = (1..=5).map(|c| m.requests_in_class(c)).collect();
         assert_eq!(counts, [1, 2, 0, 1, 2]);
-    }
-
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(escape(r#"a"b\c"#), r#"a\"b\\c"#);
     }
 }

@@ -10,7 +10,7 @@
 //! response head and then from the response body's `poll_frame`, so a
 //! request (and each chunk of a stream) costs no hop between tasks. A
 //! connection goes back to the queue when its response body has been read
-//! to the end (see [`crate::body::ResponseBody`]); one dropped early is
+//! to the end (see [`crate::response::ResponseBody`]); one dropped early is
 //! closed, which cancels the generation. Idle connections older than the idle
 //! timeout are dropped when next taken or by the periodic reaper
 //! (llama-server and uvicorn close idle connections after 5 s, so the

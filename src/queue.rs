@@ -12,10 +12,12 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::catalog::ModelSlot;
 use crate::error::Error;
 use crate::inbox::Input;
+use crate::machine::ModelState;
 use crate::routing::{try_admit, InFlight};
-use crate::state::{ModelSlot, ModelState, Shared};
+use crate::state::Shared;
 
 /// Admits a request for `model`: at once if it is active, else after
 /// queueing for it. `body_len` counts against `max_queued_body_bytes`

@@ -23,8 +23,8 @@ use arc_swap::ArcSwap;
 use crossbeam::utils::CachePadded;
 use tokio::sync::Notify;
 
+use crate::catalog::ModelSlot;
 use crate::proxy::Upstream;
-use crate::state::ModelSlot;
 
 /// What the hot path reads: the resident models.
 ///

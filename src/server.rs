@@ -273,9 +273,9 @@ fn service_for(
     addr: SocketAddr,
 ) -> impl hyper::service::Service<
     hyper::Request<hyper::body::Incoming>,
-    Response = hyper::Response<crate::body::ResponseBody>,
+    Response = hyper::Response<crate::response::ResponseBody>,
     Error = std::convert::Infallible,
-    Future = impl Future<Output = Result<hyper::Response<crate::body::ResponseBody>, std::convert::Infallible>> + Send,
+    Future = impl Future<Output = Result<hyper::Response<crate::response::ResponseBody>, std::convert::Infallible>> + Send,
 > + Clone {
     let peer = Peer { ip: ip_header(addr), loopback: addr.ip().is_loopback() };
     service_fn(move |req| service::handle(Arc::clone(&shared), peer.clone(), req))

@@ -14,12 +14,13 @@ use hyper::{Method, Request, Response};
 
 use crate::api;
 use crate::auth;
-use crate::body::{read_request_body, RequestBody, ResponseBody};
+use crate::body::{read_request_body, RequestBody};
 use crate::control;
 use crate::error::{Error, Fault};
 use crate::model;
 use crate::proxy::{prepare_request_headers, Forwarded, X_REQUEST_ID};
 use crate::queue;
+use crate::response::ResponseBody;
 use crate::state::Shared;
 use crate::switcher;
 

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::task::{AbortHandle, JoinSet};
 
+use crate::catalog::Catalog;
 use crate::clock::Clock;
 use crate::hooks::{self, HookKind, HookRun, Outcome};
 use crate::inbox::{Input, SleepAnswer};
@@ -27,7 +28,7 @@ use crate::metrics::millis;
 use crate::proxy::{Upstream, UpstreamOptions};
 use crate::queue;
 use crate::routing::{InFlight, Incarnation, Routing};
-use crate::state::{Catalog, HookError, Shared};
+use crate::state::{HookError, Shared};
 
 /// The switch task. Returns at shutdown, once no hook runs.
 pub async fn run(shared: Arc<Shared>, policy: Box<dyn SwitchPolicy>) {
@@ -338,7 +339,7 @@ async fn hook(shared: &Shared, model: usize, kind: HookKind) -> HookRun {
     };
     let cfg = &catalog.config;
     let run = hooks::run(config, kind, &cfg.base_dir, &shared.shutdown, cfg.shutdown_grace, &shared.events).await;
-    catalog.slot(model).metrics.hooks[kind as usize].record(&run);
+    run.count_in(&catalog.slot(model).metrics.hooks[kind as usize]);
     match &run.outcome {
         Outcome::Success => {}
         Outcome::CutByShutdown => shared.shutdown.record_cut(),

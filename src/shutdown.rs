@@ -1,0 +1,51 @@
+//! The shutdown signal: set once, awaited by queued requests, the switch
+//! task, connections in protocol detection and running hooks.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+
+use tokio::sync::Notify;
+
+/// The shutdown signal: a flag and a notification, set once.
+#[derive(Default)]
+pub struct Shutdown {
+    started: AtomicBool,
+    notify: Notify,
+    /// Requests and hooks cut short by the shutdown.
+    cut: AtomicUsize,
+}
+
+impl Shutdown {
+    /// Starts the shutdown; wakes everything waiting for it.
+    pub fn trigger(&self) {
+        self.started.store(true, SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    /// True once shutdown has started.
+    pub fn is_started(&self) -> bool {
+        self.started.load(SeqCst)
+    }
+
+    /// Resolves once shutdown has started.
+    pub async fn started(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_started() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Counts something cut short by the shutdown.
+    pub fn record_cut(&self) {
+        self.cut.fetch_add(1, SeqCst);
+    }
+
+    /// How many things were cut short.
+    pub fn cut_count(&self) -> usize {
+        self.cut.load(SeqCst)
+    }
+}
