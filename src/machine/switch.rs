@@ -60,6 +60,14 @@ impl Machine {
 
     /// Moves the switch on as far as it can go now.
     pub(super) fn progress(&mut self, now: Time) {
+        // Shutdown starts nothing new: a drain that ends or a sleep that
+        // finishes must not start the next stage's hooks (a wake, a
+        // sleep of the model the next start should adopt, an alive retry).
+        // `advance` already stops here; `on_gated` and `on_hook_done` call
+        // this directly (found by the shutdown table tests).
+        if self.shutting_down {
+            return;
+        }
         loop {
             let Some(switch) = &self.switch else { return };
             let advanced = match switch.stage {
