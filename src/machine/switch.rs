@@ -127,6 +127,13 @@ impl Machine {
         if victims.iter().any(|&v| self.models[v].loaded) {
             return false;
         }
+        // The target's own hook (a failed wake's clean-up sleep that
+        // outlasted the backoff, a start-up leftover's sleep) must end
+        // before its wake starts: one hook per model at a time. Found by
+        // a_wake_never_starts_while_the_targets_clean_up_sleep_runs.
+        if target.is_some_and(|t| self.models[t].hook.is_some()) {
+            return false;
+        }
         let took = self.next_stage(Stage::Waking, now);
         if let Some(s) = self.switch.as_mut() {
             s.record.sleep = Some(took);
@@ -201,6 +208,14 @@ impl Machine {
         for v in switch.victims.clone() {
             if self.models[v].published && self.models[v].gated {
                 self.models[v].gated = false;
+                // An idle sleep's probe cleared `idle_due`: probe again
+                // later, or the model never idles out (found by
+                // an_abandoned_idle_sleep_is_probed_again_later).
+                let idle_sleep = self.settings.models.get(v).and_then(|s| s.idle_sleep);
+                let m = &mut self.models[v];
+                if m.idle_due.is_none() && !m.probing {
+                    m.idle_due = idle_sleep.map(|i| now + i);
+                }
                 self.emit(Action::Ungate(v));
                 self.set_state(v, ModelState::Active);
                 self.report(Report::Abandoned { model: v });

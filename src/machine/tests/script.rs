@@ -200,16 +200,6 @@ impl H {
         self.event(Event::Timer)
     }
 
-    /// Fires timers until `action` is issued (at most 100); returns when.
-    pub fn fire_timers_until(&mut self, action: &Action) -> Time {
-        for _ in 0..100 {
-            if self.fire_timer().contains(action) {
-                return self.now;
-            }
-        }
-        panic!("{action:?} never issued; log: {:#?}", self.log)
-    }
-
     /// The last event's actions without reports and state changes.
     pub fn effects(&self) -> Vec<Action> {
         effects(&self.last)
