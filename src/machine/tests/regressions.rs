@@ -224,3 +224,19 @@ fn an_abandoned_idle_sleep_is_probed_again_later() {
     assert_eq!(h.effects(), [Action::ProbeIdle(A)]);
     assert!(h.now <= abandoned + secs(60.0));
 }
+
+/// An operator's command answered at once (nothing to sleep) returned
+/// from the choice of the next switch: the models queued meanwhile waited
+/// for some unrelated event.
+#[test]
+fn a_command_with_nothing_to_sleep_does_not_hold_up_the_next_switch() {
+    let mut h = Setup::new(3).build();
+    h.start(&[]);
+    let t = h.queue(A);
+    h.sleep_command(4, Some(B)); // b is not loaded: nothing to sleep
+    h.queue(C);
+    h.leave(t); // a's waiter gives up while a wakes
+    h.at(1.0).hook_done(A, Wake, Success, secs(1.0));
+    h.hook_done(A, Alive, Success, Duration::ZERO);
+    assert_eq!(h.effects(), [Action::Publish(A), Action::CommandDone { id: 4, result: Ok(None) }, Action::Gate(A)]);
+}
