@@ -79,6 +79,8 @@ struct Driver {
     verdicts_owed: Vec<usize>,
     /// Start-up is over (adoption decided).
     started: bool,
+    /// How often each kind of interesting action was seen (coverage).
+    seen: BTreeMap<&'static str, usize>,
 }
 
 macro_rules! check {
@@ -114,6 +116,7 @@ impl Driver {
             next_command: 0,
             verdicts_owed: vec![0; n],
             started: false,
+            seen: BTreeMap::new(),
         }
     }
 
@@ -168,6 +171,22 @@ impl Driver {
     }
 
     fn apply(&mut self, action: Action, sleeping_before: &BTreeSet<ModelId>) {
+        let kind = match &action {
+            Action::Publish(x) if self.gated[*x] => Some("publish of a gated model"),
+            Action::Publish(_) => Some("publish"),
+            Action::Ungate(_) => Some("ungate"),
+            Action::Cut(_) => Some("cut"),
+            Action::RunHook(_, HookKind::Wake) => Some("wake"),
+            Action::Fail { .. } => Some("fail"),
+            Action::CommandDone { result: Ok(Some(_)), .. } => Some("command slept a model"),
+            Action::CommandDone { result: Err(_), .. } => Some("command failed"),
+            Action::Report(Report::IdleSleep(_)) => Some("idle sleep"),
+            Action::Report(Report::Abandoned { .. }) => Some("abandoned"),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            *self.seen.entry(kind).or_default() += 1;
+        }
         match action {
             Action::Gate(x) => {
                 let in_flight =
@@ -188,6 +207,12 @@ impl Driver {
             }
             Action::Cut(x) => check!(self, self.published[x], "Cut({x}) of an unpublished model"),
             Action::Publish(x) => {
+                check!(
+                    self,
+                    !self.published[x],
+                    "Publish({x}) of a model already published (gated: {})",
+                    self.gated[x]
+                );
                 self.published[x] = true;
                 self.gated[x] = false;
                 self.drains.remove(&x);
@@ -417,9 +442,21 @@ fn run(seed: u64, steps: usize, verbose: bool) -> Driver {
     d
 }
 
-fn check_seeds(seeds: std::ops::Range<u64>, steps: usize) {
+/// Runs `seeds` (`MACHINE_PROP_SEEDS` overrides their number); returns
+/// how often each interesting action was seen over all of them.
+fn check_seeds(seeds: std::ops::Range<u64>, steps: usize) -> BTreeMap<&'static str, usize> {
+    let seeds = match std::env::var("MACHINE_PROP_SEEDS").ok().and_then(|n| n.parse::<u64>().ok()) {
+        Some(n) => seeds.start..seeds.start + n,
+        None => seeds,
+    };
+    let mut seen = BTreeMap::new();
     for seed in seeds {
         let outcome = catch_unwind(AssertUnwindSafe(|| run(seed, steps, false)));
+        if let Ok(d) = &outcome {
+            for (k, n) in &d.seen {
+                *seen.entry(*k).or_default() += n;
+            }
+        }
         if let Err(e) = outcome {
             // Replay it, printing its trace (up to the same panic).
             eprintln!("seed {seed} failed; its trace:");
@@ -432,9 +469,15 @@ fn check_seeds(seeds: std::ops::Range<u64>, steps: usize) {
             panic!("seed {seed} failed: {why}\n(replay it with `run({seed}, {steps}, true)`)");
         }
     }
+    seen
 }
 
 #[test]
 fn random_sequences_keep_the_protocols_invariants_and_settle() {
-    check_seeds(0..500, 200);
+    let seen = check_seeds(0..500, 200);
+    // The random phase reached every path worth checking.
+    for kind in ["publish", "ungate", "cut", "wake", "fail", "command slept a model", "idle sleep", "abandoned"] {
+        assert!(seen.get(kind).is_some_and(|&n| n > 0), "no {kind} in any seed: {seen:?}");
+    }
+    assert_eq!(seen.get("publish of a gated model"), None, "a Publish must follow an Unpublish");
 }

@@ -240,3 +240,23 @@ fn a_command_with_nothing_to_sleep_does_not_hold_up_the_next_switch() {
     h.hook_done(A, Alive, Success, Duration::ZERO);
     assert_eq!(h.effects(), [Action::Publish(A), Action::CommandDone { id: 4, result: Ok(None) }, Action::Gate(A)]);
 }
+
+/// KNOWN BUG, not fixed (found by the property tests with
+/// `MACHINE_PROP_SEEDS=20000`): a switch with several victims (a start-up
+/// leftover still being put to sleep, and the adopted model draining)
+/// fails when the leftover's sleep fails while it is up: the leftover,
+/// never adopted, is published, and the adopted model stays gated with
+/// no switch under way to ungate or sleep it (two published models, one
+/// of them draining forever).
+#[test]
+#[ignore = "known bug: a failed sleep of one of several victims strands the others"]
+fn a_failed_sleep_of_one_of_several_victims_strands_none_of_the_others() {
+    let mut h = Setup::new(3).build();
+    h.start(&[B, C]);
+    assert_eq!(h.effects(), [Action::Publish(B), Action::RunHook(C, Sleep)]);
+    h.at(1.0).queue(A);
+    h.gated(B, 1);
+    h.at(2.0).hook_done(C, Sleep, Failed, secs(1.0));
+    h.hook_done(C, Alive, Success, secs(0.5));
+    assert!(h.m.is_switching() || h.state(B) != ModelState::Draining, "b is left draining with no switch");
+}
