@@ -635,7 +635,13 @@ impl Machine {
             Stage::Confirming { retry_at, .. } => retry_at,
             _ => None,
         });
-        timers.chain(backoffs).chain([switch, self.held_until]).flatten().min()
+        // Only times still to come: one that passed and was not acted on
+        // waits for an event (a drain holding an alive check, a backoff
+        // that ended during another switch, a min_active hold during an
+        // idle sleep); handing it out again makes the executor's timer
+        // fire at once, forever. Found by
+        // the_deadline_is_never_in_the_past_*.
+        timers.chain(backoffs).chain([switch, self.held_until]).flatten().filter(|&t| t > self.last_now).min()
     }
 
     /// The measured cost of each (from, to) switch so far.

@@ -60,6 +60,14 @@ impl Machine {
 
     /// Moves the switch on as far as it can go now.
     pub(super) fn progress(&mut self, now: Time) {
+        // Shutdown starts nothing new: a drain that ends or a sleep that
+        // finishes must not start the next stage's hooks (a wake, a
+        // sleep of the model the next start should adopt, an alive retry).
+        // `advance` already stops here; `on_gated` and `on_hook_done` call
+        // this directly (found by the shutdown table tests).
+        if self.shutting_down {
+            return;
+        }
         loop {
             let Some(switch) = &self.switch else { return };
             let advanced = match switch.stage {
@@ -117,6 +125,13 @@ impl Machine {
             }
         }
         if victims.iter().any(|&v| self.models[v].loaded) {
+            return false;
+        }
+        // The target's own hook (a failed wake's clean-up sleep that
+        // outlasted the backoff, a start-up leftover's sleep) must end
+        // before its wake starts: one hook per model at a time. Found by
+        // a_wake_never_starts_while_the_targets_clean_up_sleep_runs.
+        if target.is_some_and(|t| self.models[t].hook.is_some()) {
             return false;
         }
         let took = self.next_stage(Stage::Waking, now);
@@ -193,6 +208,14 @@ impl Machine {
         for v in switch.victims.clone() {
             if self.models[v].published && self.models[v].gated {
                 self.models[v].gated = false;
+                // An idle sleep's probe cleared `idle_due`: probe again
+                // later, or the model never idles out (found by
+                // an_abandoned_idle_sleep_is_probed_again_later).
+                let idle_sleep = self.settings.models.get(v).and_then(|s| s.idle_sleep);
+                let m = &mut self.models[v];
+                if m.idle_due.is_none() && !m.probing {
+                    m.idle_due = idle_sleep.map(|i| now + i);
+                }
                 self.emit(Action::Ungate(v));
                 self.set_state(v, ModelState::Active);
                 self.report(Report::Abandoned { model: v });

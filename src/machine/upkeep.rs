@@ -76,7 +76,7 @@ impl Machine {
         };
         match purpose {
             Purpose::Adopt => self.adopt_checked(model, result, now),
-            Purpose::Check => self.checked(model, result),
+            Purpose::Check => self.checked(model, result, now),
             Purpose::CleanUp => self.cleaned_up(model, result),
             Purpose::AfterSleepFailed | Purpose::Sleep | Purpose::Wake | Purpose::Confirm => {
                 self.switch_hook_done(model, purpose, result, detail, took, now)
@@ -87,7 +87,7 @@ impl Machine {
 
     /// A periodic or refused-connection `alive` answered. Only a non-zero
     /// exit means down; a timeout is unknown and changes nothing.
-    fn checked(&mut self, model: ModelId, result: HookResult) {
+    fn checked(&mut self, model: ModelId, result: HookResult, now: Time) {
         let interval = self.settings.models.get(model).and_then(|s| s.alive_interval);
         let m = &mut self.models[model];
         let suspect = std::mem::take(&mut m.suspect);
@@ -102,8 +102,11 @@ impl Machine {
         }
         self.models[model].alive_due = None;
         if self.models[model].published {
-            // Counted from the check's end, as the interval always was.
-            self.models[model].alive_due = interval.map(|i| self.last_now + i);
+            // Counted from the check's end, as the interval always was:
+            // `now`, not `last_now`, which is still the previous event's
+            // time here (`advance` sets it after `on`). Found by
+            // the_periodic_alive_check_runs_every_interval_from_the_last_checks_end.
+            self.models[model].alive_due = interval.map(|i| now + i);
         }
         if suspect {
             self.emit(Action::Verdict(model));
@@ -209,8 +212,16 @@ impl Machine {
     /// policy's next switch.
     fn next_switch(&mut self, now: Time) {
         self.held_until = None;
-        if let Some(Command::Sleep { id, model }) = self.commands.pop_front() {
-            return self.operator_sleep(id, model, now);
+        // A command with nothing to sleep is answered at once and starts
+        // nothing: go on with the next command, then the policy (returning
+        // after it left the queued models waiting until some other event;
+        // found by random_sequences_keep_the_protocols_invariants_and_settle).
+        while self.switch.is_none() {
+            let Some(Command::Sleep { id, model }) = self.commands.pop_front() else { break };
+            self.operator_sleep(id, model, now);
+        }
+        if self.switch.is_some() {
+            return;
         }
         let removed = (0..self.models.len()).find(|&i| {
             let m = &self.models[i];
