@@ -76,8 +76,9 @@ struct Executor {
     hooks: JoinSet<Event>,
     /// Which hook each task runs, to report one that panicked.
     hook_tasks: HashMap<tokio::task::Id, (ModelId, HookKind)>,
-    /// Drains being watched; each yields [`Event::Drained`].
-    drains: JoinSet<Event>,
+    /// Drains being watched; each yields its model and incarnation, fed as
+    /// [`Event::Drained`] only if that incarnation is still the one gated.
+    drains: JoinSet<(ModelId, Arc<Incarnation>)>,
     drain_watch: HashMap<ModelId, AbortHandle>,
     /// Operators waiting for an answer, by command number.
     answers: HashMap<u64, SleepAnswer>,
@@ -123,7 +124,7 @@ impl Executor {
             tokio::select! {
                 () = inbox => {}
                 Some(done) = self.hooks.join_next_with_id() => self.hook_finished(done),
-                Some(Ok(drained)) = self.drains.join_next() => self.feed(drained),
+                Some(Ok((model, drained))) = self.drains.join_next() => self.drained(model, &drained),
                 () = queue::sleep_until(deadline) => self.feed(Event::Timer),
                 () = shared.shutdown.started(), if !self.shutdown_fed => {}
             }
@@ -223,13 +224,23 @@ impl Executor {
         if in_flight > 0 {
             let watch = self.drains.spawn(async move {
                 incarnation.drained().await;
-                Event::Drained { model }
+                (model, incarnation)
             });
             if let Some(old) = self.drain_watch.insert(model, watch) {
                 old.abort();
             }
         }
         self.pending.push_back(Event::Gated { model, in_flight });
+    }
+
+    /// A watched drain ended. A watcher that finished just as its drain
+    /// was abandoned (or its model republished) says nothing.
+    fn drained(&mut self, model: ModelId, incarnation: &Arc<Incarnation>) {
+        let current = self.incarnations.get(&model).is_some_and(|i| Arc::ptr_eq(i, incarnation));
+        if current && incarnation.is_draining() && incarnation.in_flight() == 0 {
+            self.drain_watch.remove(&model);
+            self.feed(Event::Drained { model });
+        }
     }
 
     fn stop_watching(&mut self, model: ModelId) {

@@ -530,6 +530,8 @@ enum Why {
     Idle,
     /// An operator's command.
     Operator(u64),
+    /// An operator's command already answered (at shutdown).
+    Answered,
     /// A reload removed the victim.
     Removed,
 }
@@ -539,7 +541,7 @@ impl Why {
         match self {
             Why::Miss => "switch",
             Why::Idle => "idle",
-            Why::Operator(_) => "asked by an operator",
+            Why::Operator(_) | Why::Answered => "asked by an operator",
             Why::Removed => "removed from the config",
         }
     }

@@ -246,7 +246,7 @@ impl Machine {
                 };
                 self.emit(Action::CommandDone { id, result: answer });
             }
-            Why::Idle | Why::Removed => {}
+            Why::Idle | Why::Removed | Why::Answered => {}
         }
     }
 
@@ -337,7 +337,17 @@ impl Machine {
     /// fresh incarnation) unless a reload removed it, and the switch fails.
     fn keep_after_failed_sleep(&mut self, model: ModelId, target: Option<ModelId>, reason: String, now: Time) {
         let configured = self.settings.models.get(model).is_some_and(|s| s.configured);
-        if configured {
+        // Another victim not slept yet (still published, gated) serves
+        // again as it was; this one stays loaded for the next switch.
+        let victims = self.switch.as_ref().map(|s| s.victims.clone()).unwrap_or_default();
+        let gated = victims.into_iter().find(|&v| v != model && self.models[v].published && self.models[v].gated);
+        if let Some(other) = gated {
+            self.models[other].gated = false;
+            self.emit(Action::Ungate(other));
+            self.set_state(other, ModelState::Active);
+            self.models[model].stuck = !configured;
+            self.set_state(model, ModelState::Failed);
+        } else if configured {
             self.publish(model, now);
         } else {
             self.models[model].stuck = true;

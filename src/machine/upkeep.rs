@@ -170,6 +170,13 @@ impl Machine {
     /// starts; running hooks finish (or are cut by the executor).
     pub(super) fn shut_down(&mut self) {
         self.shutting_down = true;
+        if let Some(switch) = self.switch.as_mut() {
+            if let Why::Operator(id) = switch.why {
+                // Its sleep may still finish; the operator is answered now.
+                switch.why = Why::Answered;
+                self.emit(Action::CommandDone { id, result: Err("shutting down".to_owned()) });
+            }
+        }
         for command in std::mem::take(&mut self.commands) {
             let Command::Sleep { id, .. } = command;
             self.emit(Action::CommandDone { id, result: Err("shutting down".to_owned()) });

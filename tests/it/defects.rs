@@ -24,7 +24,7 @@ fn spawn_chat(mux: &Mux, model: &str) -> tokio::task::JoinHandle<http::Reply> {
 
 /// Defect 1: the notification sent when the target's last waiter left went
 /// to a `Notified` nobody polled, so `a` served again only when its stream
-/// ended. Now a request for `a` is served while that stream still runs.
+/// ended. Now `a` is active again while that stream still runs.
 #[tokio::test]
 async fn abandoning_a_drain_serves_the_old_model_at_once_not_when_its_stream_ends() {
     let mux = mux().model("a").model("b").start();
@@ -34,8 +34,11 @@ async fn abandoning_a_drain_serves_the_old_model_at_once_not_when_its_stream_end
     let for_b = spawn_chat(&mux, "b");
     mux.wait_state("a", "draining").await;
     for_b.abort();
-    let r = http::post(&mux.url(CHAT), &chat("a")).await;
+    // Watched through /health only: a request for `a` would queue, and
+    // its own notification would wake the old drain.
+    mux.wait_state("a", "active").await;
     let answered = Instant::now();
+    let r = http::post(&mux.url(CHAT), &chat("a")).await;
     assert_eq!((r.status.as_u16(), r.served_by()), (200, "a"));
     let streamed = stream.await.expect("stream task");
     let last_frame = streamed.last().map(|(at, _)| *at).expect("frames");

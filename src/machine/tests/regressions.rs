@@ -249,7 +249,6 @@ fn a_command_with_nothing_to_sleep_does_not_hold_up_the_next_switch() {
 /// no switch under way to ungate or sleep it (two published models, one
 /// of them draining forever).
 #[test]
-#[ignore = "known bug: a failed sleep of one of several victims strands the others"]
 fn a_failed_sleep_of_one_of_several_victims_strands_none_of_the_others() {
     let mut h = Setup::new(3).build();
     h.start(&[B, C]);
