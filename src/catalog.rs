@@ -312,6 +312,26 @@ mod tests {
     }
 
     #[test]
+    fn time_active_never_goes_backwards_while_states_change() {
+        let slot = Arc::new(ModelSlot::new("m"));
+        let flipper = {
+            let slot = Arc::clone(&slot);
+            std::thread::spawn(move || {
+                for i in 0..20_000 {
+                    slot.set_state(if i % 2 == 0 { ModelState::Active } else { ModelState::Draining });
+                }
+            })
+        };
+        let mut last = Duration::ZERO;
+        while !flipper.is_finished() {
+            let now = slot.active_time();
+            assert!(now >= last, "went backwards: {last:?} -> {now:?}");
+            last = now;
+        }
+        flipper.join().expect("flipper");
+    }
+
+    #[test]
     fn state_words() {
         for s in ModelState::ALL {
             assert_eq!(ModelState::from_u8(s as u8), s);

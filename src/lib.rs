@@ -4,50 +4,67 @@
 //! # A request's path
 //!
 //! 1. [`server`] accepts the connection, [`detect`] tells HTTP/1.1 from
-//!    h2c, and hyper hands each request to [`service::handle`].
+//!    h2c (reading the first bytes and replaying them), and hyper hands
+//!    each request to [`service::handle`].
 //! 2. [`service`] answers `/health`, `/metrics` and `/v1/models` itself
-//!    ([`api`], [`metrics`]) unless the body names a model, and hands
+//!    ([`api`], [`exposition`]) unless the body names a model, and hands
 //!    `/llmux/*` to the control API ([`control`]); anything else has its
 //!    body read whole ([`body`]), bounded by `max_body_bytes` and, with
 //!    every other body held, by `limits.max_body_bytes_in_memory`
-//!    ([`budget`]: one atomic each way), and its
-//!    top-level `model` found by a simd-json scan ([`model`]) and looked up
-//!    in the [`state::Catalog`] (one `ArcSwap` load).
+//!    ([`budget`]: one atomic each way), and its top-level `model` found by
+//!    a simd-json scan ([`model`]) and looked up in the [`catalog`] (one
+//!    `ArcSwap` load).
 //! 3. [`queue::admit`] admits it. If its model is the active one, that
 //!    is [`routing::try_admit`]: one `ArcSwap` load and two atomics, no
-//!    lock, no channel, no allocation. Otherwise the request queues for its
-//!    model and raises the switch task.
+//!    lock, no channel, no allocation. Otherwise (a *miss*) the request
+//!    queues for its model and tells the switch task through the
+//!    [`inbox`].
 //! 4. [`proxy`] forwards it to `127.0.0.1:<port>` over a pooled connection
 //!    of the model's current [`routing::Incarnation`] (the one released
-//!    last, from a lock-free LIFO [`pool`]); the response streams
-//!    back frame by frame, its body holding the request's
+//!    last, from a lock-free LIFO [`pool`]); the response streams back
+//!    frame by frame ([`response`]), its body holding the request's
 //!    [`routing::InFlight`] guard until the last byte or a disconnect.
 //! 5. Any failure is an [`error::Error`], which knows who is at fault and
-//!    becomes OpenAI's error JSON in one place.
+//!    becomes OpenAI's error JSON in one place ([`response`]).
 //! 6. The request counts itself in its model's preallocated
 //!    [`metrics::ModelMetrics`]: status and first byte when the head goes
 //!    out, duration when the response body is dropped.
 //!
 //! # Switching
 //!
-//! The switch task ([`switcher::run`]) is the only code that runs hooks
-//! ([`hooks`]). Woken by a miss, it asks the [`policy`] which queued model
-//! to serve, drains the active model (its incarnation stops admitting, then
-//! its in-flight count reaches zero), runs its sleep hook, runs the wake
-//! hook of the next model, publishes it in a new [`routing::Routing`]
-//! snapshot and wakes its waiters. The same task carries out operators'
-//! commands from the control API, puts an idle model to sleep, runs the
-//! periodic `alive` check and sleeps a model a reload removed; it reports
-//! all of it on the [`events`] bus. When llmux is PID 1 or a child
-//! subreaper, [`reaper`] reaps the orphans hooks leave behind. [`state`]
-//! documents who reads and writes each piece of shared state.
+//! Every switching decision is made by [`machine::Machine`], a sans-IO
+//! state machine: events in (a request queued or left, a hook finished, a
+//! drain ended, a timer fired, an operator's command, a reload, a refused
+//! connection), actions out (gate, cut, publish, unpublish, run a hook,
+//! fail the waiters, set a state, report), time passed in as a value
+//! ([`clock`]). Its module docs state the protocol and its invariants;
+//! its tests drive it with scripted events and virtual time.
+//!
+//! The switch task ([`switcher::run`]) executes it: it is the only code
+//! that runs hooks ([`hooks`]) or publishes a [`routing::Routing`]
+//! snapshot, it feeds back what happened, and it reports on the
+//! [`events`] bus. [`server`] supervises it: if it dies, misses get 503
+//! and `/health` says so. When llmux is PID 1 or a child subreaper,
+//! [`reaper`] reaps the orphans hooks leave behind. [`state`] documents
+//! who reads and writes each piece of shared state.
 //!
 //! ```text
 //!  client ──► server ──► service ──► model scan ──► admit ──► proxy ──► backend
 //!                                                    │  ▲
 //!                                   miss: queue,     │  │ publish (ArcSwap)
-//!                                   notify ─────────►switch task ──► hooks (sh -c)
+//!                                   inbox ──────────►switch task ◄──► machine
+//!                                                         └──► hooks (sh -c)
 //! ```
+//!
+//! # Layers
+//!
+//! Each module imports only from the layers above it in this list (no
+//! import cycle): leaves ([`config`], [`cli`], [`model`], [`clock`],
+//! [`machine`], [`events`], [`shutdown`], [`detect`], [`procfs`],
+//! [`budget`], [`pool`]); [`metrics`] primitives; [`inbox`], [`reaper`],
+//! [`hooks`], [`error`], [`auth`], [`body`]; the [`catalog`]; [`proxy`],
+//! [`routing`]; [`state`]; [`queue`], [`switcher`]; [`response`];
+//! [`exposition`], [`api`], [`control`]; [`service`]; [`server`].
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
