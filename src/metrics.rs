@@ -59,6 +59,11 @@ impl Histogram {
         self.buckets.iter().map(|b| b.load(Relaxed)).sum()
     }
 
+    /// The sum of the observations.
+    pub fn sum(&self) -> Duration {
+        Duration::from_micros(self.sum_micros.load(Relaxed))
+    }
+
     /// Writes the histogram in the text exposition format.
     pub fn write(&self, out: &mut String, name: &str, labels: &str) {
         let sep = if labels.is_empty() { "" } else { "," };

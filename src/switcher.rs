@@ -133,9 +133,15 @@ impl Executor {
 
     /// Feeds everything in the inbox to the machine.
     fn read_inbox(&mut self) {
+        let mut sampled = false;
         while let Some(input) = self.shared.inbox.pop() {
             let event = match input {
-                Input::Queued { model, ticket, at } => Event::Queued { model, ticket, at: self.clock.at(at) },
+                Input::Queued { model, ticket, at } => {
+                    if !std::mem::replace(&mut sampled, true) {
+                        self.sample_service_times();
+                    }
+                    Event::Queued { model, ticket, at: self.clock.at(at) }
+                }
                 Input::Left { model, ticket } => Event::Left { model, ticket },
                 Input::Refused(model) => Event::Refused { model },
                 Input::Sleep(model, answer) => {
@@ -147,6 +153,16 @@ impl Executor {
                 Input::Reload => Event::Reload(settings_of(&self.shared.catalog())),
             };
             self.feed(event);
+        }
+    }
+
+    /// Tells the machine what each model's completed requests took so far
+    /// (read from their duration histograms: two atomics per bucket).
+    fn sample_service_times(&mut self) {
+        let catalog = self.shared.catalog();
+        for (model, slot) in catalog.slots.iter().enumerate() {
+            let (completed, busy) = (slot.metrics.duration.count(), slot.metrics.duration.sum());
+            self.feed(Event::Served { model, completed, busy });
         }
     }
 

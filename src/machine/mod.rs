@@ -140,6 +140,17 @@ pub enum Event {
     Command(Command),
     /// The configuration changed.
     Reload(Settings),
+    /// Requests `model` has completed so far and the time they took
+    /// (cumulative; sampled by the executor as misses arrive): the service
+    /// time the policy sees.
+    Served {
+        /// The model.
+        model: ModelId,
+        /// Requests completed.
+        completed: u64,
+        /// Their total duration.
+        busy: Duration,
+    },
     /// Shutdown started: start nothing new.
     Shutdown,
     /// The time given by [`Machine::deadline`] came.
@@ -483,6 +494,23 @@ struct Model {
     stuck: bool,
     /// Why its last sleep failed.
     sleep_failure: String,
+    /// Requests it completed and their total duration.
+    served: Served,
+}
+
+/// What a model's completed requests took, cumulative.
+#[derive(Debug, Clone, Copy, Default)]
+struct Served {
+    completed: u64,
+    busy: Duration,
+}
+
+impl Served {
+    /// Mean time per request, once one completed.
+    fn mean(self) -> Option<Duration> {
+        let n = u32::try_from(self.completed).unwrap_or(u32::MAX);
+        (n > 0).then(|| self.busy / n)
+    }
 }
 
 impl Model {
@@ -504,6 +532,7 @@ impl Model {
             suspect: false,
             stuck: false,
             sleep_failure: String::new(),
+            served: Served::default(),
         }
     }
 
@@ -694,6 +723,11 @@ impl Machine {
             Event::Command(command) => self.commands.push_back(command),
             Event::Reload(settings) => self.reload(settings),
             Event::Shutdown => self.shut_down(),
+            Event::Served { model, completed, busy } => {
+                if let Some(m) = self.models.get_mut(model) {
+                    m.served = Served { completed, busy };
+                }
+            }
             Event::Timer => {}
         }
     }
@@ -782,6 +816,7 @@ impl Machine {
                     oldest_wait: m.oldest(),
                     in_backoff: m.in_backoff(now),
                     serving: m.serving(),
+                    service_time: m.served.mean(),
                 }
             })
             .collect()
@@ -789,8 +824,9 @@ impl Machine {
 
     fn choose(&mut self, now: Time) -> Option<(ModelId, &'static str)> {
         let views = self.policy_context_views(now);
+        let arrivals: Vec<Vec<Time>> = self.models.iter().map(|m| m.queue.values().copied().collect()).collect();
         let active = self.models.iter().position(Model::serving).map(|i| (i, self.models[i].published_at));
-        let ctx = PolicyContext { now, active, models: &views, switch_costs: &self.costs };
+        let ctx = PolicyContext { now, active, models: &views, arrivals: &arrivals, switch_costs: &self.costs };
         self.policy.choose(&ctx)
     }
 }

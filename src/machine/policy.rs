@@ -24,6 +24,9 @@ pub struct ModelView {
     pub in_backoff: bool,
     /// Published and admitting requests.
     pub serving: bool,
+    /// Mean time its completed requests took (arrival to last byte), once
+    /// one completed.
+    pub service_time: Option<Duration>,
 }
 
 /// Everything a policy may base its choice on.
@@ -34,6 +37,8 @@ pub struct PolicyContext<'a> {
     pub active: Option<(ModelId, Time)>,
     /// Every model, by slot.
     pub models: &'a [ModelView],
+    /// When each queued request of each model arrived, by slot.
+    pub arrivals: &'a [Vec<Time>],
     /// Last measured switch cost (drain + sleep + wake) per (from, to).
     pub switch_costs: &'a BTreeMap<(Option<ModelId>, ModelId), Duration>,
 }
@@ -80,7 +85,13 @@ mod tests {
 
     fn choose(models: &[ModelView]) -> Option<ModelId> {
         let costs = BTreeMap::new();
-        let ctx = PolicyContext { now: Time::from_micros(100_000_000), active: None, models, switch_costs: &costs };
+        let ctx = PolicyContext {
+            now: Time::from_micros(100_000_000),
+            active: None,
+            models,
+            arrivals: &[],
+            switch_costs: &costs,
+        };
         Fifo.choose(&ctx).map(|(m, _)| m)
     }
 
@@ -109,7 +120,7 @@ mod tests {
         let mut costs = BTreeMap::new();
         costs.insert((Some(0), 1), Duration::from_secs(1));
         costs.insert((None, 0), Duration::from_secs(2));
-        let ctx = PolicyContext { now: Time::ZERO, active: None, models: &[], switch_costs: &costs };
+        let ctx = PolicyContext { now: Time::ZERO, active: None, models: &[], arrivals: &[], switch_costs: &costs };
         assert_eq!(ctx.switch_cost(Some(0), 1), Some(Duration::from_secs(1)));
         assert_eq!(ctx.switch_cost(None, 0), Some(Duration::from_secs(2)));
         assert_eq!(ctx.switch_cost(Some(1), 0), None);

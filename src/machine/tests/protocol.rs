@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::script::{effects, secs, time, Setup, A, B, C};
 use crate::machine::HookKind::{Alive, Sleep, Wake};
 use crate::machine::HookResult::{Failed, Success, Unknown};
-use crate::machine::{Action, Event, ModelState, Report, SwitchResult, BACKOFF_MAX};
+use crate::machine::{Action, Event, ModelId, ModelState, Report, SwitchResult, Time, BACKOFF_MAX};
 
 // Start-up.
 
@@ -662,4 +662,32 @@ fn a_sleep_ending_during_shutdown_starts_no_wake() {
     h.at(3.0).hook_done(A, Sleep, Success, secs(1.0));
     assert!(!h.issued(&Action::RunHook(B, Wake)), "{:?}", h.last);
     assert!(!h.m.hooks_running());
+}
+
+// What the policy sees.
+
+/// Records what the policy was shown, then chooses as FIFO does.
+struct Recording(std::sync::Arc<parking_lot::Mutex<Vec<(Vec<Vec<Time>>, Vec<Option<Duration>>)>>>);
+
+impl crate::machine::SwitchPolicy for Recording {
+    fn choose(&mut self, ctx: &crate::machine::policy::PolicyContext<'_>) -> Option<(ModelId, &'static str)> {
+        let services = ctx.models.iter().map(|m| m.service_time).collect();
+        self.0.lock().push((ctx.arrivals.to_vec(), services));
+        crate::machine::policy::Fifo.choose(ctx)
+    }
+}
+
+#[test]
+fn the_policy_sees_every_queued_arrival_and_measured_service_times() {
+    let seen = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let mut h = Setup::new(2).min_active(10.0).build_with(Box::new(Recording(seen.clone())));
+    h.start(&[A]);
+    h.event(Event::Served { model: A, completed: 4, busy: secs(2.0) });
+    h.at(1.0).queue(B);
+    h.at(1.5).queue(B);
+    h.at(2.0).queue(B);
+    let shown = seen.lock().last().cloned().expect("the policy was asked");
+    assert_eq!(shown.0[B], [time(1.0), time(1.5), time(2.0)], "every arrival, not only the first");
+    assert_eq!(shown.1[A], Some(secs(0.5)), "2 s over 4 requests");
+    assert_eq!(shown.1[B], None, "nothing completed yet");
 }

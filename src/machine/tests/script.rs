@@ -85,8 +85,13 @@ impl Setup {
     }
 
     pub fn build(self) -> H {
+        self.build_with(Box::new(Fifo))
+    }
+
+    /// The harness with `policy` choosing targets.
+    pub fn build_with(self, policy: Box<dyn crate::machine::SwitchPolicy>) -> H {
         H {
-            m: Machine::new(self.0.clone(), Box::new(Fifo)),
+            m: Machine::new(self.0.clone(), policy),
             settings: self.0,
             now: Time::ZERO,
             next_ticket: 0,
