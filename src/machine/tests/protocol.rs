@@ -666,8 +666,11 @@ fn a_sleep_ending_during_shutdown_starts_no_wake() {
 
 // What the policy sees.
 
+/// What the policy was shown: arrivals and service times, by model.
+type Shown = (Vec<Vec<Time>>, Vec<Option<Duration>>);
+
 /// Records what the policy was shown, then chooses as FIFO does.
-struct Recording(std::sync::Arc<parking_lot::Mutex<Vec<(Vec<Vec<Time>>, Vec<Option<Duration>>)>>>);
+struct Recording(std::sync::Arc<parking_lot::Mutex<Vec<Shown>>>);
 
 impl crate::machine::SwitchPolicy for Recording {
     fn choose(&mut self, ctx: &crate::machine::policy::PolicyContext<'_>) -> Option<(ModelId, &'static str)> {
