@@ -44,7 +44,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 /// at each reservation (the config in force, so a reload applies at once).
 #[derive(Debug, Default)]
 pub struct BodyBudget {
-    held: AtomicU64,
+    /// Padded: written by every request with a body, on every core.
+    held: crossbeam::utils::CachePadded<AtomicU64>,
 }
 
 impl BodyBudget {

@@ -47,10 +47,13 @@ pub struct Config {
     pub metrics_public: bool,
     /// Directory hooks run in: the config file's directory.
     pub base_dir: PathBuf,
+    /// The budget the sizes of loaded models add up to at most (`None`:
+    /// one model at a time).
+    pub capacity: Option<f64>,
 }
 
 /// One model: its backend port and its three hooks.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
     /// The name clients send as `model`.
     pub name: String,
@@ -66,6 +69,10 @@ pub struct ModelConfig {
     pub idle_sleep: Option<Duration>,
     /// Run `alive` this often while the model is active (`None`: never).
     pub alive_interval: Option<Duration>,
+    /// What it takes of `capacity` (default 1).
+    pub size: f64,
+    /// Never evicted to make room for another model.
+    pub pinned: bool,
 }
 
 /// A hook: a script run with `sh -c`, bounded by a timeout.
@@ -184,6 +191,7 @@ struct RawConfig {
     admin_api_keys: Vec<String>,
     #[serde(default)]
     metrics_public: bool,
+    capacity: Option<f64>,
 }
 
 /// Bounds on clients, backends and the queue; each has a safe default.
@@ -324,6 +332,9 @@ struct RawModel {
     alive_timeout_secs: Option<u64>,
     idle_sleep_secs: Option<u64>,
     alive_interval_secs: Option<u64>,
+    size: Option<f64>,
+    #[serde(default)]
+    pinned: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -480,7 +491,9 @@ fn validate(raw: RawConfig, base_dir: PathBuf) -> Result<Config, ConfigError> {
     if let Some(name) = policy.preload.as_deref().filter(|p| !models.iter().any(|m| m.name == *p)) {
         return Err(err(format!("policy.preload: `{name}` is not a configured model")));
     }
+    let capacity = validate_capacity(raw.capacity, &models)?;
     Ok(Config {
+        capacity,
         models,
         policy,
         limits,
@@ -566,9 +579,41 @@ fn validate_model(
         wake: hook("wake", m.wake, m.wake_timeout_secs, policy.wake_timeout_secs, DEFAULT_WAKE_TIMEOUT_SECS)?,
         sleep: hook("sleep", m.sleep, m.sleep_timeout_secs, policy.sleep_timeout_secs, DEFAULT_SLEEP_TIMEOUT_SECS)?,
         alive: hook("alive", m.alive, m.alive_timeout_secs, policy.alive_timeout_secs, DEFAULT_ALIVE_TIMEOUT_SECS)?,
+        size: model_size(&name, m.size)?,
+        pinned: m.pinned,
         port: m.port,
         name,
     })
+}
+
+/// `models.<name>.size`: a finite number, not negative; 1 if absent.
+fn model_size(name: &str, size: Option<f64>) -> Result<f64, ConfigError> {
+    match size {
+        None => Ok(1.0),
+        Some(s) if s.is_finite() && s >= 0.0 => Ok(s),
+        Some(s) => Err(err(format!("models.{name}.size: must be a finite number of at least 0, not {s}"))),
+    }
+}
+
+/// `capacity`: finite and above 0; no model larger; the pinned models fit
+/// together.
+fn validate_capacity(capacity: Option<f64>, models: &[ModelConfig]) -> Result<Option<f64>, ConfigError> {
+    let Some(capacity) = capacity else { return Ok(None) };
+    if !capacity.is_finite() || capacity <= 0.0 {
+        return Err(err(format!("capacity: must be a finite number above 0, not {capacity}")));
+    }
+    if let Some(m) = models.iter().find(|m| m.size > capacity) {
+        return Err(err(format!("models.{}.size: {} is larger than the capacity ({capacity})", m.name, m.size)));
+    }
+    let pinned: f64 = models.iter().filter(|m| m.pinned).map(|m| m.size).sum();
+    if pinned > capacity + 1e-9 {
+        let names: Vec<&str> = models.iter().filter(|m| m.pinned).map(|m| m.name.as_str()).collect();
+        return Err(err(format!(
+            "capacity: the pinned models ({}) take {pinned}, more than the capacity ({capacity})",
+            names.join(", ")
+        )));
+    }
+    Ok(Some(capacity))
 }
 
 /// The longest duration any setting takes: ten years, which is forever for

@@ -35,17 +35,17 @@ pub fn is_control(path: &str) -> bool {
 /// Answers a control request (already authorised).
 pub async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<ResponseBody>, Error> {
     let path = req.uri().path();
-    let wait = !req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv == "wait=false"));
+    let wait = !has_query(&req, "wait=false");
     match (req.method(), path) {
         (&Method::GET | &Method::HEAD, "/llmux/status") => Ok(json_response(&status(shared))),
         (&Method::GET, "/llmux/events") => Ok(event_stream(shared)),
-        (&Method::POST, "/llmux/sleep") => sleep(shared, None).await,
+        (&Method::POST, "/llmux/sleep") => sleep(shared, None, has_query(&req, "all=true")).await,
         (&Method::POST, "/llmux/reload") => reload(shared).await.map(|changes| json_response(&changes_json(&changes))),
         (&Method::POST, _) => match model_action(path) {
             Some((name, "wake")) => wake(shared, &name, wait).await,
             Some((name, "sleep")) => {
                 let model = shared.catalog().lookup(&name).ok_or_else(|| Error::unknown_model(&name))?;
-                sleep(shared, Some(model)).await
+                sleep(shared, Some(model), false).await
             }
             _ => Err(Error::unknown_route(req.method(), path)),
         },
@@ -135,9 +135,9 @@ async fn wake(shared: &Arc<Shared>, name: &str, wait: bool) -> Result<Response<R
 }
 
 /// `POST /llmux/sleep` (`model` None) and `POST /llmux/models/{name}/sleep`.
-async fn sleep(shared: &Shared, model: Option<usize>) -> Result<Response<ResponseBody>, Error> {
+async fn sleep(shared: &Shared, model: Option<usize>, all: bool) -> Result<Response<ResponseBody>, Error> {
     let (done, answer) = oneshot::channel();
-    shared.inbox.push(Input::Sleep(model, done));
+    shared.inbox.push(Input::Sleep { model, all, answer: done });
     let slept = tokio::select! {
         answer = answer => answer.map_err(|_| Error::shutting_down())?,
         () = shared.shutdown.started() => return Err(Error::shutting_down()),
@@ -146,8 +146,18 @@ async fn sleep(shared: &Shared, model: Option<usize>) -> Result<Response<Respons
     let catalog = shared.catalog();
     Ok(json_response(&match model {
         Some(m) => json!({ "model": catalog.name(m), "state": catalog.slot(m).state().as_str() }),
-        None => json!({ "slept": slept.map(|m| catalog.name(m)) }),
+        // `slept`: the first model put to sleep (one at a time without a
+        // capacity); `models`: every one.
+        None => json!({
+            "slept": slept.first().map(|&m| catalog.name(m)),
+            "models": slept.iter().map(|&m| catalog.name(m)).collect::<Vec<_>>(),
+        }),
     }))
+}
+
+/// True if the query string has `pair` (e.g. `all=true`).
+fn has_query(req: &Request<Incoming>, pair: &str) -> bool {
+    req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv == pair))
 }
 
 /// `GET /llmux/events`: a `hello` with the active model, then every event

@@ -515,6 +515,8 @@ mod tests {
             alive: hook("true"),
             idle_sleep: None,
             alive_interval: None,
+            size: 1.0,
+            pinned: false,
         }
     }
 

@@ -15,8 +15,8 @@ use tokio::sync::{oneshot, Notify};
 
 use crate::machine::{ModelId, Ticket};
 
-/// The answer to an operator's sleep: the model put to sleep, if any.
-pub type SleepAnswer = oneshot::Sender<Result<Option<ModelId>, String>>;
+/// The answer to an operator's sleep: the models put to sleep.
+pub type SleepAnswer = oneshot::Sender<Result<Vec<ModelId>, String>>;
 
 /// One message for the switch task.
 pub enum Input {
@@ -38,10 +38,29 @@ pub enum Input {
     },
     /// A request found `model`'s backend refusing connections.
     Refused(ModelId),
-    /// An operator asks to sleep `model` (`None`: whatever serves).
-    Sleep(Option<ModelId>, SleepAnswer),
+    /// An operator asks to sleep `model` (`None`: every resident, the
+    /// pinned ones only with `all`).
+    Sleep {
+        /// The model, or every resident.
+        model: Option<ModelId>,
+        /// With no model: pinned residents too.
+        all: bool,
+        /// Where the answer goes.
+        answer: SleepAnswer,
+    },
     /// The configuration was reloaded.
     Reload,
+}
+
+impl Input {
+    /// The model it names, if any.
+    pub fn model(&self) -> Option<ModelId> {
+        match self {
+            Input::Queued { model, .. } | Input::Left { model, .. } | Input::Refused(model) => Some(*model),
+            Input::Sleep { model, .. } => *model,
+            Input::Reload => None,
+        }
+    }
 }
 
 /// The switch task's inbox.

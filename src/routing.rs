@@ -28,33 +28,56 @@ use crate::proxy::Upstream;
 
 /// What the hot path reads: the resident models.
 ///
-/// One model is resident at a time today; allowing several under a
-/// capacity budget changes this struct, not the proxy.
+/// Indexed by slot: admitting a request for any resident costs the same
+/// with one resident or many (no search). Built whole by the switch task
+/// at each publish and unpublish (cold path).
 #[derive(Default)]
 pub struct Routing {
-    /// The active model's incarnation, if any.
-    active: Option<Arc<Incarnation>>,
+    /// The incarnation of each resident model, by slot.
+    residents: Box<[Option<Arc<Incarnation>>]>,
+    /// Resident slots in the order they were published.
+    order: Box<[usize]>,
 }
 
 impl Routing {
     /// A snapshot with nothing resident.
     pub fn empty() -> Routing {
-        Routing { active: None }
+        Routing::default()
     }
 
-    /// A snapshot with `incarnation` the active model.
+    /// A snapshot with `incarnation` the one resident.
     pub fn with_active(incarnation: Arc<Incarnation>) -> Routing {
-        Routing { active: Some(incarnation) }
+        Routing::with_residents([incarnation])
+    }
+
+    /// A snapshot with these residents, in the order they were published.
+    pub fn with_residents(incarnations: impl IntoIterator<Item = Arc<Incarnation>>) -> Routing {
+        let incarnations: Vec<Arc<Incarnation>> = incarnations.into_iter().collect();
+        let slots = incarnations.iter().map(|i| i.model + 1).max().unwrap_or(0);
+        let mut residents = vec![None; slots];
+        let order = incarnations.iter().map(|i| i.model).collect();
+        for incarnation in incarnations {
+            let model = incarnation.model;
+            residents[model] = Some(incarnation);
+        }
+        Routing { residents: residents.into_boxed_slice(), order }
     }
 
     /// The incarnation serving `model`, if it is resident.
+    #[inline]
     pub fn resident(&self, model: usize) -> Option<&Arc<Incarnation>> {
-        self.active.as_ref().filter(|i| i.model == model)
+        self.residents.get(model)?.as_ref()
     }
 
-    /// The active model's incarnation.
+    /// The most recently published resident (deprecated in `/health` in
+    /// favour of [`Routing::residents`]).
     pub fn active(&self) -> Option<&Arc<Incarnation>> {
-        self.active.as_ref()
+        self.order.last().and_then(|&m| self.resident(m))
+    }
+
+    /// Every resident, in the order they were published.
+    pub fn residents(&self) -> impl Iterator<Item = &Arc<Incarnation>> {
+        self.order.iter().filter_map(|&m| self.resident(m))
     }
 }
 
@@ -91,9 +114,6 @@ pub struct Incarnation {
     /// Set by the switch task when a drain timed out: response bodies still
     /// streaming end at their next frame.
     cut: AtomicBool,
-    /// Raised by a request whose backend refused its connection; taken by
-    /// the switch task, which then runs `alive` once.
-    suspect: AtomicBool,
     /// How many suspicions the switch task has judged; raised with
     /// `judged` after each.
     verdicts: AtomicU64,
@@ -115,7 +135,6 @@ impl Incarnation {
             draining: AtomicBool::new(false),
             drained: Notify::new(),
             cut: AtomicBool::new(false),
-            suspect: AtomicBool::new(false),
             verdicts: AtomicU64::new(0),
             judged: Notify::new(),
         }
@@ -144,11 +163,6 @@ impl Incarnation {
         Some(now.saturating_duration_since(last))
     }
 
-    /// True if published with idle tracking.
-    pub fn tracks_idle(&self) -> bool {
-        self.track_idle
-    }
-
     fn stamp_idle(&self) {
         let since_publish = self.published_at.elapsed().as_micros();
         self.last_done.store(u64::try_from(since_publish).unwrap_or(u64::MAX), Relaxed);
@@ -175,17 +189,10 @@ impl Incarnation {
         self.cut.load(Relaxed)
     }
 
-    /// Reports that the backend refused a connection; returns the verdict
-    /// count to wait past (see [`Incarnation::judged`]).
+    /// The verdict count a request that saw the backend refuse waits past
+    /// (see [`Incarnation::judged`]); read before it tells the switch task.
     pub fn report_refused(&self) -> u64 {
-        let seen = self.verdicts.load(SeqCst);
-        self.suspect.store(true, SeqCst);
-        seen
-    }
-
-    /// Takes a pending suspicion (switch task).
-    pub fn take_suspect(&self) -> bool {
-        self.suspect.swap(false, SeqCst)
+        self.verdicts.load(SeqCst)
     }
 
     /// Records a verdict and wakes the requests waiting for it.

@@ -46,6 +46,8 @@ pub fn settings_of(catalog: &Catalog) -> Settings {
             let config = catalog.hooks_of(i);
             ModelSettings {
                 configured: !catalog.is_removed(i),
+                size: config.map_or(1.0, |m| m.size),
+                pinned: config.is_some_and(|m| m.pinned),
                 wake_timeout: config.map_or(Duration::ZERO, |m| m.wake.timeout),
                 idle_sleep: config.and_then(|m| m.idle_sleep),
                 alive_interval: config.and_then(|m| m.alive_interval),
@@ -61,6 +63,7 @@ pub fn settings_of(catalog: &Catalog) -> Settings {
         drain_timeout: policy.drain_timeout,
         continue_on_sleep_failure: policy.on_sleep_failure == crate::config::OnSleepFailure::Continue,
         preload: policy.preload.as_deref().and_then(|p| catalog.lookup(p)),
+        capacity: catalog.config.capacity,
     }
 }
 
@@ -72,6 +75,8 @@ struct Executor {
     clock: Clock,
     /// The published incarnation of each model, by slot.
     incarnations: HashMap<ModelId, Arc<Incarnation>>,
+    /// Published models in the order they were published.
+    published: Vec<ModelId>,
     /// Running hooks; each yields its [`Event::HookDone`].
     hooks: JoinSet<Event>,
     /// Which hook each task runs, to report one that panicked.
@@ -95,6 +100,7 @@ impl Executor {
             shared,
             machine,
             incarnations: HashMap::new(),
+            published: Vec::new(),
             hooks: JoinSet::new(),
             hook_tasks: HashMap::new(),
             drains: JoinSet::new(),
@@ -135,6 +141,11 @@ impl Executor {
     fn read_inbox(&mut self) {
         let mut sampled = false;
         while let Some(input) = self.shared.inbox.pop() {
+            if input.model().is_some_and(|m| m >= self.machine.slots()) {
+                // A model a reload just added, named before the reload's
+                // own input arrived: the machine learns of it first.
+                self.feed(Event::Reload(settings_of(&self.shared.catalog())));
+            }
             let event = match input {
                 Input::Queued { model, ticket, at } => {
                     if !std::mem::replace(&mut sampled, true) {
@@ -144,11 +155,11 @@ impl Executor {
                 }
                 Input::Left { model, ticket } => Event::Left { model, ticket },
                 Input::Refused(model) => Event::Refused { model },
-                Input::Sleep(model, answer) => {
+                Input::Sleep { model, all, answer } => {
                     let id = self.next_command;
                     self.next_command += 1;
                     self.answers.insert(id, answer);
-                    Event::Command(Command::Sleep { id, model })
+                    Event::Command(Command::Sleep { id, model, all })
                 }
                 Input::Reload => Event::Reload(settings_of(&self.shared.catalog())),
             };
@@ -162,7 +173,8 @@ impl Executor {
         let catalog = self.shared.catalog();
         for (model, slot) in catalog.slots.iter().enumerate() {
             let (completed, busy) = (slot.metrics.duration.count(), slot.metrics.duration.sum());
-            self.feed(Event::Served { model, completed, busy });
+            let in_flight = self.incarnations.get(&model).map_or(0, |i| i.in_flight());
+            self.feed(Event::Served { model, completed, busy, in_flight });
         }
     }
 
@@ -177,7 +189,14 @@ impl Executor {
                 // protocol goes on.
                 tracing::error!("a hook task failed: {e}");
                 if let Some((model, kind)) = self.hook_tasks.remove(&e.id()) {
-                    self.feed(Event::hook(model, kind, HookResult::Unknown, Duration::ZERO));
+                    let detail = "could not be run to the end (its task failed; see the log)".to_owned();
+                    self.feed(Event::HookDone {
+                        model,
+                        kind,
+                        result: HookResult::Unknown,
+                        detail,
+                        took: Duration::ZERO,
+                    });
                 }
             }
         }
@@ -250,10 +269,12 @@ impl Executor {
     }
 
     /// A watched drain ended. A watcher that finished just as its drain
-    /// was abandoned (or its model republished) says nothing.
+    /// was abandoned (or its model republished) says nothing. The count is
+    /// not read again: once gated, it only rises for a request that backs
+    /// out at once, so the watcher's zero is proof enough.
     fn drained(&mut self, model: ModelId, incarnation: &Arc<Incarnation>) {
         let current = self.incarnations.get(&model).is_some_and(|i| Arc::ptr_eq(i, incarnation));
-        if current && incarnation.is_draining() && incarnation.in_flight() == 0 {
+        if current && incarnation.is_draining() {
             self.drain_watch.remove(&model);
             self.feed(Event::Drained { model });
         }
@@ -301,11 +322,13 @@ impl Executor {
         }
         let incarnation = Arc::new(incarnation);
         tokio::spawn(reap_idle_connections(Arc::downgrade(&incarnation)));
-        self.shared.routing.store(Arc::new(Routing::with_active(Arc::clone(&incarnation))));
         if let Some(old) = self.incarnations.insert(model, incarnation) {
             // Never serves again (it was gated when it was retired).
             old.start_draining();
         }
+        self.published.retain(|&m| m != model);
+        self.published.push(model);
+        self.store_routing();
         slot.backoff.lock().reset();
         slot.ready.notify_waiters();
     }
@@ -314,11 +337,16 @@ impl Executor {
         self.stop_watching(model);
         let Some(incarnation) = self.incarnations.remove(&model) else { return };
         incarnation.start_draining();
-        if self.shared.routing.load().resident(model).is_some() {
-            self.shared.routing.store(Arc::new(Routing::empty()));
-        }
+        self.published.retain(|&m| m != model);
+        self.store_routing();
         // Requests waiting for a verdict on it queue again.
         incarnation.record_verdict();
+    }
+
+    /// Publishes the residents as they are now (one `ArcSwap` store).
+    fn store_routing(&self) {
+        let residents = self.published.iter().filter_map(|m| self.incarnations.get(m)).cloned();
+        self.shared.routing.store(Arc::new(Routing::with_residents(residents)));
     }
 
     fn run_hook(&mut self, model: ModelId, kind: HookKind) {
@@ -441,6 +469,11 @@ fn report_to(shared: &Shared, report: &Report) {
             tracing::warn!(model = name(*model), "switch failed: {reason}");
             events.emit("failed", || json!({ "model": name(*model), "reason": reason }));
         }
+        Report::Evicting { to, victims, why } => {
+            let names: Vec<String> = victims.iter().map(|&v| name(v)).collect();
+            tracing::info!(to = to.map(name), victims = ?names, why = %why, "evicting to make room");
+            events.emit("evicting", || json!({ "to": to.map(name), "victims": names, "why": why }));
+        }
         Report::Abandoned { model } => {
             tracing::info!(model = name(*model), "switch abandoned: nobody waits for it any more")
         }
@@ -448,7 +481,6 @@ fn report_to(shared: &Shared, report: &Report) {
         Report::AliveUnknown(model) => {
             tracing::warn!(model = name(*model), "alive hook did not answer in time: state unknown, nothing changed")
         }
-        Report::DrainTimedOut(_) => {}
     }
 }
 

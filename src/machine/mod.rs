@@ -42,6 +42,7 @@
 //! - An incarnation that was unpublished never serves again: a model that
 //!   serves again is published afresh.
 
+mod capacity;
 pub mod policy;
 mod switch;
 #[cfg(test)]
@@ -150,6 +151,8 @@ pub enum Event {
         completed: u64,
         /// Their total duration.
         busy: Duration,
+        /// Requests in flight now.
+        in_flight: usize,
     },
     /// Shutdown started: start nothing new.
     Shutdown,
@@ -160,12 +163,15 @@ pub enum Event {
 /// An operator's command; answered by [`Action::CommandDone`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
-    /// Drain and sleep `model` (`None`: whatever serves).
+    /// Drain and sleep `model` (`None`: every resident but the pinned
+    /// ones, or all of them with `all`).
     Sleep {
         /// The command's number, echoed in the answer.
         id: u64,
-        /// The model, or whatever serves.
+        /// The model, or every resident.
         model: Option<ModelId>,
+        /// With no model: pinned residents too.
+        all: bool,
     },
 }
 
@@ -206,12 +212,12 @@ pub enum Action {
     Preload(ModelId),
     /// Log and publish on the event stream.
     Report(Report),
-    /// Answer an operator's command: the model put to sleep, if any.
+    /// Answer an operator's command: the models put to sleep.
     CommandDone {
         /// The command's number.
         id: u64,
-        /// The model slept, or why it failed.
-        result: Result<Option<ModelId>, String>,
+        /// The models slept, or why it failed.
+        result: Result<Vec<ModelId>, String>,
     },
     /// A switch ended.
     SwitchDone(SwitchRecord),
@@ -265,6 +271,16 @@ pub enum Report {
         /// What happened.
         reason: String,
     },
+    /// A switch must make room: these residents are evicted.
+    Evicting {
+        /// The model that needs the room (`None`: a reload shrank the
+        /// budget).
+        to: Option<ModelId>,
+        /// The victims.
+        victims: Vec<ModelId>,
+        /// Why these (the policy's words).
+        why: String,
+    },
     /// A drain was abandoned: nobody waits for the target any more.
     Abandoned {
         /// The model that serves again.
@@ -274,8 +290,6 @@ pub enum Report {
     IdleSleep(ModelId),
     /// An `alive` check timed out: nothing is changed.
     AliveUnknown(ModelId),
-    /// A drain timed out: `model`'s in-flight requests are cut.
-    DrainTimedOut(ModelId),
 }
 
 /// A model's state, shown by `/health`, metrics and the control API with
@@ -364,6 +378,8 @@ pub struct SwitchRecord {
     pub from: Option<ModelId>,
     /// The model switched to.
     pub to: ModelId,
+    /// The residents slept to make room.
+    pub victims: Vec<ModelId>,
     /// Why (the policy's word).
     pub reason: &'static str,
     /// When the oldest request for `to` arrived.
@@ -412,13 +428,20 @@ pub struct Settings {
     pub continue_on_sleep_failure: bool,
     /// `policy.preload`.
     pub preload: Option<ModelId>,
+    /// `capacity`: the budget the sizes of loaded models add up to at
+    /// most. `None`: one model at a time (every size counts as 1).
+    pub capacity: Option<f64>,
 }
 
 /// One model's settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ModelSettings {
     /// False once a reload removed it.
     pub configured: bool,
+    /// `models.<name>.size`: what it takes of the capacity.
+    pub size: f64,
+    /// `models.<name>.pinned`: never evicted to make room.
+    pub pinned: bool,
     /// The wake timeout: wake hook and confirming `alive` together.
     pub wake_timeout: Duration,
     /// Sleep after this long idle.
@@ -496,6 +519,10 @@ struct Model {
     sleep_failure: String,
     /// Requests it completed and their total duration.
     served: Served,
+    /// Requests in flight when last sampled.
+    in_flight: usize,
+    /// `served.completed` when it was last published: its recent demand.
+    completed_at_publish: u64,
 }
 
 /// What a model's completed requests took, cumulative.
@@ -533,6 +560,8 @@ impl Model {
             stuck: false,
             sleep_failure: String::new(),
             served: Served::default(),
+            in_flight: 0,
+            completed_at_publish: 0,
         }
     }
 
@@ -563,6 +592,8 @@ enum Why {
     Answered,
     /// A reload removed the victim.
     Removed,
+    /// A reload shrank the budget below what is loaded.
+    OverBudget,
 }
 
 impl Why {
@@ -572,6 +603,7 @@ impl Why {
             Why::Idle => "idle",
             Why::Operator(_) | Why::Answered => "asked by an operator",
             Why::Removed => "removed from the config",
+            Why::OverBudget => "over the capacity after a reload",
         }
     }
 }
@@ -618,6 +650,8 @@ pub struct Machine {
     commands: VecDeque<Command>,
     /// Start-up `alive` results still missing (`None`: start-up is over).
     starting: Option<Vec<Option<HookResult>>>,
+    /// The configured models, in config order, when start-up began.
+    start_order: Vec<ModelId>,
     shutting_down: bool,
     policy: Box<dyn SwitchPolicy>,
     /// Last measured cost per (from, to).
@@ -640,6 +674,7 @@ impl Machine {
             switch: None,
             commands: VecDeque::new(),
             starting: None,
+            start_order: Vec::new(),
             shutting_down: false,
             policy,
             costs: BTreeMap::new(),
@@ -690,6 +725,11 @@ impl Machine {
         self.models.get(model).map(|m| m.state)
     }
 
+    /// How many model slots the machine knows (a reload adds some).
+    pub fn slots(&self) -> usize {
+        self.models.len()
+    }
+
     /// True while a switch (or a sleep) is under way.
     pub fn is_switching(&self) -> bool {
         self.switch.is_some()
@@ -720,12 +760,16 @@ impl Machine {
             }
             Event::Idle { model, idle } => self.on_idle(model, idle, now),
             Event::Refused { model } => self.on_refused(model),
+            Event::Command(Command::Sleep { id, .. }) if self.shutting_down => {
+                self.emit(Action::CommandDone { id, result: Err("shutting down".to_owned()) })
+            }
             Event::Command(command) => self.commands.push_back(command),
             Event::Reload(settings) => self.reload(settings),
             Event::Shutdown => self.shut_down(),
-            Event::Served { model, completed, busy } => {
+            Event::Served { model, completed, busy, in_flight } => {
                 if let Some(m) = self.models.get_mut(model) {
                     m.served = Served { completed, busy };
+                    m.in_flight = in_flight;
                 }
             }
             Event::Timer => {}
@@ -750,6 +794,11 @@ impl Machine {
     }
 
     fn run_hook(&mut self, model: ModelId, kind: HookKind, purpose: Purpose) {
+        if self.shutting_down {
+            // Nothing new starts: a hook spawned now would get a fresh
+            // shutdown grace of its own.
+            return;
+        }
         if let Some(m) = self.models.get_mut(model) {
             m.hook = Some((kind, purpose));
             self.out.push(Action::RunHook(model, kind));
@@ -768,6 +817,7 @@ impl Machine {
         m.backoff_until = None;
         m.backoff_next = BACKOFF_START;
         m.stuck = false;
+        m.completed_at_publish = m.served.completed;
         m.alive_due = settings.and_then(|s| s.alive_interval).map(|i| now + i);
         m.idle_due = settings.and_then(|s| s.idle_sleep).map(|i| now + i);
         m.probing = false;
@@ -823,10 +873,14 @@ impl Machine {
     }
 
     fn choose(&mut self, now: Time) -> Option<(ModelId, &'static str)> {
+        if self.models.iter().all(|m| m.queue.is_empty()) {
+            return None;
+        }
         let views = self.policy_context_views(now);
         let arrivals: Vec<Vec<Time>> = self.models.iter().map(|m| m.queue.values().copied().collect()).collect();
         let active = self.models.iter().position(Model::serving).map(|i| (i, self.models[i].published_at));
         let ctx = PolicyContext { now, active, models: &views, arrivals: &arrivals, switch_costs: &self.costs };
-        self.policy.choose(&ctx)
+        // A policy's choice is checked: only a candidate is ever a target.
+        self.policy.choose(&ctx).filter(|(t, _)| ctx.candidates().any(|(c, _)| c == *t))
     }
 }

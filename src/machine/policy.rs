@@ -55,14 +55,123 @@ impl PolicyContext<'_> {
     }
 }
 
-/// Chooses the next model to switch to.
+/// A loaded model that could make room, as the policy sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resident {
+    /// Its slot.
+    pub model: ModelId,
+    /// What it takes of the capacity.
+    pub size: f64,
+    /// Never evicted to make room.
+    pub pinned: bool,
+    /// Published and admitting (a loaded model may also be failed and
+    /// unpublished: it holds memory and serves nobody).
+    pub serving: bool,
+    /// min_active_secs protects it from eviction until then.
+    pub protected_until: Option<Time>,
+    /// Requests queued for it.
+    pub waiting: usize,
+    /// Requests in flight on it (when last sampled).
+    pub in_flight: usize,
+    /// Requests it completed per second since it was published.
+    pub demand_per_sec: f64,
+    /// The last measured cost of waking it again, if known.
+    pub wake_cost: Option<Duration>,
+}
+
+impl Resident {
+    /// Nothing queued and nothing in flight.
+    pub fn is_idle(&self) -> bool {
+        self.waiting == 0 && self.in_flight == 0
+    }
+
+    /// What keeping it is worth: its recent demand (and its queue) times
+    /// what waking it again would cost (unknown: [`UNKNOWN_WAKE_COST`]).
+    /// A model that is cheap to wake is a better victim than one that
+    /// takes minutes.
+    pub fn value(&self) -> f64 {
+        let cost = self.wake_cost.unwrap_or(UNKNOWN_WAKE_COST).as_secs_f64();
+        (self.demand_per_sec + self.waiting as f64 + self.in_flight as f64) * cost.max(0.001)
+    }
+}
+
+/// The wake cost assumed for a model never woken by this llmux.
+pub const UNKNOWN_WAKE_COST: Duration = Duration::from_secs(10);
+
+/// The room a switch needs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Room {
+    /// Now.
+    pub now: Time,
+    /// How much of the capacity must be freed.
+    pub needed: f64,
+    /// The model that needs it (`None`: the budget shrank).
+    pub target: Option<ModelId>,
+}
+
+/// Chooses the next model to switch to, and who makes room for it.
 pub trait SwitchPolicy: Send {
     /// The model to wake next, among [`PolicyContext::candidates`], and a
     /// word saying why (logged, and counted by reason).
     fn choose(&mut self, ctx: &PolicyContext<'_>) -> Option<(ModelId, &'static str)>;
 
+    /// The residents to evict so that `room.needed` is freed, each with
+    /// why it was chosen; `None` if no allowed set frees enough (the
+    /// machine then waits for min_active windows to end, or fails the
+    /// target).
+    fn choose_victims(&mut self, residents: &[Resident], room: &Room) -> Option<Vec<(ModelId, String)>> {
+        victims_by_value(residents, room)
+    }
+
     /// A switch ended (done, abandoned or failed).
     fn switch_finished(&mut self, _record: &SwitchRecord) {}
+}
+
+/// The default eviction rule: never a pinned model or one inside its
+/// min_active window; models that serve nobody first (failed, still
+/// loaded), then idle ones (nothing queued, nothing in flight), then the
+/// busy ones; within each, the lowest [`Resident::value`] first. Victims
+/// that turn out not to be needed (a later, larger one freed enough) are
+/// kept.
+pub fn victims_by_value(residents: &[Resident], room: &Room) -> Option<Vec<(ModelId, String)>> {
+    let mut candidates: Vec<&Resident> =
+        residents.iter().filter(|r| !r.pinned && r.protected_until.is_none_or(|until| until <= room.now)).collect();
+    candidates.sort_by(|a, b| {
+        let rank = |r: &Resident| (r.serving, !r.is_idle());
+        rank(a).cmp(&rank(b)).then(a.value().total_cmp(&b.value())).then(a.model.cmp(&b.model))
+    });
+    let mut chosen: Vec<&Resident> = Vec::new();
+    let mut freed = 0.0;
+    for r in candidates {
+        if freed >= room.needed {
+            break;
+        }
+        freed += r.size;
+        chosen.push(r);
+    }
+    if freed < room.needed {
+        return None;
+    }
+    // Keep any victim the others make unnecessary, the most valuable first.
+    let mut i = chosen.len();
+    while i > 0 {
+        i -= 1;
+        if freed - chosen[i].size >= room.needed {
+            freed -= chosen[i].size;
+            chosen.remove(i);
+        }
+    }
+    let why = |r: &Resident| {
+        let state = if !r.serving {
+            "not serving"
+        } else if r.is_idle() {
+            "idle"
+        } else {
+            "busy"
+        };
+        format!("{state}, value {:.2}", r.value())
+    };
+    Some(chosen.iter().map(|r| (r.model, why(r))).collect())
 }
 
 /// Serves queued models in the order their first request arrived.
@@ -78,6 +187,65 @@ impl SwitchPolicy for Fifo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn resident(model: ModelId, size: f64) -> Resident {
+        Resident {
+            model,
+            size,
+            pinned: false,
+            serving: true,
+            protected_until: None,
+            waiting: 0,
+            in_flight: 0,
+            demand_per_sec: 0.0,
+            wake_cost: None,
+        }
+    }
+
+    fn victims(residents: &[Resident], needed: f64) -> Option<Vec<ModelId>> {
+        let room = Room { now: Time::from_micros(10_000_000), needed, target: None };
+        victims_by_value(residents, &room).map(|v| v.into_iter().map(|(m, _)| m).collect())
+    }
+
+    #[test]
+    fn victims_never_include_pinned_or_protected_models() {
+        let mut pinned = resident(0, 2.0);
+        pinned.pinned = true;
+        let mut young = resident(1, 2.0);
+        young.protected_until = Some(Time::from_micros(20_000_000));
+        let old = resident(2, 1.0);
+        assert_eq!(victims(&[pinned.clone(), young.clone(), old.clone()], 1.0), Some(vec![2]));
+        assert_eq!(victims(&[pinned, young, old], 2.0), None, "only pinned or protected models would do");
+    }
+
+    #[test]
+    fn idle_models_go_before_busy_ones_and_cheap_wakes_before_slow_ones() {
+        let mut busy = resident(0, 1.0);
+        busy.in_flight = 3;
+        let mut slow = resident(1, 1.0);
+        slow.demand_per_sec = 1.0;
+        slow.wake_cost = Some(Duration::from_secs(120));
+        let mut cheap = resident(2, 1.0);
+        cheap.demand_per_sec = 1.0;
+        cheap.wake_cost = Some(Duration::from_secs(2));
+        assert_eq!(victims(&[busy.clone(), slow.clone(), cheap.clone()], 1.0), Some(vec![2]));
+        assert_eq!(victims(&[busy.clone(), slow.clone(), cheap.clone()], 2.0), Some(vec![2, 1]));
+        assert_eq!(victims(&[busy, slow, cheap], 3.0), Some(vec![2, 1, 0]), "busy only when it must");
+    }
+
+    #[test]
+    fn a_model_that_serves_nobody_goes_first_and_needless_victims_are_kept() {
+        let mut failed = resident(0, 1.0);
+        failed.serving = false;
+        failed.demand_per_sec = 100.0;
+        let small = resident(1, 1.0);
+        let big = resident(2, 4.0);
+        assert_eq!(victims(&[failed.clone(), small.clone(), big.clone()], 0.5), Some(vec![0]));
+        // 4 needed: the big one alone does; the small ones taken before it are kept.
+        let mut big_cheap = big.clone();
+        big_cheap.wake_cost = Some(Duration::from_millis(1));
+        assert_eq!(victims(&[small, big_cheap], 4.0), Some(vec![2]));
+    }
 
     fn queued(secs: u64, n: usize) -> ModelView {
         ModelView { waiting: n, oldest_wait: Some(Time::from_micros(secs * 1_000_000)), ..Default::default() }

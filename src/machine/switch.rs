@@ -30,6 +30,7 @@ impl Machine {
         let record = SwitchRecord {
             from,
             to: target.unwrap_or(from.unwrap_or(0)),
+            victims: victims.clone(),
             reason,
             miss,
             started: now,
@@ -95,7 +96,6 @@ impl Machine {
         if !drained && deadline.is_some_and(|d| now >= d) {
             let undrained: Vec<ModelId> = victims.into_iter().filter(|&v| waiting(&self.models[v])).collect();
             for v in undrained {
-                self.report(Report::DrainTimedOut(v));
                 self.emit(Action::Cut(v));
             }
             drained = true;
@@ -125,6 +125,17 @@ impl Machine {
             }
         }
         if victims.iter().any(|&v| self.models[v].loaded) {
+            return false;
+        }
+        if let Some(t) = target.filter(|&t| !self.fits(t)) {
+            // Something else still holds the room (a start-up leftover
+            // being slept): wait for it, or fail if nothing will free it.
+            if self.models.iter().any(|m| matches!(m.hook, Some((HookKind::Sleep, _)))) {
+                return false;
+            }
+            let reason = self.no_room_now(t);
+            self.fail_target(t, reason, now);
+            self.finish(SwitchResult::Failed, now);
             return false;
         }
         // The target's own hook (a failed wake's clean-up sleep that
@@ -239,14 +250,14 @@ impl Machine {
                 self.emit(Action::SwitchDone(switch.record));
             }
             Why::Operator(id) => {
-                let slept = switch.victims.first().copied();
-                let answer = match result {
-                    SwitchResult::Done => Ok(slept),
-                    _ => Err(slept.map(|v| self.models[v].sleep_failure.clone()).unwrap_or_default()),
+                let failed = switch.victims.iter().find(|&&v| self.models[v].loaded);
+                let answer = match (result, failed) {
+                    (SwitchResult::Done, _) => Ok(switch.victims.clone()),
+                    (_, failed) => Err(failed.map(|&v| self.models[v].sleep_failure.clone()).unwrap_or_default()),
                 };
                 self.emit(Action::CommandDone { id, result: answer });
             }
-            Why::Idle | Why::Removed | Why::Answered => {}
+            Why::Idle | Why::Removed | Why::OverBudget | Why::Answered => {}
         }
     }
 
@@ -420,6 +431,15 @@ impl Machine {
         self.set_state(target, ModelState::Failed);
         self.report(Report::Failed { model: target, reason: reason.clone() });
         self.emit(Action::Fail { model: target, reason, until });
+    }
+
+    fn no_room_now(&self, target: ModelId) -> String {
+        format!(
+            "model `{}` does not fit: {} of {} is held by models that could not be slept",
+            self.name(target),
+            self.used_except(Some(target)),
+            self.capacity()
+        )
     }
 
     /// A model's name, for messages.

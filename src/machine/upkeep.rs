@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::capacity::Plan;
 use super::{
     Action, Command, Event, HookKind, HookResult, Machine, Model, ModelId, ModelState, Purpose, Report, Settings, Why,
     IDLE_REPROBE,
@@ -13,6 +14,7 @@ impl Machine {
     /// [`Event::Start`]: every configured model's `alive` at once.
     pub(super) fn start(&mut self) {
         let order = self.settings.order.clone();
+        self.start_order = order.clone();
         self.starting = Some(vec![None; self.models.len()]);
         for model in order {
             self.run_hook(model, HookKind::Alive, Purpose::Adopt);
@@ -28,30 +30,35 @@ impl Machine {
         if let Some(slot) = results.get_mut(model) {
             *slot = Some(result);
         }
-        let order = self.settings.order.clone();
+        // The order of the start: a reload meanwhile changes nothing here.
+        let order = self.start_order.clone();
         if order.iter().any(|&m| results.get(m).is_some_and(Option::is_none)) {
             return;
         }
         let results = self.starting.take().unwrap_or_default();
         let up = |m: ModelId| results.get(m).copied().flatten();
-        let adopted = order.iter().copied().find(|&m| up(m) == Some(HookResult::Success));
-        match adopted {
-            Some(model) => {
-                self.publish(model, now);
-                self.report(Report::Adopted(model));
+        // Every model that is up is adopted while it fits, in config order.
+        let mut adopted = Vec::new();
+        for &m in order.iter().filter(|&&m| up(m) == Some(HookResult::Success)) {
+            if self.fits(m) {
+                self.publish(m, now);
+                self.report(Report::Adopted(m));
+                adopted.push(m);
             }
-            None => self.report(Report::NoneAdopted),
+        }
+        if adopted.is_empty() {
+            self.report(Report::NoneAdopted);
         }
         for m in order {
             let loaded = matches!(up(m), Some(HookResult::Success | HookResult::Unknown));
-            if Some(m) != adopted && loaded && !self.shutting_down {
+            if !adopted.contains(&m) && loaded && !self.shutting_down {
                 // Up or unknown: it may hold memory until its sleep succeeds.
                 self.models[m].loaded = true;
                 self.set_state(m, ModelState::Sleeping);
                 self.run_hook(m, HookKind::Sleep, Purpose::Sleep);
             }
         }
-        if let Some(p) = self.settings.preload.filter(|&p| Some(p) != adopted) {
+        if let Some(p) = self.settings.preload.filter(|p| !adopted.contains(p)) {
             self.emit(Action::Preload(p));
         }
     }
@@ -224,8 +231,8 @@ impl Machine {
         // after it left the queued models waiting until some other event;
         // found by random_sequences_keep_the_protocols_invariants_and_settle).
         while self.switch.is_none() {
-            let Some(Command::Sleep { id, model }) = self.commands.pop_front() else { break };
-            self.operator_sleep(id, model, now);
+            let Some(Command::Sleep { id, model, all }) = self.commands.pop_front() else { break };
+            self.operator_sleep(id, model, all, now);
         }
         if self.switch.is_some() {
             return;
@@ -237,31 +244,53 @@ impl Machine {
         if let Some(model) = removed {
             return self.start_switch(Why::Removed, None, vec![model], now);
         }
-        // The serving model first admits the requests that queued for it.
+        if self.used_staying() > self.capacity() + 1e-9 {
+            return self.shrink_to_budget(now);
+        }
+        // A serving model first admits the requests that queued for it.
         if self.models.iter().any(|m| m.serving() && !m.queue.is_empty()) {
             return;
         }
         let Some((target, reason)) = self.choose(now) else { return };
-        if let Some(active) = self.models.iter().find(|m| m.serving()) {
-            let until = active.published_at + self.settings.min_active;
-            if now < until {
-                self.held_until = Some(until);
-                return;
+        match self.plan_room(Some(target), now) {
+            Plan::Evict(victims, why) => {
+                if !victims.is_empty() {
+                    self.report(Report::Evicting { to: Some(target), victims: victims.clone(), why });
+                }
+                self.start_switch_for(Why::Miss, reason, Some(target), victims, now);
             }
+            Plan::HoldUntil(until) => self.held_until = Some(until),
+            Plan::NoRoom(reason) => self.fail_target(target, reason, now),
         }
-        let victims: Vec<ModelId> = (0..self.models.len()).filter(|&i| i != target && self.models[i].loaded).collect();
-        self.start_switch_for(Why::Miss, reason, Some(target), victims, now);
     }
 
-    /// An operator's sleep: `model`, or whatever serves.
-    fn operator_sleep(&mut self, id: u64, model: Option<ModelId>, now: Time) {
-        let victim = match model {
-            Some(m) => Some(m).filter(|&m| self.models.get(m).is_some_and(|m| m.loaded)),
-            None => self.models.iter().position(|m| m.published),
+    /// A reload shrank the budget (or grew sizes): evict down to it at once.
+    fn shrink_to_budget(&mut self, now: Time) {
+        match self.plan_room(None, now) {
+            Plan::Evict(victims, why) if !victims.is_empty() => {
+                self.report(Report::Evicting { to: None, victims: victims.clone(), why });
+                self.start_switch(Why::OverBudget, None, victims, now);
+            }
+            Plan::HoldUntil(until) => self.held_until = Some(until),
+            _ => {}
+        }
+    }
+
+    /// An operator's sleep: `model`, or every resident (the pinned ones
+    /// only with `all`).
+    fn operator_sleep(&mut self, id: u64, model: Option<ModelId>, all: bool, now: Time) {
+        let victims: Vec<ModelId> = match model {
+            Some(m) => vec![m].into_iter().filter(|&m| self.models.get(m).is_some_and(|m| m.loaded)).collect(),
+            None => (0..self.models.len())
+                .filter(|&m| {
+                    self.models[m].published && (all || !self.settings.models.get(m).is_some_and(|s| s.pinned))
+                })
+                .collect(),
         };
-        match victim {
-            Some(v) => self.start_switch(Why::Operator(id), None, vec![v], now),
-            None => self.emit(Action::CommandDone { id, result: Ok(None) }),
+        if victims.is_empty() {
+            self.emit(Action::CommandDone { id, result: Ok(Vec::new()) });
+        } else {
+            self.start_switch(Why::Operator(id), None, victims, now);
         }
     }
 }

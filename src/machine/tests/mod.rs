@@ -3,6 +3,7 @@
 //! for the defects the machine fixes ([`regressions`]) and seeded property
 //! tests ([`props`]).
 
+mod capacity;
 mod props;
 mod protocol;
 mod regressions;

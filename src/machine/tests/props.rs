@@ -124,6 +124,20 @@ impl Driver {
         (0..self.n).filter(|&i| self.m.is_loaded(i)).collect()
     }
 
+    /// What `model` takes of the budget (1 of 1 without a capacity).
+    fn size(&self, model: ModelId) -> f64 {
+        self.settings.capacity.map_or(1.0, |_| self.settings.models[model].size)
+    }
+
+    fn capacity(&self) -> f64 {
+        self.settings.capacity.unwrap_or(1.0)
+    }
+
+    /// The sizes of the loaded models.
+    fn used(&self) -> f64 {
+        self.loaded().iter().map(|&m| self.size(m)).sum()
+    }
+
     /// Hands `event` to the machine, then the answers it owes at once.
     fn feed(&mut self, event: Event) {
         self.pending.push_back(event);
@@ -151,13 +165,17 @@ impl Driver {
         if start_up_ended {
             self.started = true;
         }
-        // (a) Never two models loaded at once: several only at start-up's
-        // end (leftovers being put to sleep), and that set only shrinks.
+        // (a) Never over the budget (without one: never two models loaded
+        // at once): over it only at start-up's end (leftovers being put to
+        // sleep), and then the loaded set only shrinks.
         let loaded = self.loaded();
+        let within = self.used() <= self.capacity() + 1e-9;
         check!(
             self,
-            loaded.len() <= 1 || start_up_ended || loaded.is_subset(&before),
-            "models {loaded:?} loaded at once (before: {before:?})"
+            within || start_up_ended || loaded.is_subset(&before),
+            "models {loaded:?} loaded at once, {} of {} (before: {before:?})",
+            self.used(),
+            self.capacity()
         );
         // No busy loop: the deadline is still to come.
         let deadline = self.m.deadline();
@@ -178,7 +196,7 @@ impl Driver {
             Action::Cut(_) => Some("cut"),
             Action::RunHook(_, HookKind::Wake) => Some("wake"),
             Action::Fail { .. } => Some("fail"),
-            Action::CommandDone { result: Ok(Some(_)), .. } => Some("command slept a model"),
+            Action::CommandDone { result: Ok(slept), .. } if !slept.is_empty() => Some("command slept a model"),
             Action::CommandDone { result: Err(_), .. } => Some("command failed"),
             Action::Report(Report::IdleSleep(_)) => Some("idle sleep"),
             Action::Report(Report::Abandoned { .. }) => Some("abandoned"),
@@ -227,12 +245,18 @@ impl Driver {
                 // (d) One hook per model at a time.
                 check!(self, !self.hooks.contains_key(&x), "RunHook({x}, {kind}) while {:?} runs", self.hooks[&x]);
                 if kind == HookKind::Wake {
-                    // (b) No wake while another model is loaded or sleeping.
-                    for y in (0..self.n).filter(|&y| y != x) {
-                        check!(self, !self.m.is_loaded(y), "RunHook({x}, Wake) while {y} is loaded");
-                        let sleeping = sleeping_before.contains(&y)
-                            || self.hooks.get(&y).is_some_and(|(k, _)| *k == HookKind::Sleep);
-                        check!(self, !sleeping, "RunHook({x}, Wake) while {y}'s sleep hook runs");
+                    // (b) A wake starts only when its model fits beside
+                    // what is loaded: every victim's sleep has ended.
+                    let others: f64 =
+                        (0..self.n).filter(|&y| y != x && self.m.is_loaded(y)).map(|y| self.size(y)).sum();
+                    let fits = others + self.size(x) <= self.capacity() + 1e-9;
+                    check!(self, fits, "RunHook({x}, Wake) with {others} of {} loaded", self.capacity());
+                    if self.settings.capacity.is_none() {
+                        for y in (0..self.n).filter(|&y| y != x) {
+                            let sleeping = sleeping_before.contains(&y)
+                                || self.hooks.get(&y).is_some_and(|(k, _)| *k == HookKind::Sleep);
+                            check!(self, !sleeping, "RunHook({x}, Wake) while {y}'s sleep hook runs");
+                        }
                     }
                 }
                 self.hooks.insert(x, (kind, self.now));
@@ -341,7 +365,7 @@ impl Driver {
                 self.next_command += 1;
                 self.commands.insert(id);
                 let model = if self.rng.chance(50) { None } else { self.rng.pick(&models) };
-                self.feed(Event::Command(Command::Sleep { id, model }));
+                self.feed(Event::Command(Command::Sleep { id, model, all: false }));
             }
             21 => {
                 let mut settings = self.settings.clone();
@@ -406,6 +430,17 @@ fn randomize(settings: &mut Settings, rng: &mut Rng) {
     settings.min_active = if rng.chance(30) { rng.millis(10_000) } else { Duration::ZERO };
     settings.drain_before_switch = rng.chance(80);
     settings.drain_timeout = rng.chance(50).then(|| rng.millis(5_000) + Duration::from_millis(1));
+    if rng.chance(40) {
+        // A budget: sizes of 0.5 to 2, a capacity of 2 to 4, at times a
+        // pinned model that fits.
+        for m in &mut settings.models {
+            m.size = 0.5 * (1 + rng.below(4)) as f64;
+        }
+        settings.capacity = Some((2 + rng.below(3)) as f64);
+        if rng.chance(30) {
+            settings.models[0].pinned = true;
+        }
+    }
     for m in &mut settings.models {
         m.wake_timeout = Duration::from_millis(500 + rng.below(5_000));
         m.idle_sleep = rng.chance(30).then(|| rng.millis(60_000) + Duration::from_millis(1));

@@ -238,7 +238,7 @@ fn a_command_with_nothing_to_sleep_does_not_hold_up_the_next_switch() {
     h.leave(t); // a's waiter gives up while a wakes
     h.at(1.0).hook_done(A, Wake, Success, secs(1.0));
     h.hook_done(A, Alive, Success, Duration::ZERO);
-    assert_eq!(h.effects(), [Action::Publish(A), Action::CommandDone { id: 4, result: Ok(None) }, Action::Gate(A)]);
+    assert_eq!(h.effects(), [Action::Publish(A), Action::CommandDone { id: 4, result: Ok(vec![]) }, Action::Gate(A)]);
 }
 
 /// KNOWN BUG, not fixed (found by the property tests with

@@ -33,8 +33,14 @@ pub struct Setup(pub Settings);
 
 impl Setup {
     pub fn new(n: usize) -> Setup {
-        let model =
-            ModelSettings { configured: true, wake_timeout: secs(30.0), idle_sleep: None, alive_interval: None };
+        let model = ModelSettings {
+            configured: true,
+            size: 1.0,
+            pinned: false,
+            wake_timeout: secs(30.0),
+            idle_sleep: None,
+            alive_interval: None,
+        };
         Setup(Settings {
             models: vec![model; n],
             names: (0..n).map(|i| char::from(b'a' + i as u8).to_string()).collect(),
@@ -44,7 +50,22 @@ impl Setup {
             drain_timeout: None,
             continue_on_sleep_failure: false,
             preload: None,
+            capacity: None,
         })
+    }
+
+    /// A capacity budget, with these sizes (by model).
+    pub fn capacity(mut self, capacity: f64, sizes: &[f64]) -> Setup {
+        self.0.capacity = Some(capacity);
+        for (m, &size) in sizes.iter().enumerate() {
+            self.0.models[m].size = size;
+        }
+        self
+    }
+
+    pub fn pinned(mut self, model: ModelId) -> Setup {
+        self.0.models[model].pinned = true;
+        self
     }
 
     pub fn min_active(mut self, s: f64) -> Setup {
@@ -194,7 +215,7 @@ impl H {
     }
 
     pub fn sleep_command(&mut self, id: u64, model: Option<ModelId>) -> Vec<Action> {
-        self.event(Event::Command(Command::Sleep { id, model }))
+        self.event(Event::Command(Command::Sleep { id, model, all: false }))
     }
 
     /// Moves the clock to the machine's deadline and sends the timer.
