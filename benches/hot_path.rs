@@ -20,9 +20,17 @@ mod counting;
 static GLOBAL: counting::Counting = counting::Counting;
 
 fn routing() -> ArcSwap<Routing> {
-    let upstream = Upstream::new(9, UpstreamOptions::with_idle_timeout(Duration::from_secs(4)));
-    let incarnation = Incarnation::new(0, Arc::new(ModelSlot::new("m")), upstream);
-    ArcSwap::from_pointee(Routing::with_active(Arc::new(incarnation)))
+    residents(1)
+}
+
+/// A routing snapshot with `n` resident models in slots 0..n (several
+/// models resident within a capacity budget).
+fn residents(n: usize) -> ArcSwap<Routing> {
+    let incarnations = (0..n).map(|i| {
+        let upstream = Upstream::new(9 + i as u16, UpstreamOptions::with_idle_timeout(Duration::from_secs(4)));
+        Arc::new(Incarnation::new(i, Arc::new(ModelSlot::new(&format!("m{i}"))), upstream))
+    });
+    ArcSwap::from_pointee(Routing::with_residents(incarnations))
 }
 
 /// The routing step plus what a request counts in its model's metrics:
@@ -99,6 +107,14 @@ fn assert_no_allocations() {
     let (after, _) = counting::allocations();
     println!("hot_path: allocations in 300000 admissions (a third counted in metrics): {}", after - before);
     assert_eq!(after, before, "the hot path allocated");
+    let eight = residents(8);
+    let (before, _) = counting::allocations();
+    for i in 0..100_000 {
+        drop(black_box(try_admit(&eight, i % 8)));
+    }
+    let (after, _) = counting::allocations();
+    println!("hot_path: allocations in 100000 admissions over 8 residents: {}", after - before);
+    assert_eq!(after, before, "the hot path allocated with 8 residents");
 }
 
 fn hot_path(c: &mut Criterion) {
@@ -108,6 +124,14 @@ fn hot_path(c: &mut Criterion) {
     let mut group = c.benchmark_group("hot_path");
     group.bench_function("arcswap_admit_release/1_thread", |b| b.iter(|| drop(black_box(try_admit(&r, 0)))));
     group.bench_function("arcswap_admit_release_with_metrics/1_thread", |b| b.iter(|| admit_counted(&r)));
+    // The same admission with 8 residents, for the first and the last slot:
+    // indexed by slot, the cost does not grow with the number of residents.
+    let eight = residents(8);
+    for slot in [0, 7] {
+        group.bench_function(format!("arcswap_admit_release/8_residents_slot_{slot}"), |b| {
+            b.iter(|| drop(black_box(try_admit(&eight, black_box(slot)))))
+        });
+    }
     group.bench_function("mutex_admit_release/1_thread", |b| {
         b.iter(|| {
             if m.admit(black_box(0)) {

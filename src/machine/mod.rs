@@ -10,17 +10,21 @@
 //!
 //! # What it decides
 //!
-//! - **Start-up**: `alive` of every model at once; the first that is up (in
-//!   config order) is adopted, every other that is up or unknown is put to
-//!   sleep before anything is woken.
+//! - **Start-up**: `alive` of every model at once; the models that are up
+//!   are adopted in config order while they fit, every other that is up or
+//!   unknown is put to sleep before anything is woken.
 //! - **Switches**: when a model has waiters and is not serving, the
-//!   [`SwitchPolicy`] picks a target. Every other *loaded* model is a
-//!   victim: it is gated (its new requests queue), drained (its in-flight
-//!   requests finish, or are cut at `drain_timeout`), unpublished and slept;
-//!   only when every victim's sleep hook has finished does the target's
-//!   wake hook start, then its `alive` until it passes, then it is
-//!   published. A drain whose target nobody waits for any more is abandoned
-//!   at once and the victim serves again.
+//!   [`SwitchPolicy`] picks a target. If it fits in the capacity beside the
+//!   *loaded* models, it is woken at once and every resident keeps serving.
+//!   Otherwise the policy picks victims ([`policy::victims_by_value`]:
+//!   never pinned, never inside min_active; idle and cheap to wake again
+//!   first): each is gated (its new requests queue), drained (its in-flight
+//!   requests finish, or are cut at `drain_timeout`), unpublished and
+//!   slept; only when every victim's sleep hook has finished does the
+//!   target's wake hook start, then its `alive` until it passes, then it
+//!   is published. A drain whose target nobody waits for any more is
+//!   abandoned at once and the victims serve again. Without a `capacity`,
+//!   every model counts 1 of 1: one model at a time.
 //! - **Failures**: a failed wake fails the target's waiters, backs it off
 //!   and sleeps it; a failed sleep runs `alive`: down, the switch goes on;
 //!   up (or unknown), the victim is published again as a *fresh*
@@ -35,9 +39,10 @@
 //! # Invariants (checked by the property tests)
 //!
 //! - A model is *loaded* from the start of its wake hook (or adoption)
-//!   until its sleep hook succeeded or its `alive` exited non-zero. At most
-//!   one model is loaded at any time, except under `on_sleep_failure:
-//!   continue`, which trades this for availability.
+//!   until its sleep hook succeeded or its `alive` exited non-zero. The
+//!   sizes of the loaded models never add up to more than the capacity
+//!   (without one: at most one model is loaded), except under
+//!   `on_sleep_failure: continue`, which trades this for availability.
 //! - A victim's sleep has finished before the next wake starts.
 //! - An incarnation that was unpublished never serves again: a model that
 //!   serves again is published afresh.
