@@ -26,7 +26,7 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LLMUX = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target/release/llmux")
+LLMUX = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target/release/llmux"))
 STANDIN = os.path.join(os.path.dirname(LLMUX), "llmux-standin")
 WAKE_SECS, SLEEP_SECS = 2.0, 0.5
 PIPELINES, ROUNDS = 2, 10

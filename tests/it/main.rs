@@ -11,6 +11,7 @@ mod errors;
 mod fuzz_corpus;
 mod hooks;
 mod idle;
+mod layers;
 mod limits;
 mod logs;
 mod memory;
