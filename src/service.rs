@@ -15,6 +15,7 @@ use hyper::{Method, Request, Response};
 use crate::api;
 use crate::auth;
 use crate::body::{read_request_body, RequestBody};
+use crate::budget::Reservation;
 use crate::control;
 use crate::error::{Error, Fault};
 use crate::model;
@@ -135,43 +136,11 @@ async fn proxy(
     local: Option<Local>,
     started: Instant,
 ) -> Result<Response<ResponseBody>, Error> {
-    let (limit, read_limit, strip_auth, memory_bound) = {
-        let config = &shared.catalog().config;
-        let limits = &config.limits;
-        (config.max_body_bytes, limits.body_read_timeout, config.has_keys(), limits.max_body_bytes_in_memory)
-    };
-    let content_length = content_length(&req)?;
-    if content_length.is_some_and(|n| n > limit) {
-        return Err(Error::body_too_large(limit));
-    }
-    // The body's bytes in `limits.max_body_bytes_in_memory`: a declared
-    // length is reserved whole before a byte is read (one atomic; refused
-    // at once past the bound), any other body as it arrives. Held until
-    // this function returns: see `crate::budget` for why that covers every
-    // copy of the body llmux keeps.
-    let mut memory = match content_length {
-        Some(n) => shared.body_budget.reserve(n, memory_bound).ok_or_else(Error::server_overloaded)?,
-        None => shared.body_budget.empty(),
-    };
-    let (mut head, body) = req.into_parts();
-    // `timeout` polls the read first: a body that came with its head never
-    // touches the timer.
-    let read = read_request_body(body, content_length, limit, &mut memory, memory_bound);
-    let body = tokio::time::timeout(read_limit, read).await.map_err(|_| Error::body_timeout(read_limit))??;
-    let found = match (body.is_empty(), local) {
-        (true, Some(local)) => return local.answer(shared, head.uri.path()),
-        (true, None) => return Err(Error::unknown_route(&head.method, head.uri.path())),
-        (false, _) => {
-            let catalog = shared.catalog();
-            model::with_model_in_parts(body.chunks(), |name| {
-                catalog.lookup(name).ok_or_else(|| Error::unknown_model(name))
-            })
-        }
-    };
-    let model = match (found, local) {
-        (Ok(model), _) => model?,
-        (Err(_), Some(local)) => return local.answer(shared, head.uri.path()),
-        (Err(e), None) => return Err(Error::invalid_body(e.to_string())),
+    let strip_auth = shared.catalog().config.has_keys();
+    let (mut head, body, memory) = read_body(shared, req).await?;
+    let model = match target_of(shared, &body, local, &head)? {
+        Target::Model(model) => model,
+        Target::Local(local) => return local.answer(shared, head.uri.path()),
     };
     prepare_request_headers(&mut head.headers, &peer.ip, request_id);
     if strip_auth {
@@ -192,6 +161,65 @@ async fn proxy(
         metrics.duration.observe(elapsed);
     }
     result
+}
+
+/// Reads the body whole, bounded by `max_body_bytes` and, with every
+/// other body held, by `limits.max_body_bytes_in_memory`: a declared length
+/// is reserved whole before a byte is read (one atomic; refused at once
+/// past the bound), any other body as it arrives. The reservation is held
+/// by the caller: see `crate::budget` for why that covers every copy of
+/// the body llmux keeps.
+async fn read_body(
+    shared: &Shared,
+    req: Request<Incoming>,
+) -> Result<(hyper::http::request::Parts, RequestBody, Reservation<'_>), Error> {
+    let (limit, read_limit, memory_bound) = {
+        let config = &shared.catalog().config;
+        let limits = &config.limits;
+        (config.max_body_bytes, limits.body_read_timeout, limits.max_body_bytes_in_memory)
+    };
+    let content_length = content_length(&req)?;
+    if content_length.is_some_and(|n| n > limit) {
+        return Err(Error::body_too_large(limit));
+    }
+    let mut memory = match content_length {
+        Some(n) => shared.body_budget.reserve(n, memory_bound).ok_or_else(Error::server_overloaded)?,
+        None => shared.body_budget.empty(),
+    };
+    let (head, body) = req.into_parts();
+    // `timeout` polls the read first: a body that came with its head never
+    // touches the timer.
+    let read = read_request_body(body, content_length, limit, &mut memory, memory_bound);
+    let body = tokio::time::timeout(read_limit, read).await.map_err(|_| Error::body_timeout(read_limit))??;
+    Ok((head, body, memory))
+}
+
+/// Where a request goes: a model, or an endpoint llmux answers itself.
+enum Target {
+    Model(usize),
+    Local(Local),
+}
+
+/// The model the body names, or the local endpoint (`local`) when it
+/// names none.
+fn target_of(
+    shared: &Shared,
+    body: &RequestBody,
+    local: Option<Local>,
+    head: &hyper::http::request::Parts,
+) -> Result<Target, Error> {
+    if body.is_empty() {
+        return local.map(Target::Local).ok_or_else(|| Error::unknown_route(&head.method, head.uri.path()));
+    }
+    let catalog = shared.catalog();
+    let found = model::with_model_in_parts(body.chunks(), |name| {
+        catalog.lookup(name).ok_or_else(|| Error::unknown_model(name))
+    });
+    match (found, local) {
+        (Ok(model), _) => model.map(Target::Model),
+        (Err(_), Some(local)) => Ok(Target::Local(local)),
+        (Err(e), None) => Err(Error::invalid_body(e.to_string())),
+    }
 }
 
 /// Admits a request for `model` (queueing if it is not active) and

@@ -78,7 +78,8 @@ fn the_modules_form_layers_without_an_import_cycle() {
         }
     }
     // The machine is a leaf: no tokio, no hooks, no clock but its own.
-    let machine: Vec<&String> = graph["machine"].iter().filter(|m| !["clock", "config"].contains(&m.as_str())).collect();
+    let machine: Vec<&String> =
+        graph["machine"].iter().filter(|m| !["clock", "config"].contains(&m.as_str())).collect();
     assert!(machine.is_empty(), "the machine imports {machine:?}");
     let mut files = Vec::new();
     collect(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src/machine"), &mut files);
