@@ -73,6 +73,10 @@ pub struct ModelConfig {
     pub size: f64,
     /// Never evicted to make room for another model.
     pub pinned: bool,
+    /// How much its waiting requests count for the scheduler (default 1).
+    pub weight: f64,
+    /// The wait bound the scheduler keeps for it (`max_wait_secs`).
+    pub max_wait: Duration,
 }
 
 /// A hook: a script run with `sh -c`, bounded by a timeout.
@@ -144,6 +148,19 @@ pub struct Policy {
     /// How long a hook's process group gets between SIGTERM and SIGKILL
     /// when it is stopped at its timeout or at the end of the shutdown grace.
     pub hook_kill_grace: Duration,
+    /// Which policy picks the next model (`policy.scheduler`).
+    pub scheduler: Scheduler,
+}
+
+/// `policy.scheduler`: which policy picks the next model to serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scheduler {
+    /// Serve what is here, a wait bound, value per switch cost (the
+    /// default; see `docs/scheduling.md`).
+    CostAware,
+    /// Queued models in the order their first request arrived.
+    Fifo,
 }
 
 /// A configuration that could not be loaded, with a message naming the key.
@@ -169,6 +186,10 @@ const DEFAULT_SLEEP_TIMEOUT_SECS: u64 = 120;
 const DEFAULT_ALIVE_TIMEOUT_SECS: u64 = 10;
 const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 30;
 const DEFAULT_HOOK_KILL_GRACE_SECS: f64 = 5.0;
+/// The scheduler's default wait bound: two minutes, longer than most wakes
+/// (so a bound never forces a switch a wake could not meet) and short
+/// enough that nothing starves out of the box.
+pub const DEFAULT_MAX_WAIT_SECS: u64 = 120;
 const DEFAULT_UPSTREAM_IDLE_SECS: u64 = 4;
 
 #[derive(Deserialize)]
@@ -335,6 +356,8 @@ struct RawModel {
     size: Option<f64>,
     #[serde(default)]
     pinned: bool,
+    weight: Option<f64>,
+    max_wait_secs: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -353,6 +376,8 @@ struct RawPolicy {
     preload: Option<String>,
     /// Seconds, fractions allowed.
     hook_kill_grace_secs: Option<f64>,
+    scheduler: Option<Scheduler>,
+    max_wait_secs: Option<u64>,
 }
 
 /// `models:` as an ordered list of (name, model), rejecting duplicate names.
@@ -528,6 +553,7 @@ fn validate_policy(p: &RawPolicy) -> Result<Policy, ConfigError> {
         on_sleep_failure: p.on_sleep_failure.unwrap_or(OnSleepFailure::Abort),
         preload: p.preload.clone(),
         hook_kill_grace: kill_grace(p.hook_kill_grace_secs)?,
+        scheduler: p.scheduler.unwrap_or(Scheduler::CostAware),
     })
 }
 
@@ -581,9 +607,29 @@ fn validate_model(
         alive: hook("alive", m.alive, m.alive_timeout_secs, policy.alive_timeout_secs, DEFAULT_ALIVE_TIMEOUT_SECS)?,
         size: model_size(&name, m.size)?,
         pinned: m.pinned,
+        weight: model_weight(&name, m.weight)?,
+        max_wait: max_wait(&name, m.max_wait_secs.or(policy.max_wait_secs))?,
         port: m.port,
         name,
     })
+}
+
+/// `models.<name>.weight`: a finite number above 0; 1 if absent.
+fn model_weight(name: &str, weight: Option<f64>) -> Result<f64, ConfigError> {
+    match weight {
+        None => Ok(1.0),
+        Some(w) if w.is_finite() && w > 0.0 => Ok(w),
+        Some(w) => Err(err(format!("models.{name}.weight: must be a finite number above 0, not {w}"))),
+    }
+}
+
+/// The wait bound: the model's `max_wait_secs`, else the policy's, else
+/// [`DEFAULT_MAX_WAIT_SECS`]; at least 1.
+fn max_wait(name: &str, secs_given: Option<u64>) -> Result<Duration, ConfigError> {
+    match secs_given {
+        Some(0) => Err(err(format!("models.{name}.max_wait_secs (or policy.max_wait_secs): must be at least 1"))),
+        given => Ok(secs(given.unwrap_or(DEFAULT_MAX_WAIT_SECS))),
+    }
 }
 
 /// `models.<name>.size`: a finite number, not negative; 1 if absent.

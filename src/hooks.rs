@@ -517,6 +517,8 @@ mod tests {
             alive_interval: None,
             size: 1.0,
             pinned: false,
+            weight: 1.0,
+            max_wait: Duration::from_secs(120),
         }
     }
 

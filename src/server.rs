@@ -21,7 +21,6 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, Limits};
 use crate::detect::{self, Detected, Protocol};
-use crate::machine::policy::Fifo;
 use crate::machine::SwitchPolicy;
 use crate::metrics::Limit;
 use crate::service::{self, Peer};
@@ -86,7 +85,8 @@ impl Server {
     /// requests and a running hook `shutdown_grace_secs`.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Exit {
         let Server { listener, shared, policy } = self;
-        let policy = policy.unwrap_or_else(|| Box::new(Fifo));
+        let scheduler = shared.catalog().config.policy.scheduler;
+        let policy = policy.unwrap_or_else(|| crate::machine::policy::for_scheduler(scheduler));
         let switch_task = AbortOnDrop(tokio::spawn(supervise(Arc::clone(&shared), policy)));
         let graceful = GracefulShutdown::new();
         accept_until(&listener, &shared, &graceful, shutdown).await;

@@ -48,6 +48,8 @@ pub fn settings_of(catalog: &Catalog) -> Settings {
                 configured: !catalog.is_removed(i),
                 size: config.map_or(1.0, |m| m.size),
                 pinned: config.is_some_and(|m| m.pinned),
+                weight: config.map_or(1.0, |m| m.weight),
+                max_wait: config.map_or(crate::machine::DEFAULT_MAX_WAIT, |m| m.max_wait),
                 wake_timeout: config.map_or(Duration::ZERO, |m| m.wake.timeout),
                 idle_sleep: config.and_then(|m| m.idle_sleep),
                 alive_interval: config.and_then(|m| m.alive_interval),
@@ -64,6 +66,7 @@ pub fn settings_of(catalog: &Catalog) -> Settings {
         continue_on_sleep_failure: policy.on_sleep_failure == crate::config::OnSleepFailure::Continue,
         preload: policy.preload.as_deref().and_then(|p| catalog.lookup(p)),
         capacity: catalog.config.capacity,
+        request_timeout: policy.request_timeout,
     }
 }
 
@@ -131,7 +134,11 @@ impl Executor {
                 () = inbox => {}
                 Some(done) = self.hooks.join_next_with_id() => self.hook_finished(done),
                 Some(Ok((model, drained))) = self.drains.join_next() => self.drained(model, &drained),
-                () = queue::sleep_until(deadline) => self.feed(Event::Timer),
+                () = queue::sleep_until(deadline) => {
+                    // The policy may be waiting to see a busy model go idle.
+                    self.sample_service_times();
+                    self.feed(Event::Timer);
+                }
                 () = shared.shutdown.started(), if !self.shutdown_fed => {}
             }
         }

@@ -98,7 +98,7 @@ impl Machine {
 
     /// What must happen before `target` (or, with `None`, the budget after
     /// a reload) fits.
-    pub(super) fn plan_room(&mut self, target: Option<ModelId>, now: Time) -> Plan {
+    pub(super) fn plan_room(&mut self, target: Option<ModelId>, preempt: bool, now: Time) -> Plan {
         let needed = match target {
             Some(t) => self.used_except(Some(t)) + self.size(t) - self.capacity(),
             None => self.used_staying() - self.capacity(),
@@ -107,7 +107,7 @@ impl Machine {
             return Plan::Evict(Vec::new(), String::new());
         }
         let residents = self.residents(target, now);
-        let room = Room { now, needed: needed - EPSILON, target };
+        let room = Room { now, preempt, needed: needed - EPSILON, target };
         if let Some(chosen) = self.policy.choose_victims(&residents, &room) {
             // A policy's choice is checked: only loaded, unpinned residents
             // other than the target, each once, and enough of them.

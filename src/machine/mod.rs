@@ -48,6 +48,7 @@
 //!   serves again is published afresh.
 
 mod capacity;
+pub mod cost_aware;
 pub mod policy;
 mod switch;
 #[cfg(test)]
@@ -436,6 +437,8 @@ pub struct Settings {
     /// `capacity`: the budget the sizes of loaded models add up to at
     /// most. `None`: one model at a time (every size counts as 1).
     pub capacity: Option<f64>,
+    /// `policy.request_timeout_secs`.
+    pub request_timeout: Option<Duration>,
 }
 
 /// One model's settings.
@@ -447,6 +450,11 @@ pub struct ModelSettings {
     pub size: f64,
     /// `models.<name>.pinned`: never evicted to make room.
     pub pinned: bool,
+    /// `models.<name>.weight`: how much its waiting requests count.
+    pub weight: f64,
+    /// `policy.max_wait_secs` or `models.<name>.max_wait_secs`: the wait
+    /// bound the scheduler keeps.
+    pub max_wait: Duration,
     /// The wake timeout: wake hook and confirming `alive` together.
     pub wake_timeout: Duration,
     /// Sleep after this long idle.
@@ -454,6 +462,9 @@ pub struct ModelSettings {
     /// Run `alive` this often while it serves.
     pub alive_interval: Option<Duration>,
 }
+
+/// The default wait bound (`policy.max_wait_secs`).
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(120);
 
 /// First backoff after a failed wake.
 pub const BACKOFF_START: Duration = Duration::from_secs(1);
@@ -528,6 +539,12 @@ struct Model {
     in_flight: usize,
     /// `served.completed` when it was last published: its recent demand.
     completed_at_publish: u64,
+    /// The most requests seen in flight at once.
+    max_in_flight: usize,
+    /// When a request last completed (as sampled).
+    last_done: Option<Time>,
+    /// Completions sampled in the last `policy::RECENT`: (when, how many).
+    done_at: VecDeque<(Time, usize)>,
 }
 
 /// What a model's completed requests took, cumulative.
@@ -567,7 +584,25 @@ impl Model {
             served: Served::default(),
             in_flight: 0,
             completed_at_publish: 0,
+            max_in_flight: 0,
+            last_done: None,
+            done_at: VecDeque::new(),
         }
+    }
+
+    /// A new sample of what it served.
+    fn sampled(&mut self, served: Served, in_flight: usize, now: Time) {
+        if served.completed > self.served.completed {
+            self.last_done = Some(now);
+            let done = usize::try_from(served.completed - self.served.completed).unwrap_or(usize::MAX);
+            self.done_at.push_back((now, done));
+        }
+        while self.done_at.front().is_some_and(|&(at, _)| now.since(at) > policy::RECENT) {
+            self.done_at.pop_front();
+        }
+        self.served = served;
+        self.in_flight = in_flight;
+        self.max_in_flight = self.max_in_flight.max(in_flight);
     }
 
     /// Published and admitting requests.
@@ -773,8 +808,7 @@ impl Machine {
             Event::Shutdown => self.shut_down(),
             Event::Served { model, completed, busy, in_flight } => {
                 if let Some(m) = self.models.get_mut(model) {
-                    m.served = Served { completed, busy };
-                    m.in_flight = in_flight;
+                    m.sampled(Served { completed, busy }, in_flight, now);
                 }
             }
             Event::Timer => {}
@@ -865,6 +899,7 @@ impl Machine {
             .enumerate()
             .map(|(i, m)| {
                 let configured = self.settings.models.get(i).is_some_and(|s| s.configured);
+                let settings = self.settings.models.get(i);
                 ModelView {
                     // A removed model's waiters are answered 404, never served.
                     waiting: if configured { m.queue.len() } else { 0 },
@@ -872,20 +907,39 @@ impl Machine {
                     in_backoff: m.in_backoff(now),
                     serving: m.serving(),
                     service_time: m.served.mean(),
+                    in_flight: if m.published { m.in_flight } else { 0 },
+                    concurrency: m.max_in_flight.max(1),
+                    last_done: m.last_done,
+                    recent_done: m.done_at.iter().map(|&(_, n)| n).sum(),
+                    weight: settings.map_or(1.0, |s| s.weight),
+                    max_wait: settings.map_or(DEFAULT_MAX_WAIT, |s| s.max_wait),
                 }
             })
             .collect()
     }
 
-    fn choose(&mut self, now: Time) -> Option<(ModelId, &'static str)> {
+    /// The policy's next target, and whether a wait bound is at stake; a
+    /// "not now" may come with a time to ask again (`held_until`).
+    fn choose(&mut self, now: Time) -> Option<(ModelId, &'static str, bool)> {
         if self.models.iter().all(|m| m.queue.is_empty()) {
             return None;
         }
         let views = self.policy_context_views(now);
         let arrivals: Vec<Vec<Time>> = self.models.iter().map(|m| m.queue.values().copied().collect()).collect();
         let active = self.models.iter().position(Model::serving).map(|i| (i, self.models[i].published_at));
-        let ctx = PolicyContext { now, active, models: &views, arrivals: &arrivals, switch_costs: &self.costs };
+        let ctx = PolicyContext {
+            now,
+            active,
+            models: &views,
+            arrivals: &arrivals,
+            switch_costs: &self.costs,
+            request_timeout: self.settings.request_timeout,
+        };
         // A policy's choice is checked: only a candidate is ever a target.
-        self.policy.choose(&ctx).filter(|(t, _)| ctx.candidates().any(|(c, _)| c == *t))
+        let choice = self.policy.choose(&ctx).filter(|(t, _)| ctx.candidates().any(|(c, _)| c == *t));
+        if choice.is_none() {
+            self.held_until = self.policy.recheck_at().filter(|&at| at > now);
+        }
+        choice.map(|(t, reason)| (t, reason, self.policy.preempts()))
     }
 }

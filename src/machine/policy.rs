@@ -14,7 +14,7 @@ use std::time::Duration;
 use super::{ModelId, SwitchRecord, Time};
 
 /// What the policy sees of one model.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct ModelView {
     /// Requests queued for it (0 for a model a reload removed).
     pub waiting: usize,
@@ -27,7 +27,23 @@ pub struct ModelView {
     /// Mean time its completed requests took (arrival to last byte), once
     /// one completed.
     pub service_time: Option<Duration>,
+    /// Requests in flight on it (when last sampled).
+    pub in_flight: usize,
+    /// The most requests seen in flight on it at once: its concurrency,
+    /// as far as llmux has seen (at least 1).
+    pub concurrency: usize,
+    /// When a request of it last completed (as last sampled).
+    pub last_done: Option<Time>,
+    /// Requests it completed in the last [`RECENT`] (as sampled).
+    pub recent_done: usize,
+    /// `models.<name>.weight`.
+    pub weight: f64,
+    /// `policy.max_wait_secs` (or the model's own).
+    pub max_wait: Duration,
 }
+
+/// The window `recent_done` counts over.
+pub const RECENT: Duration = Duration::from_secs(30);
 
 /// Everything a policy may base its choice on.
 pub struct PolicyContext<'a> {
@@ -41,12 +57,23 @@ pub struct PolicyContext<'a> {
     pub arrivals: &'a [Vec<Time>],
     /// Last measured switch cost (drain + sleep + wake) per (from, to).
     pub switch_costs: &'a BTreeMap<(Option<ModelId>, ModelId), Duration>,
+    /// `policy.request_timeout_secs`.
+    pub request_timeout: Option<Duration>,
 }
 
 impl PolicyContext<'_> {
     /// The last measured cost of switching from `from` to `to`.
     pub fn switch_cost(&self, from: Option<ModelId>, to: ModelId) -> Option<Duration> {
         self.switch_costs.get(&(from, to)).copied()
+    }
+
+    /// The estimated cost of switching from `from` to `to`: measured for
+    /// the pair, else the most any switch to `to` cost, else
+    /// [`UNKNOWN_WAKE_COST`].
+    pub fn estimated_cost(&self, from: Option<ModelId>, to: ModelId) -> Duration {
+        self.switch_cost(from, to)
+            .or_else(|| self.switch_costs.iter().filter(|((_, t), _)| *t == to).map(|(_, c)| *c).max())
+            .unwrap_or(UNKNOWN_WAKE_COST)
     }
 
     /// Models a switch could target: queued, not serving, not in backoff.
@@ -103,6 +130,8 @@ pub const UNKNOWN_WAKE_COST: Duration = Duration::from_secs(10);
 pub struct Room {
     /// Now.
     pub now: Time,
+    /// A wait bound is at stake: min_active windows do not protect.
+    pub preempt: bool,
     /// How much of the capacity must be freed.
     pub needed: f64,
     /// The model that needs it (`None`: the budget shrank).
@@ -123,6 +152,18 @@ pub trait SwitchPolicy: Send {
         victims_by_value(residents, room)
     }
 
+    /// After `choose` said "not now": when to ask again (a wait bound
+    /// coming due, a linger ending, a busy model to look at again).
+    fn recheck_at(&self) -> Option<Time> {
+        None
+    }
+
+    /// After `choose` picked a target: true if a wait bound is at stake,
+    /// so min_active windows do not hold the switch back.
+    fn preempts(&self) -> bool {
+        false
+    }
+
     /// A switch ended (done, abandoned or failed).
     fn switch_finished(&mut self, _record: &SwitchRecord) {}
 }
@@ -134,8 +175,10 @@ pub trait SwitchPolicy: Send {
 /// that turn out not to be needed (a later, larger one freed enough) are
 /// kept.
 pub fn victims_by_value(residents: &[Resident], room: &Room) -> Option<Vec<(ModelId, String)>> {
-    let mut candidates: Vec<&Resident> =
-        residents.iter().filter(|r| !r.pinned && r.protected_until.is_none_or(|until| until <= room.now)).collect();
+    let mut candidates: Vec<&Resident> = residents
+        .iter()
+        .filter(|r| !r.pinned && (room.preempt || r.protected_until.is_none_or(|until| until <= room.now)))
+        .collect();
     candidates.sort_by(|a, b| {
         let rank = |r: &Resident| (r.serving, !r.is_idle());
         rank(a).cmp(&rank(b)).then(a.value().total_cmp(&b.value())).then(a.model.cmp(&b.model))
@@ -174,6 +217,14 @@ pub fn victims_by_value(residents: &[Resident], room: &Room) -> Option<Vec<(Mode
     Some(chosen.iter().map(|r| (r.model, why(r))).collect())
 }
 
+/// The policy `policy.scheduler` names.
+pub fn for_scheduler(scheduler: crate::config::Scheduler) -> Box<dyn SwitchPolicy> {
+    match scheduler {
+        crate::config::Scheduler::CostAware => Box::new(super::cost_aware::CostAware::default()),
+        crate::config::Scheduler::Fifo => Box::new(Fifo),
+    }
+}
+
 /// Serves queued models in the order their first request arrived.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Fifo;
@@ -203,7 +254,7 @@ mod tests {
     }
 
     fn victims(residents: &[Resident], needed: f64) -> Option<Vec<ModelId>> {
-        let room = Room { now: Time::from_micros(10_000_000), needed, target: None };
+        let room = Room { now: Time::from_micros(10_000_000), preempt: false, needed, target: None };
         victims_by_value(residents, &room).map(|v| v.into_iter().map(|(m, _)| m).collect())
     }
 
@@ -259,6 +310,7 @@ mod tests {
             models,
             arrivals: &[],
             switch_costs: &costs,
+            request_timeout: None,
         };
         Fifo.choose(&ctx).map(|(m, _)| m)
     }
@@ -288,7 +340,14 @@ mod tests {
         let mut costs = BTreeMap::new();
         costs.insert((Some(0), 1), Duration::from_secs(1));
         costs.insert((None, 0), Duration::from_secs(2));
-        let ctx = PolicyContext { now: Time::ZERO, active: None, models: &[], arrivals: &[], switch_costs: &costs };
+        let ctx = PolicyContext {
+            now: Time::ZERO,
+            active: None,
+            models: &[],
+            arrivals: &[],
+            switch_costs: &costs,
+            request_timeout: None,
+        };
         assert_eq!(ctx.switch_cost(Some(0), 1), Some(Duration::from_secs(1)));
         assert_eq!(ctx.switch_cost(None, 0), Some(Duration::from_secs(2)));
         assert_eq!(ctx.switch_cost(Some(1), 0), None);

@@ -251,8 +251,8 @@ impl Machine {
         if self.models.iter().any(|m| m.serving() && !m.queue.is_empty()) {
             return;
         }
-        let Some((target, reason)) = self.choose(now) else { return };
-        match self.plan_room(Some(target), now) {
+        let Some((target, reason, preempt)) = self.choose(now) else { return };
+        match self.plan_room(Some(target), preempt, now) {
             Plan::Evict(victims, why) => {
                 if !victims.is_empty() {
                     self.report(Report::Evicting { to: Some(target), victims: victims.clone(), why });
@@ -266,7 +266,7 @@ impl Machine {
 
     /// A reload shrank the budget (or grew sizes): evict down to it at once.
     fn shrink_to_budget(&mut self, now: Time) {
-        match self.plan_room(None, now) {
+        match self.plan_room(None, false, now) {
             Plan::Evict(victims, why) if !victims.is_empty() => {
                 self.report(Report::Evicting { to: None, victims: victims.clone(), why });
                 self.start_switch(Why::OverBudget, None, victims, now);

@@ -170,3 +170,48 @@ fn a_victims_failed_sleep_fails_the_switch_and_the_other_victims_stay_asleep() {
     assert_eq!(h.state(A), ModelState::Asleep, "a stays asleep");
     assert!(!h.issued(&Action::RunHook(C, Wake)));
 }
+
+// The cost-aware scheduler driving the machine.
+
+fn cost_aware(setup: Setup) -> super::script::H {
+    setup.build_with(Box::new(crate::machine::cost_aware::CostAware::default()))
+}
+
+#[test]
+fn cost_aware_stays_on_a_busy_model_then_switches_when_it_goes_idle() {
+    let mut h = cost_aware(Setup::new(2));
+    h.adopt(A);
+    h.event(Event::Served { model: A, completed: 0, busy: secs(0.0), in_flight: 2 });
+    h.at(1.0).queue(B);
+    assert_eq!(h.effects(), [], "a is busy: b waits");
+    let recheck = h.m.deadline().expect("a recheck");
+    assert!(recheck <= super::script::time(1.25), "looked at again soon: {recheck}");
+    h.at(2.0).event(Event::Served { model: A, completed: 2, busy: secs(4.0), in_flight: 0 });
+    // Two completions just now: a follow-up is likely, so it lingers a
+    // tenth of the (unknown: 10 s) switch, then goes.
+    h.event(Event::Timer);
+    assert_eq!(h.effects(), []);
+    h.fire_timer();
+    assert_eq!(h.effects(), [Action::Gate(A)]);
+    assert_eq!(h.when(&Action::Gate(A)), super::script::time(3.0));
+}
+
+#[test]
+fn cost_aware_leaves_a_busy_model_when_a_wait_bound_comes_due_even_inside_min_active() {
+    let mut settings = Setup::new(2).min_active(600.0);
+    settings.0.models[B].max_wait = secs(30.0);
+    let mut h = cost_aware(settings);
+    h.adopt(A);
+    h.event(Event::Served { model: A, completed: 0, busy: secs(0.0), in_flight: 5 });
+    h.at(1.0).queue(B);
+    assert_eq!(h.effects(), []);
+    // Due at 1 + 30 - 10 (the unknown switch cost) = 21 s.
+    while h.now < super::script::time(21.0) {
+        h.fire_timer();
+        assert!(!h.issued(&Action::Gate(A)) || h.now >= super::script::time(21.0), "left early at {}", h.now);
+        h.event(Event::Served { model: A, completed: 0, busy: secs(0.0), in_flight: 5 });
+    }
+    assert!(h.issued(&Action::Gate(A)), "the bound wins over a busy a and min_active");
+    assert_eq!(h.when(&Action::Gate(A)), super::script::time(21.0));
+    assert!(h.reported(&Report::SwitchStarted { from: Some(A), to: B, reason: "deadline" }));
+}

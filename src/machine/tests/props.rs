@@ -72,6 +72,8 @@ struct Driver {
     /// Tickets answered 503 by a Fail: they leave.
     failed: BTreeSet<(ModelId, Ticket)>,
     next_ticket: Ticket,
+    /// Requests each model completed, as fed in `Event::Served`.
+    completed: Vec<u64>,
     /// Commands not yet answered.
     commands: BTreeSet<u64>,
     next_command: u64,
@@ -97,8 +99,11 @@ impl Driver {
         let n = 2 + rng.below(3) as usize;
         let mut settings = Setup::new(n).0;
         randomize(&mut settings, &mut rng);
+        // Half the seeds run the cost-aware scheduler, half FIFO.
+        let policy: Box<dyn crate::machine::SwitchPolicy> =
+            if rng.chance(50) { Box::new(crate::machine::cost_aware::CostAware::default()) } else { Box::new(Fifo) };
         Driver {
-            m: Machine::new(settings.clone(), Box::new(Fifo)),
+            m: Machine::new(settings.clone(), policy),
             rng,
             settings,
             n,
@@ -112,6 +117,7 @@ impl Driver {
             queues: vec![BTreeSet::new(); n],
             failed: BTreeSet::new(),
             next_ticket: 0,
+            completed: vec![0; n],
             commands: BTreeSet::new(),
             next_command: 0,
             verdicts_owed: vec![0; n],
@@ -315,6 +321,15 @@ impl Driver {
                 let ticket = self.next_ticket;
                 self.next_ticket += 1;
                 self.queues[model].insert(ticket);
+                // As the executor does: what each model served so far, then
+                // the miss (in flight is made up: the scheduler's "busy").
+                for m in 0..self.n {
+                    self.completed[m] += self.rng.below(3);
+                    let in_flight = if self.published[m] { self.rng.below(3) as usize } else { 0 };
+                    let served =
+                        Event::Served { model: m, completed: self.completed[m], busy: Duration::ZERO, in_flight };
+                    self.feed(served);
+                }
                 self.feed(Event::Queued { model, ticket, at: self.now });
             }
             4..=5 => {
@@ -406,6 +421,12 @@ impl Driver {
                 return Ok(step);
             } else if let Some(at) = self.m.deadline() {
                 self.now = at;
+                // Everything in flight finished: nothing holds the scheduler.
+                for m in 0..self.n {
+                    let served =
+                        Event::Served { model: m, completed: self.completed[m], busy: Duration::ZERO, in_flight: 0 };
+                    self.feed(served);
+                }
                 self.feed(Event::Timer);
             } else {
                 return Err(format!(

@@ -37,6 +37,8 @@ impl Setup {
             configured: true,
             size: 1.0,
             pinned: false,
+            weight: 1.0,
+            max_wait: crate::machine::DEFAULT_MAX_WAIT,
             wake_timeout: secs(30.0),
             idle_sleep: None,
             alive_interval: None,
@@ -51,6 +53,7 @@ impl Setup {
             continue_on_sleep_failure: false,
             preload: None,
             capacity: None,
+            request_timeout: None,
         })
     }
 

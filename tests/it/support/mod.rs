@@ -279,6 +279,11 @@ pub fn harness_yaml(models: &[(&str, u16)], spec: &Spec) -> String {
             let _ = writeln!(c, "  {key}: {secs}");
         }
     }
+    // The protocol's tests pin the order of switches down with FIFO; the
+    // cost-aware scheduler's own tests say `scheduler: cost_aware`.
+    if !spec.policy.iter().any(|l| l.starts_with("scheduler")) {
+        c.push_str("  scheduler: fifo\n");
+    }
     for line in spec.extra {
         let _ = writeln!(c, "{line}");
     }

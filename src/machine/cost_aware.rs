@@ -1,0 +1,266 @@
+//! The `cost_aware` scheduler: which model to serve next when switches cost
+//! seconds to minutes (`docs/scheduling.md` has the theory and the
+//! simulator's tables).
+//!
+//! A polling system with switchover times: one server (the GPU), several
+//! queues (the models), a cost to move between them. Its rules, in order:
+//!
+//! 1. **A wait bound, earliest deadline first.** A model's waiters may not
+//!    wait past `max_wait`: once the oldest one's arrival plus its bound,
+//!    less the estimated cost of the switch, has come, the model is served
+//!    next even if the active model is busy or inside `min_active`
+//!    (`preempts`). Among several, the earliest deadline first.
+//! 2. **Serve what is here before leaving** (exhaustive service): while
+//!    the active model has requests in flight or queued, stay.
+//! 3. **Wait and see**: when the active model has just gone idle and its
+//!    recent traffic says a follow-up is likely (a few requests completed
+//!    lately, the last one just now), linger a short time: a tenth of the
+//!    switch it would cost, at most [`MAX_LINGER`].
+//! 4. **Value per cost**: otherwise the model with the most weighted
+//!    waiters per second of work: `weight × waiting` over the estimated
+//!    switch cost plus the time to clear its queue (`waiting × service
+//!    time / concurrency`); ties to the oldest waiter. A model cheap to
+//!    wake beats one that takes minutes at equal demand.
+//!
+//! Waiters whose remaining `request_timeout` is shorter than the switch
+//! would take are not counted: they would get 504 anyway, so they cause no
+//! switch by themselves.
+
+use std::time::Duration;
+
+use super::policy::{ModelView, PolicyContext, SwitchPolicy};
+use super::{ModelId, Time};
+
+/// The longest a model lingers idle on the chance of a follow-up.
+pub const MAX_LINGER: Duration = Duration::from_secs(5);
+
+/// How often a busy active model is looked at again while others wait.
+pub const RECHECK: Duration = Duration::from_millis(250);
+
+/// Completions in the recent window that make a follow-up likely.
+const FOLLOW_UP_AFTER: usize = 2;
+
+/// The `cost_aware` policy. See the module docs.
+#[derive(Debug, Default)]
+pub struct CostAware {
+    /// When to look again after a "not now".
+    recheck: Option<Time>,
+    /// The last choice was forced by a wait bound.
+    preempt: bool,
+}
+
+/// A candidate's numbers, as the rules see them.
+struct Candidate {
+    model: ModelId,
+    /// Waiters that can still be served in time.
+    viable: usize,
+    oldest: Time,
+    /// When the wait bound forces its switch.
+    deadline: Time,
+    cost: Duration,
+}
+
+impl CostAware {
+    fn candidates(ctx: &PolicyContext<'_>) -> Vec<Candidate> {
+        let from = ctx.active.map(|(a, _)| a);
+        ctx.candidates()
+            .filter_map(|(model, view)| {
+                let cost = ctx.estimated_cost(from, model);
+                let arrivals = ctx.arrivals.get(model).map_or(&[][..], Vec::as_slice);
+                let viable: Vec<Time> = arrivals
+                    .iter()
+                    .copied()
+                    .filter(|&at| ctx.request_timeout.is_none_or(|t| at + t > ctx.now + cost))
+                    .collect();
+                let oldest = viable.iter().copied().min().or(view.oldest_wait.filter(|_| arrivals.is_empty()))?;
+                let viable = if arrivals.is_empty() { view.waiting } else { viable.len() };
+                let deadline = Time::from_micros((oldest + view.max_wait).micros().saturating_sub(micros(cost)));
+                Some(Candidate { model, viable, oldest, deadline, cost })
+            })
+            .collect()
+    }
+
+    /// Rule 3: linger on the active model, until when.
+    fn linger_until(ctx: &PolicyContext<'_>, active: &ModelView, cheapest: Duration) -> Option<Time> {
+        let last = active.last_done?;
+        let linger = (cheapest / 10).min(MAX_LINGER);
+        let until = last + linger;
+        (active.recent_done >= FOLLOW_UP_AFTER && ctx.now < until).then_some(until)
+    }
+
+    /// Rule 4: weighted waiters per second of work.
+    fn value(ctx: &PolicyContext<'_>, c: &Candidate) -> f64 {
+        let view = &ctx.models[c.model];
+        let service = view.service_time.unwrap_or(Duration::from_secs(1)).as_secs_f64();
+        let clear = c.viable as f64 * service / view.concurrency.max(1) as f64;
+        view.weight * c.viable as f64 / (c.cost.as_secs_f64() + clear).max(0.001)
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+impl SwitchPolicy for CostAware {
+    fn choose(&mut self, ctx: &PolicyContext<'_>) -> Option<(ModelId, &'static str)> {
+        self.recheck = None;
+        self.preempt = false;
+        let candidates = Self::candidates(ctx);
+        let due = candidates.iter().filter(|c| c.deadline <= ctx.now).min_by_key(|c| (c.deadline, c.model));
+        if let Some(c) = due {
+            self.preempt = true;
+            return Some((c.model, "deadline"));
+        }
+        let next_deadline = candidates.iter().map(|c| c.deadline).min();
+        if let Some((active, _)) = ctx.active {
+            let view = &ctx.models[active];
+            if view.in_flight > 0 || view.waiting > 0 {
+                self.recheck = next_deadline.map(|d| d.min(ctx.now + RECHECK)).or(Some(ctx.now + RECHECK));
+                return None;
+            }
+            let cheapest = candidates.iter().map(|c| c.cost).min().unwrap_or_default();
+            if let Some(until) = Self::linger_until(ctx, view, cheapest) {
+                self.recheck = Some(next_deadline.map_or(until, |d| d.min(until)));
+                return None;
+            }
+        }
+        let best = candidates.iter().filter(|c| c.viable > 0).max_by(|a, b| {
+            Self::value(ctx, a)
+                .total_cmp(&Self::value(ctx, b))
+                .then(b.oldest.cmp(&a.oldest))
+                .then(b.model.cmp(&a.model))
+        })?;
+        Some((best.model, if ctx.active.is_some() { "value" } else { "idle_gpu" }))
+    }
+
+    fn recheck_at(&self) -> Option<Time> {
+        self.recheck
+    }
+
+    fn preempts(&self) -> bool {
+        self.preempt
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::machine::DEFAULT_MAX_WAIT;
+
+    fn secs(s: f64) -> Time {
+        Time::from_secs_f64(s)
+    }
+
+    fn view(waiting: usize) -> ModelView {
+        ModelView {
+            waiting,
+            oldest_wait: None,
+            in_backoff: false,
+            serving: false,
+            service_time: Some(Duration::from_secs(2)),
+            in_flight: 0,
+            concurrency: 1,
+            last_done: None,
+            recent_done: 0,
+            weight: 1.0,
+            max_wait: DEFAULT_MAX_WAIT,
+        }
+    }
+
+    /// The policy's choice at `now` with model 0 active (`busy` in flight).
+    fn decide(
+        now: f64,
+        models: &mut [ModelView],
+        arrivals: &[Vec<Time>],
+        costs: &BTreeMap<(Option<ModelId>, ModelId), Duration>,
+    ) -> (Option<(ModelId, &'static str)>, CostAware) {
+        models[0].serving = true;
+        for (m, a) in models.iter_mut().zip(arrivals) {
+            m.oldest_wait = a.iter().copied().min();
+        }
+        let ctx = PolicyContext {
+            now: secs(now),
+            active: Some((0, Time::ZERO)),
+            models,
+            arrivals,
+            switch_costs: costs,
+            request_timeout: None,
+        };
+        let mut policy = CostAware::default();
+        let choice = policy.choose(&ctx);
+        (choice, policy)
+    }
+
+    #[test]
+    fn a_busy_active_model_keeps_serving_until_a_bound_comes_due() {
+        let costs = BTreeMap::from([((Some(0), 1), Duration::from_secs(10))]);
+        let mut models = [view(0), view(1)];
+        models[0].in_flight = 3;
+        let arrivals = [vec![], vec![secs(5.0)]];
+        let (choice, policy) = decide(6.0, &mut models, &arrivals, &costs);
+        assert_eq!(choice, None, "one waiter elsewhere does not pull the GPU away");
+        assert_eq!(policy.recheck_at(), Some(secs(6.0) + RECHECK));
+        // 5 s + 120 s bound - 10 s switch = 115 s: the bound forces it.
+        let (choice, policy) = decide(115.0, &mut models, &arrivals, &costs);
+        assert_eq!(choice, Some((1, "deadline")));
+        assert!(policy.preempts());
+    }
+
+    #[test]
+    fn earliest_deadline_first_among_due_models() {
+        let costs = BTreeMap::new();
+        let mut models = [view(0), view(1), view(1)];
+        models[0].in_flight = 1;
+        models[2].max_wait = Duration::from_secs(30);
+        let arrivals = [vec![], vec![secs(0.0)], vec![secs(50.0)]];
+        // Model 2: 50 + 30 - 10 = 70; model 1: 0 + 120 - 10 = 110.
+        let (choice, _) = decide(200.0, &mut models, &arrivals, &costs);
+        assert_eq!(choice, Some((2, "deadline")));
+    }
+
+    #[test]
+    fn a_model_cheap_to_wake_beats_a_slow_one_at_equal_demand() {
+        let costs = BTreeMap::from([((Some(0), 1), Duration::from_secs(90)), ((Some(0), 2), Duration::from_secs(3))]);
+        let mut models = [view(0), view(2), view(2)];
+        let arrivals = [vec![], vec![secs(1.0), secs(2.0)], vec![secs(3.0), secs(4.0)]];
+        let (choice, _) = decide(5.0, &mut models, &arrivals, &costs);
+        assert_eq!(choice, Some((2, "value")), "equal queues: the cheap switch first, though 1 waited longer");
+    }
+
+    #[test]
+    fn a_recently_busy_model_lingers_a_little_for_a_follow_up() {
+        let costs = BTreeMap::from([((Some(0), 1), Duration::from_secs(20))]);
+        let mut models = [view(0), view(1)];
+        models[0].last_done = Some(secs(10.0));
+        models[0].recent_done = 3;
+        let arrivals = [vec![], vec![secs(9.0)]];
+        let (choice, policy) = decide(10.5, &mut models, &arrivals, &costs);
+        assert_eq!(choice, None);
+        assert_eq!(policy.recheck_at(), Some(secs(12.0)), "a tenth of the 20 s switch");
+        let (choice, _) = decide(12.0, &mut models, &arrivals, &costs);
+        assert_eq!(choice, Some((1, "value")), "no follow-up came: switch");
+        models[0].recent_done = 1;
+        let (choice, _) = decide(10.5, &mut models, &arrivals, &costs);
+        assert_eq!(choice, Some((1, "value")), "no sign of a loop: no lingering");
+    }
+
+    #[test]
+    fn waiters_that_would_time_out_before_the_switch_cause_none() {
+        let costs = BTreeMap::from([((Some(0), 1), Duration::from_secs(30))]);
+        let mut models = [view(0), view(1)];
+        let arrivals = [vec![], vec![secs(0.0)]];
+        models[0].serving = true;
+        models[1].oldest_wait = Some(secs(0.0));
+        let ctx = PolicyContext {
+            now: secs(5.0),
+            active: Some((0, Time::ZERO)),
+            models: &models,
+            arrivals: &arrivals,
+            switch_costs: &costs,
+            request_timeout: Some(Duration::from_secs(20)),
+        };
+        assert_eq!(CostAware::default().choose(&ctx), None, "its 504 comes before the switch would end");
+    }
+}
