@@ -52,6 +52,9 @@ pub struct Shared {
     pub queued_body_bytes: AtomicU64,
     /// The last switch, as it went. Written by the switch task.
     pub last_switch: Mutex<Option<SwitchRecord>>,
+    /// Models whose wait bound was found infeasible: (slot, bound, round
+    /// of switches). Written by the switch task, read by `/llmux/status`.
+    pub infeasible: Mutex<Vec<(usize, Duration, Duration)>>,
     /// The last hook that failed. Written by the switch task.
     pub last_hook_error: Mutex<Option<HookError>>,
     /// The switch protocol's clock: maps instants to the machine's time.
@@ -104,6 +107,7 @@ impl Shared {
             switch_costs: Mutex::new(BTreeMap::new()),
             last_switch: Mutex::new(None),
             last_hook_error: Mutex::new(None),
+            infeasible: Mutex::new(Vec::new()),
             queued_requests: AtomicUsize::new(0),
             queued_body_bytes: AtomicU64::new(0),
             clock: crate::clock::Clock::new(),

@@ -485,6 +485,17 @@ fn report_to(shared: &Shared, report: &Report) {
             tracing::info!(model = name(*model), "switch abandoned: nobody waits for it any more")
         }
         Report::IdleSleep(model) => tracing::info!(model = name(*model), "idle: putting the model to sleep"),
+        Report::Infeasible { model, max_wait, cycle } => {
+            shared.infeasible.lock().push((*model, *max_wait, *cycle));
+            let (bound, round) = (max_wait.as_secs_f64(), cycle.as_secs_f64());
+            tracing::warn!(
+                model = name(*model),
+                max_wait_secs = bound,
+                cycle_secs = round,
+                "the wait bound cannot always be met: a round of switches under the recent load takes longer"
+            );
+            events.emit("infeasible", || json!({ "model": name(*model), "max_wait_secs": bound, "cycle_secs": round }));
+        }
         Report::AliveUnknown(model) => {
             tracing::warn!(model = name(*model), "alive hook did not answer in time: state unknown, nothing changed")
         }

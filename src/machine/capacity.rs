@@ -132,6 +132,25 @@ impl Machine {
         }
     }
 
+    /// Says once per model if its wait bound cannot be met: shorter than a
+    /// round of the switches the recent load implies (a wake of every
+    /// other model that had waiters lately, at its measured cost).
+    pub(super) fn check_feasible(&mut self, now: Time) {
+        let recently_asked =
+            |m: &super::Model| m.last_asked.is_some_and(|at| now.since(at) <= super::policy::RECENT * 4);
+        let cycle: Duration =
+            (0..self.models.len()).filter(|&m| recently_asked(&self.models[m])).filter_map(|m| self.wake_cost(m)).sum();
+        for m in 0..self.models.len() {
+            let bound = self.settings.models.get(m).map_or(super::DEFAULT_MAX_WAIT, |s| s.max_wait);
+            let own = self.wake_cost(m).unwrap_or_default();
+            let round = cycle.saturating_sub(own);
+            if recently_asked(&self.models[m]) && bound < round && !self.models[m].infeasible {
+                self.models[m].infeasible = true;
+                self.report(super::Report::Infeasible { model: m, max_wait: bound, cycle: round });
+            }
+        }
+    }
+
     fn no_room(&self, target: Option<ModelId>) -> String {
         let pinned: f64 =
             (0..self.models.len()).filter(|&m| self.pinned(m) && self.models[m].loaded).map(|m| self.size(m)).sum();

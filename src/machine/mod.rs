@@ -296,6 +296,16 @@ pub enum Report {
     IdleSleep(ModelId),
     /// An `alive` check timed out: nothing is changed.
     AliveUnknown(ModelId),
+    /// `model`'s wait bound is shorter than a round of the switches the
+    /// recent load implies: it cannot always be met (said once).
+    Infeasible {
+        /// The model.
+        model: ModelId,
+        /// Its bound.
+        max_wait: Duration,
+        /// The round of switches it would wait through.
+        cycle: Duration,
+    },
 }
 
 /// A model's state, shown by `/health`, metrics and the control API with
@@ -545,6 +555,10 @@ struct Model {
     last_done: Option<Time>,
     /// Completions sampled in the last `policy::RECENT`: (when, how many).
     done_at: VecDeque<(Time, usize)>,
+    /// When a request last queued for it.
+    last_asked: Option<Time>,
+    /// Its wait bound was found infeasible (reported once).
+    infeasible: bool,
 }
 
 /// What a model's completed requests took, cumulative.
@@ -587,6 +601,8 @@ impl Model {
             max_in_flight: 0,
             last_done: None,
             done_at: VecDeque::new(),
+            last_asked: None,
+            infeasible: false,
         }
     }
 
@@ -786,6 +802,7 @@ impl Machine {
             Event::Queued { model, ticket, at } => {
                 if let Some(m) = self.models.get_mut(model) {
                     m.queue.insert(ticket, at);
+                    m.last_asked = Some(now);
                 }
             }
             Event::Left { model, ticket } => {

@@ -245,6 +245,7 @@ impl Machine {
                 if result == SwitchResult::Done {
                     switch.record.published = Some(now);
                     self.costs.insert((switch.record.from, switch.record.to), switch.record.cost());
+                    self.check_feasible(now);
                 }
                 self.policy.switch_finished(&switch.record);
                 self.emit(Action::SwitchDone(switch.record));

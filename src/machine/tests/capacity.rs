@@ -215,3 +215,38 @@ fn cost_aware_leaves_a_busy_model_when_a_wait_bound_comes_due_even_inside_min_ac
     assert_eq!(h.when(&Action::Gate(A)), super::script::time(21.0));
     assert!(h.reported(&Report::SwitchStarted { from: Some(A), to: B, reason: "deadline" }));
 }
+
+#[test]
+fn a_wait_bound_shorter_than_a_round_of_switches_is_reported_once() {
+    let mut setup = Setup::new(3);
+    for m in [A, B, C] {
+        setup.0.models[m].max_wait = secs(30.0);
+    }
+    let mut h = setup.build();
+    h.start(&[]);
+    // Each wake takes 20 s: serving a, b and c in turn is a 40 s round for
+    // whoever waits, more than its 30 s bound.
+    let mut from = None;
+    for (i, m) in [A, B, C, A].into_iter().enumerate() {
+        let t = h.queue(m);
+        if let Some(f) = from {
+            h.gated(f, 0);
+            h.hook_done(f, Sleep, Success, secs(0.0));
+        }
+        h.at(20.0 * (i + 1) as f64).hook_done(m, Wake, Success, secs(20.0));
+        h.hook_done(m, Alive, Success, secs(0.0));
+        h.leave(t);
+        from = Some(m);
+    }
+    let reports: Vec<_> =
+        h.log.iter().filter(|(_, a)| matches!(a, Action::Report(Report::Infeasible { .. }))).collect();
+    assert!(!reports.is_empty(), "no infeasible bound reported");
+    let models: std::collections::BTreeSet<_> = reports
+        .iter()
+        .filter_map(|(_, a)| match a {
+            Action::Report(Report::Infeasible { model, .. }) => Some(*model),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(models.len(), reports.len(), "said once per model");
+}
