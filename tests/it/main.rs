@@ -18,6 +18,7 @@ mod metrics;
 mod protocol;
 mod real;
 mod reload;
+mod residents;
 mod routing;
 mod soak;
 mod switching;
