@@ -154,11 +154,12 @@ async fn sleeping_a_model_drains_it_first() {
 async fn sleep_all_sleeps_whatever_is_active() {
     let mux = mux().model("a").model("b").start();
     let r = mux.admin_post("/llmux/sleep").await;
-    assert_eq!((r.status.as_u16(), r.json()), (200, json!({"slept": null})), "{}", r.text());
+    assert_eq!((r.status.as_u16(), r.json()), (200, json!({"slept": null, "models": []})), "{}", r.text());
     mux.served("a").await;
     let r = mux.admin_post("/llmux/sleep").await;
-    assert_eq!((r.status.as_u16(), r.json()), (200, json!({"slept": "a"})), "{}", r.text());
-    assert!(mux.health().await["active"].is_null());
+    assert_eq!((r.status.as_u16(), r.json()), (200, json!({"slept": "a", "models": ["a"]})), "{}", r.text());
+    let health = mux.health().await;
+    assert!(health["active"].is_null() && health["resident"] == json!([]), "{health}");
     assert_eq!(mux.state("a").await, "asleep");
     mux.served("a").await;
     assert_eq!(mux.hook_count("wake-start a"), 2);
