@@ -186,13 +186,15 @@ fn has_query(req: &Request<Incoming>, pair: &str) -> bool {
     req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv == pair))
 }
 
-/// `GET /llmux/events`: a `hello` with the active model, then every event
+/// `GET /llmux/events`: a `hello` with the resident models, then every event
 /// as it happens, with a keep-alive comment every 15 s. Ends at shutdown.
 fn event_stream(shared: &Arc<Shared>) -> Response<ResponseBody> {
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     let events = shared.events.subscribe();
-    let active = shared.active_model().map(|m| shared.catalog().name(m).to_owned());
-    let hello = events::frame("hello", &json!({ "active": active }));
+    let catalog = shared.catalog();
+    let resident: Vec<&str> = shared.resident_models().into_iter().map(|m| catalog.name(m)).collect();
+    let hello = events::frame("hello", &json!({ "active": resident.last(), "resident": resident }));
+    drop(catalog);
     tokio::spawn(pump_events(Arc::clone(shared), events, tx, hello));
     let mut response = Response::new(ResponseBody::stream(rx));
     let headers = response.headers_mut();

@@ -69,6 +69,8 @@ async fn a_miss_evicts_the_idle_resident_while_the_busy_one_keeps_streaming() {
     mux.served("a").await;
     mux.served("b").await;
     let mut events = Events::open(&mux).await;
+    let (kind, hello) = events.next().await;
+    assert_eq!((kind.as_str(), &hello["resident"], &hello["active"]), ("hello", &json!(["a", "b"]), &json!("b")));
     let mut stream = mux.slow_stream("a", 40, 50).await.into_body();
     // a is not the resident published last, yet its own in-flight count shows.
     assert_eq!(mux.status_of("a").await["in_flight"], 1);
