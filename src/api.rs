@@ -10,11 +10,13 @@ use crate::error::Error;
 use crate::response::ResponseBody;
 use crate::state::Shared;
 
-/// `GET /health`: the active model and every model's state and queue
-/// depth, in config order.
+/// `GET /health`: the resident models in wake order, and every model's
+/// state and queue depth, in config order. `active` (the resident woken
+/// last) stays for compatibility; `resident` replaces it.
 pub fn health(shared: &Shared) -> Response<ResponseBody> {
     let catalog = shared.catalog();
-    let active = shared.active_model().map(|m| catalog.name(m));
+    let resident: Vec<&str> = shared.resident_models().into_iter().map(|m| catalog.name(m)).collect();
+    let active = resident.last().copied();
     let models: Vec<Value> = catalog
         .live()
         .map(|(_, m, s)| json!({ "id": m.name, "state": s.state().as_str(), "queued": s.waiting() }))
@@ -24,7 +26,8 @@ pub fn health(shared: &Shared) -> Response<ResponseBody> {
         (false, true) => ("shutting_down", hyper::StatusCode::OK),
         (false, false) => ("ok", hyper::StatusCode::OK),
     };
-    let mut response = json_response(&json!({ "status": status, "active": active, "models": models }));
+    let mut response =
+        json_response(&json!({ "status": status, "active": active, "resident": resident, "models": models }));
     *response.status_mut() = code;
     response
 }

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::api::json_response;
-use crate::catalog::Changes;
+use crate::catalog::{Catalog, Changes};
 use crate::config::Config;
 use crate::error::Error;
 use crate::events;
@@ -63,37 +63,8 @@ fn model_action(path: &str) -> Option<(String, &str)> {
 /// `GET /llmux/status`.
 fn status(shared: &Shared) -> Value {
     let catalog = shared.catalog();
-    let routing = shared.routing.load();
-    let active = routing.active();
-    let models: Vec<Value> = catalog
-        .live()
-        .map(|(i, m, slot)| {
-            let queue = *slot.queue.lock();
-            json!({
-                "id": m.name,
-                "state": slot.state().as_str(),
-                "queued": queue.waiting,
-                "oldest_wait_ms": queue.since.map(|s| millis(s.elapsed())),
-                "in_flight": active.filter(|a| a.model == i).map_or(0, |a| a.in_flight()),
-                "state_secs": slot.time_in_state().as_secs_f64(),
-                "port": m.port,
-            })
-        })
-        .collect();
     let name = |slot: usize| catalog.name(slot).to_owned();
-    let last_switch = shared.last_switch.lock().as_ref().map(|r| {
-        json!({
-            "from": r.from.map(name),
-            "to": name(r.to),
-            "result": r.result.as_str(),
-            "drain_ms": millis(r.drain),
-            "reason": r.reason,
-            "sleep_ms": millis(r.sleep.unwrap_or_default()),
-            "wake_ms": millis(r.wake.unwrap_or_default()),
-            "alive_ms": millis(r.alive),
-            "total_ms": millis(r.published.map_or(r.cost(), |p| p.since(r.miss))),
-        })
-    });
+    let resident: Vec<String> = shared.resident_models().into_iter().map(name).collect();
     let last_hook_error = shared.last_hook_error.lock().as_ref().map(|e| {
         let ago = Duration::from_micros(crate::metrics::now_micros().saturating_sub(e.at_micros));
         json!({ "model": &*e.model, "hook": e.hook, "error": e.error, "secs_ago": ago.as_secs() })
@@ -105,11 +76,66 @@ fn status(shared: &Shared) -> Value {
         costs.into_iter().map(|((f, t), c)| json!({ "from": f.map(name), "to": name(t), "ms": millis(c) })).collect();
     json!({
         "switch_task": if shared.is_switch_task_dead() { "dead" } else { "running" },
-        "active": active.map(|a| name(a.model)),
-        "models": models,
-        "last_switch": last_switch,
+        "active": resident.last(),
+        "resident": resident,
+        "capacity": catalog.config.capacity,
+        "used": shared.capacity_used(),
+        "models": models_status(shared, &catalog),
+        "last_switch": last_switch(shared, &catalog),
         "last_hook_error": last_hook_error,
         "switch_costs": switch_costs,
+    })
+}
+
+/// Each configured model's entry in `/llmux/status`, in config order.
+fn models_status(shared: &Shared, catalog: &Catalog) -> Vec<Value> {
+    let routing = shared.routing.load();
+    catalog
+        .live()
+        .map(|(i, m, slot)| {
+            let queue = *slot.queue.lock();
+            json!({
+                "id": m.name,
+                "state": slot.state().as_str(),
+                "queued": queue.waiting,
+                "oldest_wait_ms": queue.since.map(|s| millis(s.elapsed())),
+                "in_flight": routing.resident(i).map_or(0, |r| r.in_flight()),
+                "state_secs": slot.time_in_state().as_secs_f64(),
+                "port": m.port,
+                "size": m.size,
+                "pinned": m.pinned,
+            })
+        })
+        .collect()
+}
+
+/// The last switch: its phases (drain and sleep are the switch's, all its
+/// victims at once), its victims and, for each one put to sleep, its own
+/// sleep hook's time.
+fn last_switch(shared: &Shared, catalog: &Catalog) -> Option<Value> {
+    let name = |slot: usize| catalog.name(slot).to_owned();
+    // `last_switch` first: the switch task writes both while holding it.
+    let record = shared.last_switch.lock();
+    let evicted: Vec<Value> = shared
+        .last_evicted
+        .lock()
+        .iter()
+        .map(|e| json!({ "model": name(e.model), "sleep_ms": millis(e.sleep) }))
+        .collect();
+    record.as_ref().map(|r| {
+        json!({
+            "from": r.from.map(name),
+            "to": name(r.to),
+            "result": r.result.as_str(),
+            "victims": r.victims.iter().map(|&v| name(v)).collect::<Vec<_>>(),
+            "evicted": evicted,
+            "drain_ms": millis(r.drain),
+            "reason": r.reason,
+            "sleep_ms": millis(r.sleep.unwrap_or_default()),
+            "wake_ms": millis(r.wake.unwrap_or_default()),
+            "alive_ms": millis(r.alive),
+            "total_ms": millis(r.published.map_or(r.cost(), |p| p.since(r.miss))),
+        })
     })
 }
 
@@ -160,13 +186,15 @@ fn has_query(req: &Request<Incoming>, pair: &str) -> bool {
     req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv == pair))
 }
 
-/// `GET /llmux/events`: a `hello` with the active model, then every event
+/// `GET /llmux/events`: a `hello` with the resident models, then every event
 /// as it happens, with a keep-alive comment every 15 s. Ends at shutdown.
 fn event_stream(shared: &Arc<Shared>) -> Response<ResponseBody> {
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     let events = shared.events.subscribe();
-    let active = shared.active_model().map(|m| shared.catalog().name(m).to_owned());
-    let hello = events::frame("hello", &json!({ "active": active }));
+    let catalog = shared.catalog();
+    let resident: Vec<&str> = shared.resident_models().into_iter().map(|m| catalog.name(m)).collect();
+    let hello = events::frame("hello", &json!({ "active": resident.last(), "resident": resident }));
+    drop(catalog);
     tokio::spawn(pump_events(Arc::clone(shared), events, tx, hello));
     let mut response = Response::new(ResponseBody::stream(rx));
     let headers = response.headers_mut();

@@ -21,6 +21,7 @@ pub fn render(shared: &Shared) -> String {
     render_models(&mut out, shared, &catalog);
     render_hooks(&mut out, &catalog);
     render_switches(&mut out, shared, &catalog);
+    render_capacity(&mut out, shared, &catalog);
     render_process(&mut out, shared);
     out
 }
@@ -57,14 +58,13 @@ fn render_requests(out: &mut String, catalog: &Catalog) {
 
 fn render_models(out: &mut String, shared: &Shared, catalog: &Catalog) {
     let routing = shared.routing.load();
-    let active = routing.active();
     family(out, "llmux_queue_depth", "gauge", "Requests waiting for the model.");
     for (_, m, slot) in catalog.live() {
         let _ = writeln!(out, "llmux_queue_depth{{model=\"{}\"}} {}", escape(&m.name), slot.waiting());
     }
     family(out, "llmux_in_flight", "gauge", "Requests being served by the model.");
     for (i, m, _) in catalog.live() {
-        let n = active.filter(|a| a.model == i).map_or(0, |a| a.in_flight());
+        let n = routing.resident(i).map_or(0, |r| r.in_flight());
         let _ = writeln!(out, "llmux_in_flight{{model=\"{}\"}} {n}", escape(&m.name));
     }
     family(out, "llmux_model_state", "gauge", "1 for the model's current state.");
@@ -136,6 +136,30 @@ fn render_switches(out: &mut String, shared: &Shared, catalog: &Catalog) {
         for (phase, h) in ["drain", "sleep", "wake"].iter().zip(&stats.phases) {
             let labels = format!("from=\"{from}\",to=\"{to}\",phase=\"{phase}\"");
             h.write(out, "llmux_switch_phase_seconds", &labels);
+        }
+    }
+}
+
+/// The budget and what is loaded of it, evictions per model and per
+/// (target, victim). `llmux_capacity` only when `capacity` is set.
+fn render_capacity(out: &mut String, shared: &Shared, catalog: &Catalog) {
+    if let Some(capacity) = catalog.config.capacity {
+        family(out, "llmux_capacity", "gauge", "The capacity budget (the config's `capacity`).");
+        let _ = writeln!(out, "llmux_capacity {capacity}");
+    }
+    family(out, "llmux_capacity_used", "gauge", "Sizes of the loaded models (each 1 without a capacity).");
+    let _ = writeln!(out, "llmux_capacity_used {}", shared.capacity_used());
+    family(out, "llmux_evictions_total", "counter", "Times the model was put to sleep to make room for another.");
+    for (_, m, slot) in catalog.live() {
+        let n = slot.metrics.evictions.load(Relaxed);
+        let _ = writeln!(out, "llmux_evictions_total{{model=\"{}\"}} {n}", escape(&m.name));
+    }
+    family(out, "llmux_switch_victims_total", "counter", "Victims put to sleep by switches to a target.");
+    let name = |slot: usize| catalog.model(slot).map(|m| escape(&m.name));
+    for (&(to, victim), n) in shared.metrics.victims.lock().iter() {
+        // Only pairs whose models are both still configured.
+        if let (Some(to), Some(victim)) = (name(to), name(victim)) {
+            let _ = writeln!(out, "llmux_switch_victims_total{{to=\"{to}\",victim=\"{victim}\"}} {n}");
         }
     }
 }

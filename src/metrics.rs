@@ -95,6 +95,9 @@ pub struct ModelMetrics {
     pub duration: Histogram,
     /// Per hook kind (wake, sleep, alive). Written by the switch task.
     pub hooks: [HookMetrics; 3],
+    /// Times the model was put to sleep as a switch's victim, to make room
+    /// for another. Written by the switch task.
+    pub evictions: AtomicU64,
 }
 
 impl ModelMetrics {
@@ -192,6 +195,9 @@ pub struct ProcessMetrics {
     /// Per (from, to) slot indices. Written by the switch task, read by
     /// `/metrics`.
     pub switches: Mutex<BTreeMap<(Option<usize>, usize), SwitchStats>>,
+    /// Victims put to sleep per (target, victim) slot indices. Written by
+    /// the switch task, read by `/metrics`.
+    pub victims: Mutex<BTreeMap<(usize, usize), u64>>,
 }
 
 impl ProcessMetrics {
@@ -204,6 +210,14 @@ impl ProcessMetrics {
     #[inline]
     pub fn reject(&self, limit: Limit) {
         self.rejected[limit as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Counts the victims a switch to `to` put to sleep.
+    pub fn record_victims(&self, to: usize, evicted: impl IntoIterator<Item = usize>) {
+        let mut victims = self.victims.lock();
+        for victim in evicted {
+            *victims.entry((to, victim)).or_default() += 1;
+        }
     }
 
     /// Counts a finished switch and its phases.

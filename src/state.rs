@@ -7,7 +7,7 @@
 //! it has to queue.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,6 +55,16 @@ pub struct Shared {
     /// Models whose wait bound was found infeasible: (slot, bound, round
     /// of switches). Written by the switch task, read by `/llmux/status`.
     pub infeasible: Mutex<Vec<(usize, Duration, Duration)>>,
+    /// The victims of the last switch that were put to sleep, with their
+    /// sleep hook's time. Written by the switch task while it holds
+    /// `last_switch` (so a reader that locks `last_switch` first sees the
+    /// pair as one); read by `/llmux/status`.
+    pub last_evicted: Mutex<Vec<Evicted>>,
+    /// The sizes of the loaded models (`Machine::used`), as `f64` bits: a
+    /// copy the switch task writes after every event it feeds the machine;
+    /// read by `/llmux/status` and `/metrics` through
+    /// [`Shared::capacity_used`].
+    pub capacity_used: AtomicU64,
     /// The last hook that failed. Written by the switch task.
     pub last_hook_error: Mutex<Option<HookError>>,
     /// The switch protocol's clock: maps instants to the machine's time.
@@ -82,6 +92,16 @@ pub struct ConfigFile {
     pub port: Option<u16>,
 }
 
+/// A victim a switch put to sleep (its sleep hook succeeded during the
+/// switch), for `/llmux/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Evicted {
+    /// The victim's slot.
+    pub model: usize,
+    /// Its sleep hook's spawn-to-reap time.
+    pub sleep: Duration,
+}
+
 /// A hook failure, for `/llmux/status`.
 #[derive(Debug, Clone)]
 pub struct HookError {
@@ -106,6 +126,8 @@ impl Shared {
             shutdown: Shutdown::default(),
             switch_costs: Mutex::new(BTreeMap::new()),
             last_switch: Mutex::new(None),
+            last_evicted: Mutex::new(Vec::new()),
+            capacity_used: AtomicU64::new(0f64.to_bits()),
             last_hook_error: Mutex::new(None),
             infeasible: Mutex::new(Vec::new()),
             queued_requests: AtomicUsize::new(0),
@@ -137,6 +159,17 @@ impl Shared {
     /// True if the switch task ended before shutdown.
     pub fn is_switch_task_dead(&self) -> bool {
         self.switch_task_dead.load(SeqCst)
+    }
+
+    /// The sizes of the loaded models, as the switch task last saw them.
+    pub fn capacity_used(&self) -> f64 {
+        f64::from_bits(self.capacity_used.load(Relaxed))
+    }
+
+    /// The resident models' slots, in the order they were published
+    /// (the last is [`Shared::active_model`]).
+    pub fn resident_models(&self) -> Vec<usize> {
+        self.routing.load().residents().map(|i| i.model).collect()
     }
 
     /// The index of the active model, if any.

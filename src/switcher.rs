@@ -17,7 +17,7 @@ use serde_json::json;
 use tokio::task::{AbortHandle, JoinSet};
 
 use crate::catalog::Catalog;
-use crate::clock::Clock;
+use crate::clock::{Clock, Time};
 use crate::hooks::{self, HookKind, HookRun, Outcome};
 use crate::inbox::{Input, SleepAnswer};
 use crate::machine::{
@@ -28,7 +28,7 @@ use crate::metrics::millis;
 use crate::proxy::{Upstream, UpstreamOptions};
 use crate::queue;
 use crate::routing::{InFlight, Incarnation, Routing};
-use crate::state::{HookError, Shared};
+use crate::state::{Evicted, HookError, Shared};
 
 /// The switch task. Returns at shutdown, once no hook runs.
 pub async fn run(shared: Arc<Shared>, policy: Box<dyn SwitchPolicy>) {
@@ -94,6 +94,9 @@ struct Executor {
     /// Events the executor owes the machine (answers to its actions).
     pending: VecDeque<Event>,
     shutdown_fed: bool,
+    /// Each model's last successful sleep hook: when it ended and how
+    /// long it took (which victims of a switch were evicted, and how).
+    slept: HashMap<ModelId, (Time, Duration)>,
 }
 
 impl Executor {
@@ -112,6 +115,7 @@ impl Executor {
             next_command: 0,
             pending: VecDeque::new(),
             shutdown_fed: false,
+            slept: HashMap::new(),
         }
     }
 
@@ -214,11 +218,16 @@ impl Executor {
     fn feed(&mut self, event: Event) {
         self.pending.push_back(event);
         while let Some(event) = self.pending.pop_front() {
-            let actions = self.machine.handle(event, self.clock.now());
+            let now = self.clock.now();
+            if let Event::HookDone { model, kind: HookKind::Sleep, result: HookResult::Success, took, .. } = &event {
+                self.slept.insert(*model, (now, *took));
+            }
+            let actions = self.machine.handle(event, now);
             for action in actions {
                 self.execute(action);
             }
         }
+        self.shared.capacity_used.store(self.machine.used().to_bits(), Relaxed);
     }
 
     fn execute(&mut self, action: Action) {
@@ -387,7 +396,21 @@ impl Executor {
         let costs = self.machine.costs().clone();
         *self.shared.switch_costs.lock() = costs;
         self.shared.metrics.record_switch(&record);
-        *self.shared.last_switch.lock() = Some(record);
+        let evicted = self.evicted(&record);
+        let catalog = self.shared.catalog();
+        for e in &evicted {
+            catalog.slot(e.model).metrics.evictions.fetch_add(1, Relaxed);
+        }
+        self.shared.metrics.record_victims(record.to, evicted.iter().map(|e| e.model));
+        let mut last = self.shared.last_switch.lock();
+        *self.shared.last_evicted.lock() = evicted;
+        *last = Some(record);
+    }
+
+    /// The victims of `record` whose sleep hook succeeded during it.
+    fn evicted(&self, record: &SwitchRecord) -> Vec<Evicted> {
+        let slept_during = |v: &ModelId| self.slept.get(v).filter(|(at, _)| *at >= record.started);
+        record.victims.iter().filter_map(|v| slept_during(v).map(|&(_, sleep)| Evicted { model: *v, sleep })).collect()
     }
 }
 

@@ -158,7 +158,8 @@ async fn sleep_all_sleeps_whatever_is_active() {
     mux.served("a").await;
     let r = mux.admin_post("/llmux/sleep").await;
     assert_eq!((r.status.as_u16(), r.json()), (200, json!({"slept": "a", "models": ["a"]})), "{}", r.text());
-    assert!(mux.health().await["active"].is_null());
+    let health = mux.health().await;
+    assert!(health["active"].is_null() && health["resident"] == json!([]), "{health}");
     assert_eq!(mux.state("a").await, "asleep");
     mux.served("a").await;
     assert_eq!(mux.hook_count("wake-start a"), 2);

@@ -19,6 +19,7 @@ mod metrics;
 mod protocol;
 mod real;
 mod reload;
+mod residents;
 mod routing;
 mod scheduling;
 mod soak;
