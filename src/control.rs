@@ -84,7 +84,40 @@ fn status(shared: &Shared) -> Value {
         "last_switch": last_switch(shared, &catalog),
         "last_hook_error": last_hook_error,
         "switch_costs": switch_costs,
+        "scheduler": scheduler_status(shared, &catalog),
     })
+}
+
+/// What the scheduler works with: its name, each model's bound, weight,
+/// measured service time and concurrency, and the bounds found infeasible.
+fn scheduler_status(shared: &Shared, catalog: &Catalog) -> Value {
+    let estimates = shared.estimates.lock().clone();
+    let models: Vec<Value> = catalog
+        .live()
+        .map(|(i, m, _)| {
+            let (service, concurrency) = estimates.get(i).copied().unwrap_or_default();
+            json!({
+                "id": m.name,
+                "max_wait_secs": m.max_wait.as_secs_f64(),
+                "weight": m.weight,
+                "service_ms": service.map(millis),
+                "concurrency": concurrency,
+            })
+        })
+        .collect();
+    let infeasible: Vec<Value> = shared
+        .infeasible
+        .lock()
+        .iter()
+        .map(|&(m, bound, cycle)| {
+            json!({ "model": catalog.name(m), "max_wait_secs": bound.as_secs_f64(), "cycle_secs": cycle.as_secs_f64() })
+        })
+        .collect();
+    let name = match catalog.config.policy.scheduler {
+        crate::config::Scheduler::CostAware => "cost_aware",
+        crate::config::Scheduler::Fifo => "fifo",
+    };
+    json!({ "policy": name, "models": models, "infeasible": infeasible })
 }
 
 /// Each configured model's entry in `/llmux/status`, in config order.

@@ -52,6 +52,10 @@ pub struct Shared {
     pub queued_body_bytes: AtomicU64,
     /// The last switch, as it went. Written by the switch task.
     pub last_switch: Mutex<Option<SwitchRecord>>,
+    /// The scheduler's estimates per slot: mean service time and the
+    /// concurrency seen. Written by the switch task when it samples them,
+    /// read by `/llmux/status`.
+    pub estimates: Mutex<Vec<(Option<Duration>, usize)>>,
     /// Models whose wait bound was found infeasible: (slot, bound, round
     /// of switches). Written by the switch task, read by `/llmux/status`.
     pub infeasible: Mutex<Vec<(usize, Duration, Duration)>>,
@@ -130,6 +134,7 @@ impl Shared {
             capacity_used: AtomicU64::new(0f64.to_bits()),
             last_hook_error: Mutex::new(None),
             infeasible: Mutex::new(Vec::new()),
+            estimates: Mutex::new(Vec::new()),
             queued_requests: AtomicUsize::new(0),
             queued_body_bytes: AtomicU64::new(0),
             clock: crate::clock::Clock::new(),

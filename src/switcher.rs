@@ -187,6 +187,7 @@ impl Executor {
             let in_flight = self.incarnations.get(&model).map_or(0, |i| i.in_flight());
             self.feed(Event::Served { model, completed, busy, in_flight });
         }
+        *self.shared.estimates.lock() = self.machine.estimates();
     }
 
     fn hook_finished(&mut self, done: Result<(tokio::task::Id, Event), tokio::task::JoinError>) {

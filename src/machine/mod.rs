@@ -781,6 +781,12 @@ impl Machine {
         self.models.get(model).map(|m| m.state)
     }
 
+    /// The scheduler's estimates per slot: mean service time, concurrency
+    /// seen.
+    pub fn estimates(&self) -> Vec<(Option<Duration>, usize)> {
+        self.models.iter().map(|m| (m.served.mean(), m.max_in_flight.max(1))).collect()
+    }
+
     /// How many model slots the machine knows (a reload adds some).
     pub fn slots(&self) -> usize {
         self.models.len()
