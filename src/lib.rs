@@ -28,7 +28,8 @@
 //!    becomes OpenAI's error JSON in one place ([`response`]).
 //! 6. The request counts itself in its model's preallocated
 //!    [`metrics::ModelMetrics`]: status and first byte when the head goes
-//!    out, duration when the response body is dropped.
+//!    out, duration when the response body is dropped; then, unless
+//!    `access_log` is off, it writes its [`access`] line.
 //!
 //! # Switching
 //!
