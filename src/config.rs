@@ -45,6 +45,9 @@ pub struct Config {
     pub admin_api_keys: Vec<String>,
     /// `/metrics` answers without a key even when `api_keys` is set.
     pub metrics_public: bool,
+    /// One info line per request (target `llmux::access`); see
+    /// [`crate::access`].
+    pub access_log: bool,
     /// Directory hooks run in: the config file's directory.
     pub base_dir: PathBuf,
     /// The budget the sizes of loaded models add up to at most (`None`:
@@ -212,6 +215,7 @@ struct RawConfig {
     admin_api_keys: Vec<String>,
     #[serde(default)]
     metrics_public: bool,
+    access_log: Option<bool>,
     capacity: Option<f64>,
 }
 
@@ -525,6 +529,7 @@ fn validate(raw: RawConfig, base_dir: PathBuf) -> Result<Config, ConfigError> {
         api_keys: raw.api_keys,
         admin_api_keys: raw.admin_api_keys,
         metrics_public: raw.metrics_public,
+        access_log: raw.access_log.unwrap_or(true),
         host: raw.host.unwrap_or(IpAddr::from([0, 0, 0, 0])),
         port: raw.port.unwrap_or(DEFAULT_PORT),
         max_body_bytes,

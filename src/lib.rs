@@ -28,7 +28,8 @@
 //!    becomes OpenAI's error JSON in one place ([`response`]).
 //! 6. The request counts itself in its model's preallocated
 //!    [`metrics::ModelMetrics`]: status and first byte when the head goes
-//!    out, duration when the response body is dropped.
+//!    out, duration when the response body is dropped; then, unless
+//!    `access_log` is off, it writes its [`access`] line.
 //!
 //! # Switching
 //!
@@ -61,7 +62,7 @@
 //! Each module imports only from the layers above it in this list (no
 //! import cycle): leaves ([`config`], [`cli`], [`model`], [`clock`],
 //! [`machine`], [`events`], [`shutdown`], [`detect`], [`procfs`],
-//! [`budget`], [`pool`]); [`metrics`] primitives; [`inbox`], [`reaper`],
+//! [`budget`], [`pool`], [`access`]); [`metrics`] primitives; [`inbox`], [`reaper`],
 //! [`hooks`], [`error`], [`auth`], [`body`]; the [`catalog`]; [`proxy`],
 //! [`routing`]; [`state`]; [`queue`], [`switcher`]; [`response`];
 //! [`exposition`], [`api`], [`control`]; [`service`]; [`server`].
@@ -69,6 +70,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod api;
 pub mod auth;
 pub mod body;

@@ -24,9 +24,16 @@ use crate::state::Shared;
 /// while it waits.
 #[inline]
 pub async fn admit(shared: &Shared, model: usize, body_len: usize) -> Result<InFlight, Error> {
+    admit_noting_wait(shared, model, body_len).await.map(|(guard, _)| guard)
+}
+
+/// [`admit`], also saying whether the request queued (waited for its
+/// model to be published) rather than being admitted at once.
+#[inline]
+pub async fn admit_noting_wait(shared: &Shared, model: usize, body_len: usize) -> Result<(InFlight, bool), Error> {
     match try_admit(&shared.routing, model) {
-        Some(guard) => Ok(guard),
-        None => wait_for(shared, model, body_len).await,
+        Some(guard) => Ok((guard, false)),
+        None => wait_for(shared, model, body_len).await.map(|guard| (guard, true)),
     }
 }
 

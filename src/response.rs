@@ -15,6 +15,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use hyper::Response;
 
+use crate::access::Access;
 use crate::error::{retry_after_secs, Error};
 use crate::proxy::Connection;
 use crate::routing::InFlight;
@@ -38,16 +39,31 @@ pub struct ResponseBody {
     kind: Kind,
 }
 
+// `Upstream` is the common case: boxing it would cost an allocation per
+// proxied request to save a few hundred bytes on llmux's own answers.
+#[allow(clippy::large_enum_variant)]
 enum Kind {
     /// A body llmux made itself (errors, `/health`, `/v1/models`).
     Full(Option<Bytes>),
     /// A backend's body, streamed; the guard keeps the model busy; the
     /// connection goes back to the pool when the body ends. `started` is
     /// the request's arrival: its duration is counted when this drops.
-    Upstream { body: Incoming, in_flight: InFlight, conn: Option<Connection>, started: Instant },
+    Upstream(Upstream),
     /// A stream llmux writes itself (`/llmux/events`), until the sender
     /// goes away.
     Stream(tokio::sync::mpsc::Receiver<Bytes>),
+}
+
+/// A backend's body and what is counted (and logged) when it drops.
+struct Upstream {
+    body: Incoming,
+    in_flight: InFlight,
+    conn: Option<Connection>,
+    started: Instant,
+    /// Data bytes handed to the connection so far.
+    bytes_out: u64,
+    /// The access-log record, when the log is on.
+    access: Option<Access>,
 }
 
 impl ResponseBody {
@@ -59,9 +75,22 @@ impl ResponseBody {
     /// A backend's body, holding `in_flight` until it ends or is dropped,
     /// and `conn` until it ends (then it is pooled again); the request that
     /// arrived at `started` is counted in its model's duration histogram
-    /// when the body is dropped.
-    pub fn upstream(body: Incoming, in_flight: InFlight, conn: Connection, started: Instant) -> ResponseBody {
-        ResponseBody { kind: Kind::Upstream { body, in_flight, conn: Some(conn), started } }
+    /// when the body is dropped, and writes its `access` line then.
+    pub fn upstream(
+        body: Incoming,
+        in_flight: InFlight,
+        conn: Connection,
+        started: Instant,
+        access: Option<Access>,
+    ) -> ResponseBody {
+        let upstream = Upstream { body, in_flight, conn: Some(conn), started, bytes_out: 0, access };
+        ResponseBody { kind: Kind::Upstream(upstream) }
+    }
+
+    /// True if the body is a backend's, which writes its own access-log
+    /// line when dropped.
+    pub fn is_upstream(&self) -> bool {
+        matches!(self.kind, Kind::Upstream(_))
     }
 
     /// A body of the chunks `rx` yields, ending when its sender is dropped.
@@ -72,8 +101,13 @@ impl ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        if let Kind::Upstream { in_flight, started, .. } = &self.kind {
-            in_flight.incarnation().slot.metrics.duration.observe(started.elapsed());
+        if let Kind::Upstream(up) = &self.kind {
+            let slot = &up.in_flight.incarnation().slot;
+            let duration = up.started.elapsed();
+            slot.metrics.duration.observe(duration);
+            if let Some(access) = &up.access {
+                access.finish(&slot.name, duration, up.bytes_out);
+            }
         }
     }
 }
@@ -98,6 +132,35 @@ fn poll_upstream(
     Pin::new(body).poll_frame(cx)
 }
 
+impl Upstream {
+    /// The next frame, counting its data bytes; pools the connection at
+    /// the end, drops it on an error.
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match poll_upstream(&mut self.body, &mut self.conn, cx) {
+            Poll::Ready(Some(Err(e))) => {
+                // A broken connection is not pooled again.
+                self.conn.take();
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes_out += data.len() as u64;
+                }
+                // hyper stops polling once `is_end_stream` says so.
+                if self.body.is_end_stream() {
+                    release(&self.in_flight, &mut self.conn);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                release(&self.in_flight, &mut self.conn);
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
 /// A response body's error: the backend's, or a cut by a drain timeout.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -108,36 +171,18 @@ impl Body for ResponseBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.get_mut().kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream { in_flight, .. } if in_flight.incarnation().is_cut() => {
+            Kind::Upstream(up) if up.in_flight.incarnation().is_cut() => {
                 Poll::Ready(Some(Err("cut: the drain before a model switch timed out".into())))
             }
             Kind::Stream(rx) => rx.poll_recv(cx).map(|chunk| chunk.map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream { body, in_flight, conn, .. } => match poll_upstream(body, conn, cx) {
-                Poll::Ready(Some(Err(e))) => {
-                    // A broken connection is not pooled again.
-                    conn.take();
-                    Poll::Ready(Some(Err(e.into())))
-                }
-                Poll::Ready(Some(Ok(frame))) => {
-                    // hyper stops polling once `is_end_stream` says so.
-                    if body.is_end_stream() {
-                        release(in_flight, conn);
-                    }
-                    Poll::Ready(Some(Ok(frame)))
-                }
-                Poll::Ready(None) => {
-                    release(in_flight, conn);
-                    Poll::Ready(None)
-                }
-                Poll::Pending => Poll::Pending,
-            },
+            Kind::Upstream(up) => up.poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(bytes) => bytes.is_none(),
-            Kind::Upstream { body, .. } => body.is_end_stream(),
+            Kind::Upstream(up) => up.body.is_end_stream(),
             Kind::Stream(_) => false,
         }
     }
@@ -146,7 +191,7 @@ impl Body for ResponseBody {
         match &self.kind {
             Kind::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
-            Kind::Upstream { body, .. } => body.size_hint(),
+            Kind::Upstream(up) => up.body.size_hint(),
             Kind::Stream(_) => SizeHint::default(),
         }
     }

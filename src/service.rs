@@ -12,6 +12,7 @@ use hyper::body::{Body as _, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response};
 
+use crate::access::{self, Access};
 use crate::api;
 use crate::auth;
 use crate::body::{read_request_body, RequestBody};
@@ -22,6 +23,7 @@ use crate::model;
 use crate::proxy::{prepare_request_headers, Forwarded, X_REQUEST_ID};
 use crate::queue;
 use crate::response::ResponseBody;
+use crate::routing::InFlight;
 use crate::state::Shared;
 use crate::switcher;
 
@@ -43,7 +45,9 @@ pub async fn handle(
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
     let request_id = request_id(&req);
-    let mut response = match route(&shared, &peer, req, &request_id, started).await {
+    // Checked before anything is copied for the log: off, `access` is None.
+    let mut access = (access::enabled() && shared.catalog().config.access_log).then(|| Access::new(&req, &request_id));
+    let mut response = match route(&shared, &peer, req, &request_id, started, &mut access).await {
         Ok(response) => response,
         Err(e) => {
             if let Some(limit) = e.limit() {
@@ -58,8 +62,21 @@ pub async fn handle(
         let status = response.status().as_u16();
         tracing::debug!(request_id = id, status, head_ms = started.elapsed().as_millis() as u64, "request");
     }
+    // Still here unless a backend's body took it (and logs when dropped).
+    if let Some(access) = &access {
+        log_answered(&shared, access, &response, started);
+    }
     response.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
     Ok(response)
+}
+
+/// The access-log line of a request llmux answered itself (an error, a
+/// local endpoint, the control API): it ends with its head.
+fn log_answered(shared: &Shared, access: &Access, response: &Response<ResponseBody>, started: Instant) {
+    let catalog = shared.catalog();
+    let model = access.model.map_or("-", |m| catalog.name(m));
+    let bytes_out = response.body().size_hint().exact().unwrap_or(0);
+    access.finish_now(model, response.status().as_u16(), started.elapsed(), bytes_out);
 }
 
 async fn route(
@@ -68,6 +85,7 @@ async fn route(
     req: Request<Incoming>,
     request_id: &HeaderValue,
     started: Instant,
+    access: &mut Option<Access>,
 ) -> Result<Response<ResponseBody>, Error> {
     if control::is_control(req.uri().path()) {
         auth::check_admin(&shared.catalog().config, req.headers(), peer.loopback)?;
@@ -88,7 +106,7 @@ async fn route(
     match local {
         // The usual case: no body, so no body model; answer at once.
         Some(local) if req.body().is_end_stream() => local.answer(shared, req.uri().path()),
-        _ => proxy(shared, peer, req, request_id, local, started).await,
+        _ => proxy(shared, peer, req, Forwarding { request_id, local, started, access }).await,
     }
 }
 
@@ -126,28 +144,45 @@ impl Local {
     }
 }
 
+/// What [`proxy`] knows of a request besides its head and body.
+struct Forwarding<'a> {
+    request_id: &'a HeaderValue,
+    /// The local endpoint the request is for if its body has no model.
+    local: Option<Local>,
+    /// Its arrival.
+    started: Instant,
+    /// Its access-log record, when the log is on.
+    access: &'a mut Option<Access>,
+}
+
 /// Reads the body, finds its model, waits for it and forwards. A request
-/// for a local endpoint (`local`) is answered here if its body has no model.
+/// for a local endpoint (`fwd.local`) is answered here if its body has no
+/// model.
 async fn proxy(
     shared: &Shared,
     peer: &Peer,
     req: Request<Incoming>,
-    request_id: &HeaderValue,
-    local: Option<Local>,
-    started: Instant,
+    fwd: Forwarding<'_>,
 ) -> Result<Response<ResponseBody>, Error> {
+    let Forwarding { request_id, local, started, access } = fwd;
     let strip_auth = shared.catalog().config.has_keys();
     let (mut head, body, memory) = read_body(shared, req).await?;
+    if let Some(access) = access.as_mut() {
+        access.bytes_in = body.len() as u64;
+    }
     let model = match target_of(shared, &body, local, &head)? {
         Target::Model(model) => model,
         Target::Local(local) => return local.answer(shared, head.uri.path()),
     };
+    if let Some(access) = access.as_mut() {
+        access.model = Some(model);
+    }
     prepare_request_headers(&mut head.headers, &peer.ip, request_id);
     if strip_auth {
         // Checked above; the backend never sees a client's key.
         head.headers.remove(header::AUTHORIZATION);
     }
-    let result = serve_model(shared, model, head, body, started).await;
+    let result = serve_model(shared, model, head, body, started, access).await;
     // Released: the response head is here (or the request failed), so the
     // backend has the body and no clone of it is left (queue ticket, resend
     // copy and outgoing body are gone).
@@ -223,15 +258,18 @@ fn target_of(
 }
 
 /// Admits a request for `model` (queueing if it is not active) and
-/// forwards it; counts its response head in the model's metrics.
+/// forwards it; counts its response head in the model's metrics. The
+/// access-log record (`access`) notes the admission and moves into the
+/// response body, which writes the line when it drops.
 async fn serve_model(
     shared: &Shared,
     model: usize,
     head: hyper::http::request::Parts,
     body: RequestBody,
     started: Instant,
+    access: &mut Option<Access>,
 ) -> Result<Response<ResponseBody>, Error> {
-    let in_flight = queue::admit(shared, model, body.len()).await?;
+    let in_flight = admit(shared, model, &body, started, access).await?;
     let (response, conn, in_flight) = match in_flight.incarnation().upstream.forward(head, body.clone()).await? {
         Forwarded::Answered(response, conn) => (response, conn, in_flight),
         Forwarded::Refused(head) => {
@@ -240,7 +278,7 @@ async fn serve_model(
             if !switcher::backend_refused(shared, in_flight).await {
                 return Err(Error::backend("the backend refused the connection (its alive hook still passes)"));
             }
-            let in_flight = queue::admit(shared, model, body.len()).await?;
+            let in_flight = admit(shared, model, &body, started, access).await?;
             match in_flight.incarnation().upstream.forward(head, body).await? {
                 Forwarded::Answered(response, conn) => (response, conn, in_flight),
                 Forwarded::Refused(_) => {
@@ -249,8 +287,29 @@ async fn serve_model(
             }
         }
     };
-    in_flight.incarnation().slot.metrics.record_head(response.status(), started.elapsed());
-    Ok(response.map(|body| ResponseBody::upstream(body, in_flight, conn, started)))
+    // One clock read for the metrics and the log.
+    let first_byte = started.elapsed();
+    in_flight.incarnation().slot.metrics.record_head(response.status(), first_byte);
+    let access = access.take().map(|mut access| {
+        access.answered(response.status().as_u16(), first_byte);
+        access
+    });
+    Ok(response.map(|body| ResponseBody::upstream(body, in_flight, conn, started, access)))
+}
+
+/// [`queue::admit`], noting the admission in the access-log record.
+async fn admit(
+    shared: &Shared,
+    model: usize,
+    body: &RequestBody,
+    started: Instant,
+    access: &mut Option<Access>,
+) -> Result<InFlight, Error> {
+    let (in_flight, queued) = queue::admit_noting_wait(shared, model, body.len()).await?;
+    if let Some(access) = access.as_mut() {
+        access.admitted(started, queued);
+    }
+    Ok(in_flight)
 }
 
 fn content_length(req: &Request<Incoming>) -> Result<Option<u64>, Error> {

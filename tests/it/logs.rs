@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::support::backend::free_port;
-use crate::support::http::{self, chat};
+use crate::support::http::{self, chat, chat_stream, Reply};
 use crate::support::{mux, Mux, PATIENCE};
 
 const CHAT: &str = "/v1/chat/completions";
@@ -149,4 +149,116 @@ async fn per_request_lines_are_debug_only() {
     // The quiet llmux logged its switch at info, but no request line.
     wait_json_line(&quiet, "the switch", |l| text(l, "message") == "switch done").await;
     assert!(!json_lines(&quiet.log()).iter().any(is_request), "{}", quiet.log());
+}
+
+/// The access-log lines (target `llmux::access`) of request `id`.
+fn access_lines(log: &str, id: &str) -> Vec<Value> {
+    json_lines(log).into_iter().filter(|l| l["target"] == "llmux::access" && text(l, "request_id") == id).collect()
+}
+
+/// Waits for request `id`'s access line and returns it, failing the test
+/// unless there is exactly one.
+async fn access_line(mux: &Mux, id: &str) -> Value {
+    let is_it = |l: &Value| l["target"] == "llmux::access" && text(l, "request_id") == id;
+    wait_json_line(mux, id, is_it).await;
+    let mut lines = access_lines(&mux.log(), id);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    lines.remove(0)
+}
+
+/// A numeric field of a JSON log line.
+fn number(line: &Value, name: &str) -> f64 {
+    field(line, name).and_then(Value::as_f64).unwrap_or_else(|| panic!("no number {name} in {line}"))
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs_f64()
+}
+
+/// Asserts the fields every access line of a served chat request has.
+fn assert_served_line(line: &Value, model: &str, body: &str, bytes_out: usize) {
+    assert_eq!(line["level"], "INFO", "{line}");
+    assert_eq!(field(line, "status"), Some(&Value::from(200)), "{line}");
+    for (key, value) in [("model", model), ("method", "POST"), ("path", CHAT)] {
+        assert_eq!(text(line, key), value, "{line}");
+    }
+    assert_eq!(number(line, "bytes_in"), body.len() as f64, "{line}");
+    assert_eq!(number(line, "bytes_out"), bytes_out as f64, "{line}");
+    let (queue, ttfb, duration) = (number(line, "queue_s"), number(line, "ttfb_s"), number(line, "duration_s"));
+    assert!(0.0 <= queue && queue <= ttfb && ttfb <= duration, "{line}");
+    assert!((number(line, "service_s") - (duration - queue)).abs() < 1e-6, "{line}");
+}
+
+/// A plain request that waited for its model's wake and a streamed one
+/// served at once each log exactly one access line when they finish:
+/// status, model, bytes in and out, the wait for the switch (the time
+/// the wake was held, or about nothing), and the stream's whole duration.
+#[tokio::test]
+async fn each_request_logs_one_access_line_when_it_finishes() {
+    let mux = mux().model("a").args(&["--log-format", "json"]).start();
+    let before = unix_now();
+    mux.hooks.set("hold-wake-a");
+    let body = chat("a");
+    let headers = [("x-request-id", "queued-1"), ("content-type", "application/json")];
+    // The request arrives before the wake starts and is admitted after
+    // the hold ends: it waits at least as long as the wake is held.
+    let release = async {
+        mux.hooks.wait_for("wake-start a").await;
+        let held = Instant::now();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        mux.hooks.clear("hold-wake-a");
+        held.elapsed().as_secs_f64()
+    };
+    let url = mux.url(CHAT);
+    let (reply, held) = tokio::join!(http::request(hyper::Method::POST, &url, &headers, body.clone()), release);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let line = access_line(&mux, "queued-1").await;
+    assert_served_line(&line, "a", &body, reply.body.len());
+    assert_eq!(field(&line, "switch"), Some(&Value::Bool(true)), "{line}");
+    assert!(number(&line, "queue_s") >= held, "held {held}: {line}");
+    let arrival = number(&line, "arrival");
+    assert!(before - 1.0 <= arrival && arrival <= unix_now(), "{line}");
+
+    let stream = chat_stream("a");
+    let headers = [("x-request-id", "stream-1"), ("x-standin-chunks", "4"), ("x-standin-chunk-ms", "100")];
+    let response = http::send(hyper::Method::POST, &mux.url(CHAT), &headers, stream.clone()).await;
+    let received: usize = http::frames(response).await.iter().map(|(_, data)| data.len()).sum();
+    let line = access_line(&mux, "stream-1").await;
+    assert_served_line(&line, "a", &stream, received);
+    assert_eq!(field(&line, "switch"), Some(&Value::Bool(false)), "{line}");
+    assert!(number(&line, "queue_s") < 0.1, "{line}");
+    // Three pauses between chunks: the line came when the stream ended.
+    assert!(number(&line, "duration_s") >= 0.29, "{line}");
+    assert!(number(&line, "ttfb_s") < number(&line, "duration_s") - 0.2, "{line}");
+}
+
+/// An error llmux answers itself logs one access line with its status
+/// (no configured model: `-`); `access_log: false` logs none, and a reload
+/// turns the log back on.
+#[tokio::test]
+async fn errors_are_logged_and_access_log_false_logs_nothing() {
+    let mux = mux().model("a").config("access_log: false").args(&["--log-format", "json"]).start();
+    assert_eq!(send(&mux, "quiet-200", "a").await.status, 200);
+    assert_eq!(send(&mux, "quiet-404", "nope").await.status, 404);
+    let config = std::fs::read_to_string(&mux.config_path).expect("config");
+    mux.write_config(&config.replace("access_log: false", "access_log: true"));
+    assert_eq!(mux.reload().await.status, 200);
+    let reply = send(&mux, "loud-404", "nope").await;
+    reply.assert_error(404, "model_not_found");
+    let line = access_line(&mux, "loud-404").await;
+    assert_eq!(field(&line, "status"), Some(&Value::from(404)), "{line}");
+    assert_eq!(text(&line, "model"), "-", "{line}");
+    assert_eq!(number(&line, "bytes_out"), reply.body.len() as f64, "{line}");
+    assert_eq!(field(&line, "switch"), Some(&Value::Bool(false)), "{line}");
+    // Both earlier requests had finished before the reload.
+    let log = mux.log();
+    for id in ["quiet-200", "quiet-404"] {
+        assert!(access_lines(&log, id).is_empty(), "{id} logged:\n{log}");
+    }
+}
+
+/// A chat request for `model` with request id `id`.
+async fn send(mux: &Mux, id: &str, model: &str) -> Reply {
+    let headers = [("x-request-id", id), ("content-type", "application/json")];
+    http::request(hyper::Method::POST, &mux.url(CHAT), &headers, chat(model)).await
 }

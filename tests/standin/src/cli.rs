@@ -5,13 +5,18 @@ pub const USAGE: &str = "\
 llmux-standin: a stand-in OpenAI-compatible backend for llmux's tests and benches
 
 USAGE:
-    llmux-standin --port P --model NAME [--host ADDR] [--load-ms N]
+    llmux-standin --port P --model NAME [--host ADDR] [--load-ms N] [--concurrency K]
 
 OPTIONS:
     --port P       TCP port to listen on (0 picks a free port)
     --model NAME   the one model this backend serves
     --host ADDR    address to bind [default: 127.0.0.1]
     --load-ms N    answer 503 (\"loading\") for N ms after start [default: 0]
+    --concurrency K
+                   serve at most K requests at once (not /health, not
+                   /standin/*); each holds its slot for its whole service
+                   time (delay and streaming included), more wait for one
+                   [default: unlimited]
     -h, --help     print this help and exit
 
 The first line on stdout is `listening on ADDR:PORT` (the bound address).
@@ -28,6 +33,9 @@ ENDPOINTS:
 
 FAULT HEADERS (per request, not on /standin/*):
     x-standin-delay-ms: N          wait N ms before the response head
+                                   (a top-level \"standin_service_ms\": N in
+                                   the JSON body does the same; the header
+                                   wins if both are given)
     x-standin-chunks: N            SSE chunk count [default: 5]
     x-standin-chunk-ms: M          wait M ms between SSE chunks [default: 0]
     x-standin-hang: headers|stream never answer / hang after the first chunk
@@ -43,6 +51,8 @@ pub struct Config {
     pub port: u16,
     pub model: String,
     pub load_ms: u64,
+    /// At most this many requests served at once (`None`: unlimited).
+    pub concurrency: Option<usize>,
 }
 
 /// Parses the process arguments; `Ok(None)` means `--help`.
@@ -55,10 +65,16 @@ pub fn parse_args() -> Result<Option<Config>, String> {
     let host: Option<String> = args.opt_value_from_str("--host").map_err(|e| arg_error("--host", e))?;
     let model: String = args.value_from_str("--model").map_err(|e| arg_error("--model", e))?;
     let load_ms: Option<u64> = args.opt_value_from_str("--load-ms").map_err(|e| arg_error("--load-ms", e))?;
+    let concurrency: Option<usize> =
+        args.opt_value_from_str("--concurrency").map_err(|e| arg_error("--concurrency", e))?;
     let rest = args.finish();
     if !rest.is_empty() {
         let rest: Vec<String> = rest.iter().map(|s| s.to_string_lossy().into_owned()).collect();
         return Err(format!("unexpected argument(s): {}", rest.join(" ")));
+    }
+    let max = tokio::sync::Semaphore::MAX_PERMITS;
+    if concurrency.is_some_and(|k| k == 0 || k > max) {
+        return Err(format!("--concurrency must be between 1 and {max}"));
     }
     if model.is_empty() || model.chars().any(char::is_control) {
         return Err("--model must be non-empty and free of control characters".to_owned());
@@ -68,6 +84,7 @@ pub fn parse_args() -> Result<Option<Config>, String> {
         port,
         model,
         load_ms: load_ms.unwrap_or(0),
+        concurrency,
     }))
 }
 

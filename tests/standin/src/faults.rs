@@ -1,10 +1,12 @@
 //! The fault-injection headers, `x-standin-*`, read per request (not on
-//! `/standin/*`). A bad value is the client's error: 400 with code
-//! `bad_standin_header`. What each one does is listed in `--help`
+//! `/standin/*`), and the body's `standin_service_ms` (a delay like
+//! `x-standin-delay-ms`, which wins). A bad value is the client's error:
+//! 400 with code `bad_standin_header`. What each one does is listed in `--help`
 //! ([`crate::cli::USAGE`]) and carried out in [`crate::routes`],
 //! [`crate::reply`] and [`crate::sse`].
 
 use crate::http::Request;
+use crate::responses::BodyInfo;
 
 /// What `x-standin-malformed: 1` answers before closing.
 pub const MALFORMED: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: nonsense\r\n\r\ngarbage";
@@ -61,10 +63,14 @@ impl Default for Faults {
 }
 
 impl Faults {
-    /// Reads the `x-standin-*` headers of `req`; unknown ones are ignored.
-    /// `Err` is the message of the 400 answer.
-    pub fn parse(req: &Request) -> Result<Faults, String> {
+    /// Reads the `x-standin-*` headers of `req` (unknown ones are ignored)
+    /// over the body's `standin_service_ms` (`info`). `Err` is the message
+    /// of the 400 answer.
+    pub fn parse(req: &Request, info: Option<&BodyInfo>) -> Result<Faults, String> {
         let mut f = Faults::default();
+        if let Some(ms) = info.map(BodyInfo::service_ms).transpose()?.flatten() {
+            f.delay_ms = ms;
+        }
         for (name, value) in req.headers() {
             if name.len() <= PREFIX.len() || !name[..PREFIX.len()].eq_ignore_ascii_case(PREFIX) {
                 continue;

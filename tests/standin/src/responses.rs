@@ -98,6 +98,8 @@ pub struct BodyInfo {
     stream: Option<Value>,
     #[serde(default)]
     stream_options: Option<Value>,
+    #[serde(default)]
+    standin_service_ms: Option<Value>,
 }
 
 impl BodyInfo {
@@ -116,6 +118,18 @@ impl BodyInfo {
 
     pub fn stream(&self) -> bool {
         matches!(self.stream, Some(Value::Bool(true)))
+    }
+
+    /// `"standin_service_ms": N`, the body's own `x-standin-delay-ms`;
+    /// `Err` (the message of a 400) unless N is a non-negative integer.
+    pub fn service_ms(&self) -> Result<Option<u64>, String> {
+        match &self.standin_service_ms {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| format!("invalid standin_service_ms {v}: expected a non-negative integer")),
+        }
     }
 
     pub fn include_usage(&self) -> bool {

@@ -1,6 +1,7 @@
 //! One request, from bookkeeping to answer: `/standin/*` first (never
-//! counted, no faults), then the request is counted and recorded (all but
-//! `/health`), its fault headers applied in order (hang, delay, reset,
+//! counted, no faults), then the request waits for a slot (`--concurrency`)
+//! and is counted and recorded (all but `/health`), its fault headers
+//! (and body `standin_service_ms`) applied in order (hang, delay, reset,
 //! malformed, status), the `--load-ms` window, echo, and finally the
 //! endpoint: health, models, completions, embeddings.
 
@@ -23,13 +24,16 @@ pub async fn handle(state: &State, conn: &mut Conn, req: &Request) -> After {
         return standin(conn, &rsp, req.method(), path).await;
     }
     let info = BodyInfo::parse(&req.body);
-    let _in_flight = if path == "/health" {
-        None
+    // Held until the answer is done: the slot (`--concurrency`) covers the
+    // whole service time, delay and streaming included.
+    let (_slot, _in_flight) = if path == "/health" {
+        (None, None)
     } else {
         rsp.counted = true;
-        Some(state.begin(record(req, path, info.as_ref())))
+        let slot = state.slot().await;
+        (slot, Some(state.begin(record(req, path, info.as_ref()))))
     };
-    let faults = match Faults::parse(req) {
+    let faults = match Faults::parse(req, info.as_ref()) {
         Ok(f) => f,
         Err(msg) => return rsp.json(conn, 400, &responses::bad_fault_header(&msg)).await,
     };

@@ -1,12 +1,14 @@
 //! What the server shares between connections: the one model and its
-//! precomputed answers, the loading window (`--load-ms`), the counters of
-//! `/standin/stats` and the last requests of `/standin/requests`.
+//! precomputed answers, the loading window (`--load-ms`), the service
+//! slots (`--concurrency`), the counters of `/standin/stats` and the last
+//! requests of `/standin/requests`.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::cli::Config;
 use crate::responses::{json_string, models_json};
@@ -37,6 +39,8 @@ pub struct State {
     started: Instant,
     load: Duration,
     ready: AtomicBool,
+    /// `--concurrency` slots; `None`: unlimited.
+    slots: Option<Semaphore>,
     pub requests: AtomicU64,
     pub cancelled: AtomicU64,
     pub in_flight: AtomicU64,
@@ -61,6 +65,7 @@ impl State {
             started: Instant::now(),
             load: Duration::from_millis(cfg.load_ms),
             ready: AtomicBool::new(cfg.load_ms == 0),
+            slots: cfg.concurrency.map(Semaphore::new),
             requests: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
@@ -80,6 +85,13 @@ impl State {
             return false;
         }
         true
+    }
+
+    /// Waits for a free service slot (`--concurrency`), held until the
+    /// permit drops; `None` at once when serving is unlimited.
+    pub async fn slot(&self) -> Option<SemaphorePermit<'_>> {
+        // The semaphore is never closed, so acquiring only fails if it were.
+        self.slots.as_ref()?.acquire().await.ok()
     }
 
     /// Counts a request (not `/health`, not `/standin/*`) and remembers it;

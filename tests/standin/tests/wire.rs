@@ -1,7 +1,7 @@
 //! The stand-in's own wire behaviour, over raw TCP: the `listening on` line,
 //! SIGTERM, request framing (chunked bodies split anywhere, keep-alive,
-//! pipelining, HTTP/1.0, `Expect: 100-continue`), refused heads and the
-//! stats. llmux's suite (tests/it) covers the endpoints and fault headers.
+//! pipelining, HTTP/1.0, `Expect: 100-continue`), refused heads, the
+//! stats, `--concurrency` and the body's `standin_service_ms`. llmux's suite (tests/it) covers the endpoints and fault headers.
 //!
 //! Being an integration test of this package, it also makes `cargo test`
 //! build `target/<profile>/llmux-standin`, which tests/it then uses.
@@ -9,7 +9,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 struct Standin {
     child: Child,
@@ -18,8 +18,14 @@ struct Standin {
 
 impl Standin {
     fn start() -> Standin {
+        Standin::start_with(&[])
+    }
+
+    /// Started with `args` besides port and model.
+    fn start_with(args: &[&str]) -> Standin {
         let mut child = Command::new(env!("CARGO_BIN_EXE_llmux-standin"))
             .args(["--port", "0", "--model", "m"])
+            .args(args)
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn");
@@ -173,4 +179,49 @@ fn stats_count_requests_but_not_health_or_stats() {
     }
     let recent = response(&mut c).2;
     assert!(recent.contains(r#""path":"/v1/models""#) && recent.contains(r#""request_id":"r1""#), "{recent}");
+}
+
+/// A chat request for `m` with `body_extra` (`,"key":value...`) in its
+/// body and `headers` (each ending in CRLF).
+fn chat(body_extra: &str, headers: &str) -> Vec<u8> {
+    let body = format!(r#"{{"model":"m","messages":[]{body_extra}}}"#);
+    format!("POST /v1/chat/completions HTTP/1.1\r\n{headers}Content-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
+}
+
+/// Sends `request` on a new connection; its status and when it was answered.
+fn timed(s: &Standin, request: &[u8]) -> (u16, Instant) {
+    let mut c = s.connect();
+    send(&mut c, &[request]);
+    let status = response(&mut c).0;
+    (status, Instant::now())
+}
+
+#[test]
+fn concurrency_1_serves_one_request_at_a_time() {
+    let s = Standin::start_with(&["--concurrency", "1"]);
+    let request = chat("", "x-standin-delay-ms: 300\r\n");
+    let (a, b) = std::thread::scope(|scope| {
+        let a = scope.spawn(|| timed(&s, &request));
+        let b = scope.spawn(|| timed(&s, &request));
+        (a.join().expect("first"), b.join().expect("second"))
+    });
+    assert_eq!((a.0, b.0), (200, 200));
+    let (first, second) = if a.1 <= b.1 { (a.1, b.1) } else { (b.1, a.1) };
+    // Sent at once, served one after the other: 300 ms apart, not together.
+    let apart = second - first;
+    assert!(apart >= Duration::from_millis(250), "finished {apart:?} apart");
+}
+
+#[test]
+fn the_body_service_time_delays_the_answer_and_the_header_wins() {
+    let s = Standin::start();
+    let started = Instant::now();
+    let (status, at) = timed(&s, &chat(r#","standin_service_ms":300"#, ""));
+    assert_eq!(status, 200);
+    assert!(at - started >= Duration::from_millis(300), "answered after {:?}", at - started);
+    let started = Instant::now();
+    let (status, at) = timed(&s, &chat(r#","standin_service_ms":60000"#, "x-standin-delay-ms: 0\r\n"));
+    assert_eq!(status, 200);
+    assert!(at - started < Duration::from_secs(5), "answered after {:?}", at - started);
+    assert_eq!(timed(&s, &chat(r#","standin_service_ms":-1"#, "")).0, 400);
 }
