@@ -8,6 +8,7 @@
 #
 # oha is the one benches/compare.sh installs (or set OHA). HEADER adds one
 # request header, e.g. HEADER='x-standin-chunks: 20' for a 20-chunk stream.
+# CONFIG adds top-level config lines, e.g. CONFIG='access_log: false'.
 set -euo pipefail
 body=$1
 n=${2:-20000}
@@ -37,8 +38,8 @@ first_line() {
 taskset -c 0 ./target/release/llmux-standin --port 0 --model m >"$tmp/standin.out" 2>/dev/null &
 pids+=($!)
 port=$(first_line "$tmp/standin.out" | awk -F: '{print $NF}')
-printf 'host: 127.0.0.1\nport: 0\nmax_body_bytes: 104857600\nmodels:\n  m: {port: %s, wake: "true", sleep: "true", alive: "true"}\n' \
-    "$port" >"$tmp/llmux.yaml"
+printf 'host: 127.0.0.1\nport: 0\nmax_body_bytes: 104857600\n%s\nmodels:\n  m: {port: %s, wake: "true", sleep: "true", alive: "true"}\n' \
+    "${CONFIG:-}" "$port" >"$tmp/llmux.yaml"
 taskset -c 1 "$llmux" -c "$tmp/llmux.yaml" >"$tmp/llmux.out" 2>/dev/null &
 pid=$!
 pids+=("$pid")
