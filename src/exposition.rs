@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use crate::catalog::Catalog;
 use crate::config::HookKind;
 use crate::machine::{ModelState, SwitchResult};
-use crate::metrics::{HookMetrics, SwitchStats, CLASSES, LIMITS};
+use crate::metrics::{HookMetrics, SwitchStats, CLASSES, LIMITS, SWITCH_REASONS};
 use crate::state::Shared;
 
 /// The `/metrics` page.
@@ -130,6 +130,10 @@ fn render_switches(out: &mut String, shared: &Shared, catalog: &Catalog) {
         for (result, n) in SwitchResult::ALL.map(SwitchResult::as_str).iter().zip(stats.results) {
             let _ = writeln!(out, "llmux_switches_total{{from=\"{from}\",to=\"{to}\",result=\"{result}\"}} {n}");
         }
+    }
+    family(out, "llmux_switch_reasons_total", "counter", "Switches by the scheduler's reason.");
+    for (reason, n) in SWITCH_REASONS.iter().zip(&shared.metrics.reasons) {
+        let _ = writeln!(out, "llmux_switch_reasons_total{{reason=\"{reason}\"}} {}", n.load(Relaxed));
     }
     family(out, "llmux_switch_phase_seconds", "histogram", "Switch phase durations: drain, sleep, wake.");
     for (from, to, stats) in &pairs {

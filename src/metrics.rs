@@ -192,6 +192,9 @@ pub struct ProcessMetrics {
     rejected: [AtomicU64; LIMITS.len()],
     /// Requests cut by a drain timeout. Written by the switch task.
     pub cut_requests: AtomicU64,
+    /// Switches by the scheduler's reason, as [`SWITCH_REASONS`]. Written
+    /// by the switch task.
+    pub reasons: [AtomicU64; SWITCH_REASONS.len()],
     /// Per (from, to) slot indices. Written by the switch task, read by
     /// `/metrics`.
     pub switches: Mutex<BTreeMap<(Option<usize>, usize), SwitchStats>>,
@@ -222,6 +225,9 @@ impl ProcessMetrics {
 
     /// Counts a finished switch and its phases.
     pub fn record_switch(&self, record: &SwitchRecord) {
+        if let Some(i) = SWITCH_REASONS.iter().position(|r| *r == record.reason) {
+            self.reasons[i].fetch_add(1, Relaxed);
+        }
         let mut switches = self.switches.lock();
         let stats = switches.entry((record.from, record.to)).or_default();
         stats.results[record.result as usize] += 1;
@@ -236,6 +242,10 @@ impl ProcessMetrics {
         }
     }
 }
+
+/// The reasons a scheduler gives for a switch: a small fixed set (the
+/// label values of `llmux_switch_reasons_total`).
+pub const SWITCH_REASONS: [&str; 4] = ["fifo", "value", "deadline", "idle_gpu"];
 
 /// Whole milliseconds, for logs, events and the control API.
 pub fn millis(d: Duration) -> u64 {
