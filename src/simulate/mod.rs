@@ -105,3 +105,42 @@ fn mean_wake(workload: &Workload) -> Duration {
     let n = u32::try_from(workload.backends.len()).unwrap_or(u32::MAX).max(1);
     workload.backends.iter().map(|b| b.wake).sum::<Duration>() / n
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Format;
+
+    fn config() -> Config {
+        let mut text = "models:\n".to_owned();
+        for (i, name) in ["a", "b", "c"].iter().enumerate() {
+            text += &format!("  {name}:\n    port: {}\n    wake: w\n    sleep: s\n    alive: x\n", 9000 + i);
+        }
+        Config::parse(&text, Format::Yaml, ".".into()).expect("config")
+    }
+
+    fn printed(scenario: &str, seed: u64, json: bool) -> String {
+        let options = SimulateOptions { seed, json, ..SimulateOptions::default() };
+        let names: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let params = [("rate".to_owned(), "0.5".to_owned()), ("duration_secs".to_owned(), "300".to_owned())];
+        let workload = scenario::generate(scenario, &params, seed, &names).expect("scenario");
+        let policies = ["fifo".to_owned(), "cost_aware".to_owned()];
+        simulate(&config(), &workload, &policies, &options).expect("simulates")
+    }
+
+    #[test]
+    fn the_same_seed_prints_the_same_bytes() {
+        for name in scenario::NAMES {
+            assert_eq!(printed(name, 42, false), printed(name, 42, false), "{name}");
+            assert_eq!(printed(name, 42, true), printed(name, 42, true), "{name}");
+        }
+        assert_ne!(printed("poisson", 1, true), printed("poisson", 2, true));
+    }
+
+    #[test]
+    fn policies_are_found_by_name() {
+        assert!(policy_by_name("fifo").is_some());
+        assert!(policy_by_name("cost_aware").is_some());
+        assert!(policy_by_name("lifo").is_none());
+    }
+}

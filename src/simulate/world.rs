@@ -498,3 +498,81 @@ impl<'a> World<'a> {
         self.feed(Event::hook(model, kind, result, took));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Format;
+
+    fn config(policy: &str) -> Config {
+        let mut text = format!("policy:\n{policy}\nmodels:\n");
+        for (i, name) in ["a", "b"].iter().enumerate() {
+            text += &format!("  {name}:\n    port: {}\n    wake: w\n    sleep: s\n    alive: x\n", 9000 + i);
+        }
+        Config::parse(&text, Format::Yaml, ".".into()).expect("config")
+    }
+
+    fn req(t: f64, model: u32, service: f64, timeout: Option<f64>) -> Request {
+        Request {
+            at: Time::from_secs_f64(t),
+            model,
+            service: Duration::from_secs_f64(service),
+            timeout: timeout.map(Duration::from_secs_f64),
+        }
+    }
+
+    fn run_fifo(config: &Config, backends: &[Backend], requests: &[Request]) -> Outcome {
+        run(config, backends, requests, Box::new(crate::machine::policy::Fifo))
+    }
+
+    fn secs(t: Time) -> f64 {
+        t.micros() as f64 / 1e6
+    }
+
+    #[test]
+    fn two_models_one_request_each_switch_twice_with_known_waits() {
+        // a: woken 0..10, served 10..11. b: a drains at 11, sleeps
+        // 11..13, b wakes 13..23, served 23..24.
+        let requests = [req(0.0, 0, 1.0, None), req(0.0, 1, 1.0, None)];
+        let out = run_fifo(&config("  min_active_secs: 0"), &[Backend::default(); 2], &requests);
+        assert_eq!(out.switches, 2);
+        assert_eq!(out.switching, Duration::from_secs(10 + 13));
+        let t = &out.tracks;
+        assert_eq!((t[0].fate, secs(t[0].admitted), secs(t[0].finished)), (Fate::Done, 10.0, 11.0));
+        assert_eq!((t[1].fate, secs(t[1].admitted), secs(t[1].finished)), (Fate::Done, 23.0, 24.0));
+    }
+
+    #[test]
+    fn a_backend_runs_concurrency_requests_at_once() {
+        let backends = [Backend { concurrency: 1, ..Backend::default() }; 2];
+        let requests = [req(0.0, 0, 1.0, None), req(0.0, 0, 1.0, None), req(10.5, 0, 1.0, None)];
+        let out = run_fifo(&config("  min_active_secs: 0"), &backends, &requests);
+        let finished: Vec<f64> = out.tracks.iter().map(|t| secs(t.finished)).collect();
+        assert_eq!(finished, [11.0, 12.0, 13.0]);
+        assert_eq!(out.tracks[2].admitted, Time::from_secs_f64(10.5), "admitted at once, waits at the backend");
+        assert_eq!(out.switches, 1);
+    }
+
+    #[test]
+    fn a_request_that_waits_too_long_times_out_and_is_counted() {
+        // b gives up at 5, before a is even up: no switch to b.
+        let requests = [req(0.0, 0, 1.0, None), req(0.0, 1, 1.0, Some(5.0))];
+        let out = run_fifo(&config("  min_active_secs: 0"), &[Backend::default(); 2], &requests);
+        assert_eq!((out.tracks[1].fate, secs(out.tracks[1].finished)), (Fate::TimedOut, 5.0));
+        assert_eq!(out.switches, 1);
+        // The config's request_timeout_secs does the same.
+        let requests = [req(0.0, 0, 1.0, None), req(0.0, 1, 1.0, None)];
+        let out = run_fifo(&config("  request_timeout_secs: 5"), &[Backend::default(); 2], &requests);
+        assert_eq!(out.tracks[1].fate, Fate::TimedOut);
+    }
+
+    #[test]
+    fn a_wake_past_its_timeout_fails_its_waiters_and_backs_off() {
+        let slow = Backend { wake: Duration::from_secs(60), ..Backend::default() };
+        let requests = [req(0.0, 0, 1.0, None), req(0.5, 0, 1.0, None), req(30.5, 0, 1.0, None)];
+        let out = run_fifo(&config("  wake_timeout_secs: 30"), &[slow, Backend::default()], &requests);
+        let fates: Vec<Fate> = out.tracks.iter().map(|t| t.fate).collect();
+        assert_eq!(fates, [Fate::Failed, Fate::Failed, Fate::Failed], "the third arrives in the backoff");
+        assert_eq!((out.switches, out.failed_switches), (0, 1));
+    }
+}

@@ -20,5 +20,6 @@ mod protocol;
 mod real;
 mod reload;
 mod routing;
+mod simulate;
 mod soak;
 mod switching;
