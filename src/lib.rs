@@ -99,6 +99,7 @@ pub mod routing;
 pub mod server;
 pub mod service;
 pub mod shutdown;
+pub mod simulate;
 pub mod state;
 pub mod switcher;
 
@@ -116,6 +117,8 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
         Ok(cli::Command::Help) => return print_and_exit(cli::HELP),
         Ok(cli::Command::Version) => return print_and_exit(&format!("llmux {}\n", env!("CARGO_PKG_VERSION"))),
         Ok(cli::Command::Check(options)) => return check(&options),
+        Ok(cli::Command::SimulateHelp) => return print_and_exit(cli::SIMULATE_HELP),
+        Ok(cli::Command::Simulate(options)) => return simulate(&options),
         Ok(cli::Command::Run(options)) => options,
         Err(e) => {
             eprintln!("llmux: {e}");
@@ -172,6 +175,23 @@ fn check(options: &cli::Options) -> ExitCode {
         }
         Err(e) => {
             eprintln!("llmux: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `llmux simulate`: prints the report, warnings on stderr.
+fn simulate(options: &cli::SimulateOptions) -> ExitCode {
+    match simulate::run(options) {
+        Ok(printed) => {
+            for w in &printed.warnings {
+                eprintln!("llmux simulate: warning: {w}");
+            }
+            print!("{}", printed.output);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("llmux simulate: {e}");
             ExitCode::from(2)
         }
     }

@@ -40,34 +40,25 @@ pub async fn run(shared: Arc<Shared>, policy: Box<dyn SwitchPolicy>) {
 
 /// The machine's settings from the catalog in force.
 pub fn settings_of(catalog: &Catalog) -> Settings {
-    let policy = &catalog.config.policy;
     let models = (0..catalog.slots.len())
-        .map(|i| {
-            let config = catalog.hooks_of(i);
-            ModelSettings {
-                configured: !catalog.is_removed(i),
-                size: config.map_or(1.0, |m| m.size),
-                pinned: config.is_some_and(|m| m.pinned),
-                weight: config.map_or(1.0, |m| m.weight),
-                max_wait: config.map_or(crate::machine::DEFAULT_MAX_WAIT, |m| m.max_wait),
-                wake_timeout: config.map_or(Duration::ZERO, |m| m.wake.timeout),
-                idle_sleep: config.and_then(|m| m.idle_sleep),
-                alive_interval: config.and_then(|m| m.alive_interval),
-            }
+        .map(|i| match catalog.hooks_of(i) {
+            Some(m) => ModelSettings::of(m, !catalog.is_removed(i)),
+            // Unreachable: every slot has a configuration or a retired one.
+            None => ModelSettings {
+                configured: false,
+                size: 1.0,
+                pinned: false,
+                weight: 1.0,
+                max_wait: crate::machine::DEFAULT_MAX_WAIT,
+                wake_timeout: Duration::ZERO,
+                idle_sleep: None,
+                alive_interval: None,
+            },
         })
         .collect();
-    Settings {
-        models,
-        names: catalog.slots.iter().map(|s| s.name.to_string()).collect(),
-        order: catalog.live().map(|(i, _, _)| i).collect(),
-        min_active: policy.min_active,
-        drain_before_switch: policy.drain_before_switch,
-        drain_timeout: policy.drain_timeout,
-        continue_on_sleep_failure: policy.on_sleep_failure == crate::config::OnSleepFailure::Continue,
-        preload: policy.preload.as_deref().and_then(|p| catalog.lookup(p)),
-        capacity: catalog.config.capacity,
-        request_timeout: policy.request_timeout,
-    }
+    let names = catalog.slots.iter().map(|s| s.name.to_string()).collect();
+    let order = catalog.live().map(|(i, _, _)| i).collect();
+    Settings::of(&catalog.config, models, names, order, |name| catalog.lookup(name))
 }
 
 /// The executor's state: what the machine's actions refer to.

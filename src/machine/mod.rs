@@ -473,6 +473,50 @@ pub struct ModelSettings {
     pub alive_interval: Option<Duration>,
 }
 
+impl ModelSettings {
+    /// The settings of `model`'s configuration (`configured`: false once a
+    /// reload removed it).
+    pub fn of(model: &crate::config::ModelConfig, configured: bool) -> ModelSettings {
+        ModelSettings {
+            configured,
+            size: model.size,
+            pinned: model.pinned,
+            weight: model.weight,
+            max_wait: model.max_wait,
+            wake_timeout: model.wake.timeout,
+            idle_sleep: model.idle_sleep,
+            alive_interval: model.alive_interval,
+        }
+    }
+}
+
+impl Settings {
+    /// The settings of `config` for `models` and their `names` (per slot),
+    /// the configured slots in config `order`; `slot_of` maps a model name
+    /// to its slot (for `policy.preload`).
+    pub fn of(
+        config: &crate::config::Config,
+        models: Vec<ModelSettings>,
+        names: Vec<String>,
+        order: Vec<ModelId>,
+        slot_of: impl Fn(&str) -> Option<ModelId>,
+    ) -> Settings {
+        let p = &config.policy;
+        Settings {
+            models,
+            names,
+            preload: p.preload.as_deref().and_then(slot_of),
+            order,
+            min_active: p.min_active,
+            drain_before_switch: p.drain_before_switch,
+            drain_timeout: p.drain_timeout,
+            continue_on_sleep_failure: p.on_sleep_failure == crate::config::OnSleepFailure::Continue,
+            capacity: config.capacity,
+            request_timeout: p.request_timeout,
+        }
+    }
+}
+
 /// The default wait bound (`policy.max_wait_secs`).
 pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(120);
 

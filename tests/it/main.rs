@@ -22,5 +22,6 @@ mod reload;
 mod residents;
 mod routing;
 mod scheduling;
+mod simulate;
 mod soak;
 mod switching;
