@@ -12,6 +12,10 @@
 //!    (`preempts`). Among several, the earliest deadline first.
 //! 2. **Serve what is here before leaving** (exhaustive service): while
 //!    the active model has requests in flight or queued, stay.
+//!    It also stays while its own recent demand (weighted completions per
+//!    second) is worth more than the best switch (rule 4's value): leaving
+//!    a hot model for one waiter costs the hot model's whole traffic for
+//!    two switches.
 //! 3. **Wait and see**: when the active model has just gone idle and its
 //!    recent traffic says a follow-up is likely (a few requests completed
 //!    lately, the last one just now), linger a short time: a tenth of the
@@ -88,6 +92,12 @@ impl CostAware {
         (active.recent_done >= FOLLOW_UP_AFTER && ctx.now < until).then_some(until)
     }
 
+    /// What the active model's own traffic is worth: its weighted recent
+    /// completions per second (the requests it would leave waiting).
+    fn demand(view: &ModelView) -> f64 {
+        view.weight * view.recent_done as f64 / super::policy::RECENT.as_secs_f64()
+    }
+
     /// Rule 4: weighted waiters per second of work.
     fn value(ctx: &PolicyContext<'_>, c: &Candidate) -> f64 {
         let view = &ctx.models[c.model];
@@ -112,24 +122,25 @@ impl SwitchPolicy for CostAware {
             return Some((c.model, "deadline"));
         }
         let next_deadline = candidates.iter().map(|c| c.deadline).min();
-        if let Some((active, _)) = ctx.active {
-            let view = &ctx.models[active];
-            if view.in_flight > 0 || view.waiting > 0 {
-                self.recheck = next_deadline.map(|d| d.min(ctx.now + RECHECK)).or(Some(ctx.now + RECHECK));
-                return None;
-            }
-            let cheapest = candidates.iter().map(|c| c.cost).min().unwrap_or_default();
-            if let Some(until) = Self::linger_until(ctx, view, cheapest) {
-                self.recheck = Some(next_deadline.map_or(until, |d| d.min(until)));
-                return None;
-            }
-        }
         let best = candidates.iter().filter(|c| c.viable > 0).max_by(|a, b| {
             Self::value(ctx, a)
                 .total_cmp(&Self::value(ctx, b))
                 .then(b.oldest.cmp(&a.oldest))
                 .then(b.model.cmp(&a.model))
         })?;
+        if let Some((active, _)) = ctx.active {
+            let view = &ctx.models[active];
+            let cheapest = candidates.iter().map(|c| c.cost).min().unwrap_or_default();
+            let linger = Self::linger_until(ctx, view, cheapest);
+            // Stay while it is busy, while its own demand is worth more than
+            // the best switch, or while a follow-up is likely.
+            let worth_staying = Self::demand(view) > Self::value(ctx, best);
+            if view.in_flight > 0 || view.waiting > 0 || worth_staying || linger.is_some() {
+                let soon = linger.unwrap_or(ctx.now + RECHECK).max(ctx.now + RECHECK);
+                self.recheck = Some(next_deadline.map_or(soon, |d| d.min(soon)));
+                return None;
+            }
+        }
         Some((best.model, if ctx.active.is_some() { "value" } else { "idle_gpu" }))
     }
 
@@ -232,10 +243,10 @@ mod tests {
     #[test]
     fn a_recently_busy_model_lingers_a_little_for_a_follow_up() {
         let costs = BTreeMap::from([((Some(0), 1), Duration::from_secs(20))]);
-        let mut models = [view(0), view(1)];
+        let mut models = [view(0), view(3)];
         models[0].last_done = Some(secs(10.0));
         models[0].recent_done = 3;
-        let arrivals = [vec![], vec![secs(9.0)]];
+        let arrivals = [vec![], vec![secs(9.0), secs(9.1), secs(9.2)]];
         let (choice, policy) = decide(10.5, &mut models, &arrivals, &costs);
         assert_eq!(choice, None);
         assert_eq!(policy.recheck_at(), Some(secs(12.0)), "a tenth of the 20 s switch");
@@ -244,6 +255,23 @@ mod tests {
         models[0].recent_done = 1;
         let (choice, _) = decide(10.5, &mut models, &arrivals, &costs);
         assert_eq!(choice, Some((1, "value")), "no sign of a loop: no lingering");
+    }
+
+    #[test]
+    fn a_hot_idle_model_is_not_left_for_one_waiter_worth_less() {
+        let costs = BTreeMap::from([((Some(0), 1), Duration::from_secs(10))]);
+        let mut models = [view(0), view(1)];
+        // 60 completions in the last 30 s: 2 requests/s, against one waiter
+        // worth 1 / (10 s switch + 2 s service) = 0.08 per second.
+        models[0].recent_done = 60;
+        models[0].last_done = Some(secs(0.0));
+        let arrivals = [vec![], vec![secs(20.0)]];
+        let (choice, policy) = decide(30.0, &mut models, &arrivals, &costs);
+        assert_eq!(choice, None, "leaving would cost a's traffic two switches");
+        assert_eq!(policy.recheck_at(), Some(secs(30.0) + RECHECK));
+        models[0].recent_done = 1;
+        let (choice, _) = decide(30.0, &mut models, &arrivals, &costs);
+        assert_eq!(choice, Some((1, "value")), "a cooled down: b's turn");
     }
 
     #[test]

@@ -240,6 +240,7 @@ impl<'a> World<'a> {
                     self.timed(entry.what);
                 }
             } else if timer == Some(at) {
+                self.sample();
                 self.feed(Event::Timer);
             } else {
                 let req = self.next_arrival;
@@ -301,12 +302,18 @@ impl<'a> World<'a> {
         if let Some(timeout) = r.timeout.or(self.request_timeout) {
             self.schedule(timeout, Timed::Timeout { req });
         }
+        self.sample();
+        self.feed(Event::Queued { model, ticket: Ticket::from(req), at: r.at });
+    }
+
+    /// What each model served so far, as the executor samples it before a
+    /// miss and before a timer.
+    fn sample(&mut self) {
         for i in 0..self.models.len() {
             let m = &self.models[i];
             let (completed, busy, in_flight) = (m.completed, m.busy, m.in_flight());
             self.feed(Event::Served { model: i, completed, busy, in_flight });
         }
-        self.feed(Event::Queued { model, ticket: Ticket::from(req), at: r.at });
     }
 
     /// Admits `req` to its backend: it runs now if a slot is free.
