@@ -96,15 +96,55 @@ struct RequestLine<'a> {
     timeout_secs: Option<f64>,
 }
 
-/// Parses `text` against the config's model `names` (slot order).
+/// A line of llmux's own JSON log (`--log-format json`): only access
+/// lines (`target` `llmux::access`) are read.
+#[derive(Deserialize)]
+struct LogLine<'a> {
+    #[serde(borrow)]
+    target: Cow<'a, str>,
+    fields: Option<AccessFields<'a>>,
+}
+
+#[derive(Deserialize)]
+struct AccessFields<'a> {
+    #[serde(borrow)]
+    model: Option<Cow<'a, str>>,
+    arrival: Option<f64>,
+    service_s: Option<f64>,
+}
+
+/// An access-log line as a request: (arrival in Unix seconds, model,
+/// service seconds); `None` for other log lines and requests that named
+/// no model.
+fn access_request(line: &str) -> Result<Option<(f64, String, f64)>, String> {
+    let log: LogLine<'_> = serde_json::from_str(line).map_err(|e| e.to_string())?;
+    let Some(f) = log.fields.filter(|_| log.target == crate::access::TARGET) else { return Ok(None) };
+    match (f.model, f.arrival, f.service_s) {
+        (Some(model), Some(at), Some(service)) if model != "-" => {
+            Ok(Some((seconds("arrival", at)?, model.into_owned(), seconds("service_s", service)?)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Parses `text` against the config's model `names` (slot order). Besides
+/// trace lines it reads llmux's own JSON log: its access lines become
+/// requests (in arrival order, from the first arrival on), every other
+/// log line is skipped.
 pub fn parse(text: &str, names: &[String]) -> Result<Workload, String> {
     let mut w = Workload { backends: vec![Backend::default(); names.len()], ..Workload::default() };
     let mut last = 0.0_f64;
     let mut first = true;
+    let mut logged: Vec<(f64, String, f64)> = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
         let line = line.trim();
         if line.is_empty() {
+            continue;
+        }
+        if line.contains("\"target\"") && line.contains("\"level\"") {
+            logged.extend(access_request(line).map_err(|e| format!("line {n}: {e}"))?);
+            first = false;
             continue;
         }
         if std::mem::take(&mut first) && line.contains("\"models\"") {
@@ -125,7 +165,27 @@ pub fn parse(text: &str, names: &[String]) -> Result<Workload, String> {
             None => *w.unknown.entry(r.model.into_owned()).or_default() += 1,
         }
     }
+    add_logged(&mut w, logged, names);
     Ok(w)
+}
+
+/// Access-log requests, which are written as they finish: sorted by
+/// arrival, timed from the first.
+fn add_logged(w: &mut Workload, mut logged: Vec<(f64, String, f64)>, names: &[String]) {
+    logged.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let start = logged.first().map_or(0.0, |r| r.0);
+    for (at, model, service) in logged {
+        match names.iter().position(|m| *m == model) {
+            Some(slot) => w.requests.push(Request {
+                at: Time::from_secs_f64(at - start),
+                model: slot as u32,
+                service: Duration::from_secs_f64(service),
+                timeout: None,
+            }),
+            None => *w.unknown.entry(model).or_default() += 1,
+        }
+    }
+    w.requests.sort_by_key(|r| r.at);
 }
 
 /// A number of seconds a trace may give: finite, not negative, at most a
@@ -209,6 +269,24 @@ mod tests {
         bad(&format!("{ok}{{\"t\": 2, \"model\": \"a\", \"service_secs\": 1, \"x\": 1}}\n"), "line 2: unknown field");
         bad("{\"models\": {\"a\": {\"concurrency\": 0}}}\n", "line 1: models.a.concurrency");
         bad(&format!("{ok}{{\"models\": {{}}}}\n"), "line 2");
+    }
+
+    #[test]
+    fn llmux_access_log_lines_are_read_as_requests_in_arrival_order() {
+        let log = concat!(
+            r#"{"timestamp":"x","level":"INFO","fields":{"message":"listening"},"target":"llmux"}"#,
+            "\n",
+            r#"{"timestamp":"x","level":"INFO","fields":{"message":"access","model":"b","arrival":1000.5,"service_s":2.0,"status":200},"target":"llmux::access"}"#,
+            "\n",
+            r#"{"timestamp":"x","level":"INFO","fields":{"message":"access","model":"a","arrival":1000.0,"service_s":0.5},"target":"llmux::access"}"#,
+            "\n",
+            r#"{"timestamp":"x","level":"INFO","fields":{"message":"access","model":"-","arrival":1001.0,"service_s":0.0},"target":"llmux::access"}"#,
+            "\n",
+        );
+        let w = parse(log, &names()).expect("a log");
+        let got: Vec<(u64, u32, u128)> =
+            w.requests.iter().map(|r| (r.at.micros(), r.model, r.service.as_millis())).collect();
+        assert_eq!(got, [(0, 0, 500), (500_000, 1, 2000)], "sorted by arrival, from the first");
     }
 
     #[test]
