@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""The FIFO vs cost_aware tables of docs/scheduling.md, from `llmux simulate`.
+
+For each built-in scenario, switch costs of 2, 10, 30 and 60 s and 2 to 4
+models (default seed, SLO three times the switch cost), runs both policies
+and prints one Markdown table per scenario, with the exact command of each
+row's run.
+
+    benches/scheduling_tables.py [LLMUX_BINARY]
+
+Deterministic: the same binary prints the same tables.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LLMUX = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target/release/llmux"))
+SCENARIOS = ["skewed", "agents", "poisson", "bursty", "llama_swap_612"]
+COSTS = [2, 10, 30, 60]
+MODELS = [2, 3, 4]
+
+
+def config(n, tmp):
+    path = os.path.join(tmp, f"models{n}.yaml")
+    with open(path, "w") as f:
+        f.write("models:\n")
+        for i in range(n):
+            name = "abcd"[i]
+            f.write(f"  {name}: {{port: {9001 + i}, wake: 'true', sleep: 'true', alive: 'true'}}\n")
+    return path
+
+
+def run(cfg, scenario, cost, n):
+    args = [LLMUX, "simulate", "-c", cfg, "--scenario", scenario, "--param", f"switch_secs={cost}",
+            "--param", f"models={n}", "--policy", "fifo", "--policy", "cost_aware",
+            "--slo", str(3 * cost), "--json"]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()], args
+
+
+def waits(r):
+    models = r["models"].values()
+    n = sum(m["n"] for m in models) or 1
+    mean = sum(m["wait"]["mean"] * m["n"] for m in models) / n
+    return mean, max((m["wait"]["max"] for m in models), default=0.0)
+
+
+def main():
+    with tempfile.TemporaryDirectory() as tmp:
+        for scenario in SCENARIOS:
+            print(f"### {scenario}\n")
+            print("| switch | models | policy | requests | served | switches | goodput (SLO 3x switch) | mean wait | max wait |")
+            print("|---|---|---|---|---|---|---|---|---|")
+            for cost in COSTS:
+                for n in MODELS:
+                    rows, args = run(config(n, tmp), scenario, cost, n)
+                    for r in rows:
+                        mean, worst = waits(r)
+                        share = 100.0 * r["goodput"] / max(r["requests"], 1)
+                        print(f"| {cost} s | {n} | {r['policy']} | {r['requests']} | {r['served']} | {r['switches']} "
+                              f"| {r['goodput']} ({share:.0f}%) | {mean:.1f} s | {worst:.1f} s |")
+            print()
+            print(f"`llmux simulate -c CONFIG --scenario {scenario} --param switch_secs=S --param models=N "
+                  f"--policy fifo --policy cost_aware --slo 3S --json` (CONFIG: N models a, b, c, d)\n")
+
+
+if __name__ == "__main__":
+    main()
