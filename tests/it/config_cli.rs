@@ -306,6 +306,10 @@ fn check_accepts_the_capacity_example() {
     for hook in ["wake", "sleep", "alive"] {
         assert!(root.join(format!("examples/standin/{hook}.sh")).is_file(), "no {hook} hook");
     }
+    // The README's 80 GB vLLM example too.
+    let path = root.join("examples/vllm-sleep-mode/capacity.yaml");
+    let o = llmux(&[OsStr::new("--check"), OsStr::new("-c"), path.as_os_str()]);
+    assert!(o.status.success() && stdout(&o).contains("ok (3 models)"), "{}{}", stdout(&o), stderr(&o));
 }
 
 /// `config.example.yaml` passes `--check`, and the fuzz corpus's seed is a
