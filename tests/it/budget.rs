@@ -223,3 +223,63 @@ async fn a_reload_that_shrinks_the_budget_evicts_down_to_it_at_once() {
     mux.served(&left[0]).await;
     assert_eq!(mux.hooks.events().len(), 10, "{:?}", mux.hooks.events());
 }
+
+/// A failed wake beside a resident: the waiter gets 503, the half-started
+/// model is slept (clean-up), and the resident never stops serving (no
+/// hook of its own runs).
+#[tokio::test]
+async fn a_failed_wake_beside_a_resident_leaves_it_serving() {
+    let mux = mux().model("a").model("b").config("capacity: 2").start();
+    mux.served("a").await;
+    mux.hooks.set("fail-wake-b");
+    http::post(&mux.url(CHAT), &chat("b")).await.assert_error(503, "model_unavailable");
+    mux.hooks.wait_for("sleep-end b").await;
+    mux.served("a").await;
+    assert_eq!(
+        mux.hooks.events(),
+        ["wake-start a", "wake-end a", "wake-start b", "wake-fail b", "sleep-start b", "sleep-end b"]
+    );
+    assert_eq!(active(&mux).await, ["a"]);
+    mux.hooks.assert_within_capacity(&[("a", 1.0), ("b", 1.0)], 2.0);
+}
+
+/// Idle sleep is per resident: the idle one is slept alone while the other,
+/// whose own timer is off, keeps serving.
+#[tokio::test]
+async fn idle_sleep_sleeps_one_resident_and_the_other_keeps_serving() {
+    let mux = mux()
+        .model("a")
+        .model("b")
+        .config("capacity: 2")
+        .model_line("a", "idle_sleep_secs: 1")
+        .model_line("b", "idle_sleep_secs: 0")
+        .start();
+    mux.served("a").await;
+    mux.served("b").await;
+    mux.hooks.wait_for("sleep-end a").await;
+    mux.served("b").await;
+    assert_eq!(
+        mux.hooks.events(),
+        ["wake-start a", "wake-end a", "wake-start b", "wake-end b", "sleep-start a", "sleep-end a"]
+    );
+    assert_eq!(states(&mux).await, [("a".to_owned(), "asleep".to_owned()), ("b".to_owned(), "active".to_owned())]);
+}
+
+/// min_active is per resident: with `capacity: 2`, a third model waits for
+/// the window of the residents, then evicts one; a model that fits never
+/// waits for anyone's window.
+#[tokio::test]
+async fn min_active_holds_an_eviction_but_never_a_wake_that_fits() {
+    let mux = mux().model("a").model("b").model("c").config("capacity: 2").policy("min_active_secs: 2").start();
+    mux.served("a").await;
+    let fit = std::time::Instant::now();
+    mux.served("b").await;
+    assert!(fit.elapsed() < Duration::from_secs(2), "b waited for a's window: {:?}", fit.elapsed());
+    let evict = std::time::Instant::now();
+    mux.served("c").await;
+    let waited = evict.elapsed();
+    assert!(waited >= Duration::from_millis(1500), "c evicted a resident inside its window after {waited:?}");
+    let sleeps: Vec<String> = mux.hooks.events().into_iter().filter(|e| e.starts_with("sleep-end")).collect();
+    assert_eq!(sleeps.len(), 1, "{:?}", mux.hooks.events());
+    mux.hooks.assert_within_capacity(&[("a", 1.0), ("b", 1.0), ("c", 1.0)], 2.0);
+}
