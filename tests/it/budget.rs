@@ -283,3 +283,24 @@ async fn min_active_holds_an_eviction_but_never_a_wake_that_fits() {
     assert_eq!(sleeps.len(), 1, "{:?}", mux.hooks.events());
     mux.hooks.assert_within_capacity(&[("a", 1.0), ("b", 1.0), ("c", 1.0)], 2.0);
 }
+
+/// Start-up adopts every running model that fits, in config order, with no
+/// wake; one found running that does not fit is put to sleep. The adopted
+/// ones serve at once.
+#[tokio::test]
+async fn start_up_adopts_every_running_model_that_fits() {
+    let mux = mux()
+        .model("a")
+        .model("b")
+        .model("c")
+        .config("capacity: 2")
+        .up_at_start("a")
+        .up_at_start("b")
+        .up_at_start("c")
+        .start();
+    mux.hooks.wait_for("sleep-end c").await;
+    mux.served("a").await;
+    mux.served("b").await;
+    assert_eq!(mux.hooks.events(), ["sleep-start c", "sleep-end c"]);
+    assert_eq!(active(&mux).await, ["a", "b"]);
+}
