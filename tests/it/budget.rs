@@ -304,3 +304,33 @@ async fn start_up_adopts_every_running_model_that_fits() {
     assert_eq!(mux.hooks.events(), ["sleep-start c", "sleep-end c"]);
     assert_eq!(active(&mux).await, ["a", "b"]);
 }
+
+/// A reload that removes `capacity` altogether goes back to one model at a
+/// time: of three residents, two are slept with no request asking, and the
+/// next miss switches as without a budget.
+#[tokio::test]
+async fn a_reload_that_drops_the_capacity_goes_back_to_one_model() {
+    let mux = mux().model("a").model("b").model("c").config("capacity: 3").start();
+    for m in ["a", "b", "c"] {
+        mux.served(m).await;
+    }
+    let ports: Vec<(&str, u16)> = ["a", "b", "c"].iter().map(|m| (*m, mux.backend(m).port())).collect();
+    mux.rewrite_config(&ports, &Spec::default());
+    assert_eq!(mux.reload().await.status, 200);
+    let deadline = std::time::Instant::now() + crate::support::PATIENCE;
+    while active(&mux).await.len() != 1 || mux.hooks.events().iter().filter(|e| e.starts_with("sleep-end")).count() < 2
+    {
+        assert!(std::time::Instant::now() < deadline, "{:?} {:?}", states(&mux).await, mux.hooks.events());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let left = active(&mux).await.remove(0);
+    let other = ["a", "b", "c"].into_iter().find(|m| *m != left).expect("another");
+    mux.served(other).await;
+    assert_eq!(active(&mux).await, [other]);
+    assert!(mux.hooks.events().ends_with(&[
+        format!("sleep-start {left}"),
+        format!("sleep-end {left}"),
+        format!("wake-start {other}"),
+        format!("wake-end {other}")
+    ]));
+}
