@@ -290,3 +290,36 @@ async fn a_yml_config_runs() {
     let r = http::post(&format!("http://{}/v1/chat/completions", llmux.addr), &big).await;
     r.assert_error(413, "body_too_large");
 }
+
+/// The capacity example (three stand-ins, two resident at once) passes
+/// `--check` as shipped: three models, and its hooks, which it reaches
+/// through `../standin/`, exist.
+#[test]
+fn check_accepts_the_capacity_example() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let path = root.join("examples/capacity-standin/config.yaml");
+    let o = llmux(&[OsStr::new("--check"), OsStr::new("-c"), path.as_os_str()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("ok (3 models)"), "{}", stdout(&o));
+    let text = std::fs::read_to_string(&path).expect("read the example");
+    assert!(text.lines().any(|l| l.starts_with("capacity: 2")), "{text}");
+    for hook in ["wake", "sleep", "alive"] {
+        assert!(root.join(format!("examples/standin/{hook}.sh")).is_file(), "no {hook} hook");
+    }
+    // The README's 80 GB vLLM example too.
+    let path = root.join("examples/vllm-sleep-mode/capacity.yaml");
+    let o = llmux(&[OsStr::new("--check"), OsStr::new("-c"), path.as_os_str()]);
+    assert!(o.status.success() && stdout(&o).contains("ok (3 models)"), "{}{}", stdout(&o), stderr(&o));
+}
+
+/// `config.example.yaml` passes `--check`, and the fuzz corpus's seed is a
+/// copy of it.
+#[test]
+fn check_accepts_the_example_config_and_the_fuzz_seed_is_its_copy() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let path = root.join("config.example.yaml");
+    let o = llmux(&[OsStr::new("--check"), OsStr::new("-c"), path.as_os_str()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let seed = std::fs::read_to_string(root.join("fuzz/corpus/config/seed-example.yaml")).expect("seed");
+    assert_eq!(seed, std::fs::read_to_string(&path).expect("example"), "copy config.example.yaml to the seed");
+}

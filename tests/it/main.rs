@@ -4,6 +4,7 @@
 mod support;
 
 mod auth;
+mod budget;
 mod config_cli;
 mod control;
 mod defects;

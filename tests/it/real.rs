@@ -2,6 +2,10 @@
 //! llama-server instances (two aliases of one small GGUF), switched by the
 //! hooks users copy from `examples/llama-cpp/`.
 //!
+//! A second llmux then runs three aliases with `capacity: 2`: two stay
+//! resident together, and a third evicts the idle one while the busy one
+//! keeps streaming.
+//!
 //! Needs `tests/real/install.sh`. Without it the suite says it skipped (a
 //! line on the terminal, not silence); with `LLMUX_REQUIRE_REAL=1` (CI,
 //! `tests/real/run.sh`) a missing install fails instead. Everything runs in
@@ -20,6 +24,9 @@ use crate::support::http::{self, Reply};
 use crate::support::{start_llmux_with_env, Hooks, Process};
 
 const MODELS: [&str; 2] = ["gemma-a", "gemma-b"];
+
+/// The capacity case's models, each of size 1 in a capacity of 2.
+const THREE: [&str; 3] = ["gemma-a", "gemma-b", "gemma-c"];
 
 /// Writes to the terminal even though libtest captures test output.
 fn say(text: &str) {
@@ -47,13 +54,15 @@ fn free_port() -> u16 {
     listener.local_addr().expect("addr").port()
 }
 
-/// Wraps each example hook so every run is logged with nanosecond stamps.
+/// Wraps each example hook so every run is logged with nanosecond stamps
+/// (and, as the harness's hooks do, to `hooks.times` for
+/// `Hooks::assert_within_capacity`).
 const WRAP: &str = r#"#!/bin/sh
 kind="$1"; m="$LLMUX_MODEL"
-echo "$kind-start $m $(date +%s%N)" >> hooks.log
+log() { t="$(date +%s.%N)"; echo "$1 $m $(echo "$t" | tr -d .)" >> hooks.log; echo "$t $1 $m" >> hooks.times; }
+log "$kind-start"
 "$EXAMPLE_HOOKS/$kind.sh"; rc=$?
-if [ $rc -eq 0 ]; then echo "$kind-end $m $(date +%s%N)" >> hooks.log
-else echo "$kind-fail $m $(date +%s%N)" >> hooks.log; fi
+if [ $rc -eq 0 ]; then log "$kind-end"; else log "$kind-fail"; fi
 exit $rc
 "#;
 
@@ -61,6 +70,7 @@ exit $rc
 struct Real {
     llmux: Process,
     hooks: Hooks,
+    models: Vec<&'static str>,
     ports: Vec<u16>,
     env: Vec<(String, String)>,
     example_hooks: PathBuf,
@@ -68,13 +78,18 @@ struct Real {
 
 impl Real {
     fn start(env: Vec<(String, String)>) -> Real {
+        Real::start_with(env, &MODELS, "")
+    }
+
+    /// llmux in front of `models`, with `extra` top-level config lines.
+    fn start_with(env: Vec<(String, String)>, models: &[&'static str], extra: &str) -> Real {
         let hooks = Hooks::new();
         let dir = hooks.path().to_path_buf();
         let example_hooks = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/llama-cpp/hooks");
         std::fs::write(dir.join("wrap.sh"), WRAP).expect("wrap");
-        let ports: Vec<u16> = MODELS.iter().map(|_| free_port()).collect();
-        let mut config = String::from("host: 127.0.0.1\nport: 0\npolicy:\n  request_timeout_secs: 120\nmodels:\n");
-        for (m, port) in MODELS.iter().zip(&ports) {
+        let ports: Vec<u16> = models.iter().map(|_| free_port()).collect();
+        let mut config = format!("host: 127.0.0.1\nport: 0\n{extra}policy:\n  request_timeout_secs: 120\nmodels:\n");
+        for (m, port) in models.iter().zip(&ports) {
             config.push_str(&format!(
                 "  {m}:\n    port: {port}\n    wake: sh wrap.sh wake\n    sleep: sh wrap.sh sleep\n    alive: {}/alive.sh\n",
                 example_hooks.display()
@@ -86,7 +101,7 @@ impl Real {
         extra.push(("EXAMPLE_HOOKS".into(), example_hooks.display().to_string()));
         extra.push(("LLMUX_STATE_DIR".into(), dir.join("state").display().to_string()));
         let llmux = start_llmux_with_env(&config_path, &extra);
-        Real { llmux, hooks, ports, env: extra, example_hooks }
+        Real { llmux, hooks, models: models.to_vec(), ports, env: extra, example_hooks }
     }
 
     fn url(&self, path: &str) -> String {
@@ -94,7 +109,7 @@ impl Real {
     }
 
     fn backend_url(&self, model: &str, path: &str) -> String {
-        let i = MODELS.iter().position(|m| *m == model).expect("model");
+        let i = self.models.iter().position(|m| *m == model).expect("model");
         format!("http://127.0.0.1:{}{path}", self.ports[i])
     }
 }
@@ -102,7 +117,7 @@ impl Real {
 impl Drop for Real {
     fn drop(&mut self) {
         // llama-server runs in its own session: stop it with the sleep hook.
-        for (m, port) in MODELS.iter().zip(&self.ports) {
+        for (m, port) in self.models.iter().zip(&self.ports) {
             let _ = Command::new(self.example_hooks.join("sleep.sh"))
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
@@ -166,6 +181,9 @@ async fn real_backend_suite() {
     switches_under_concurrent_load_answer_everything(&real).await;
     measure_switches(&real, 10).await;
     real.hooks.assert_never_two_awake();
+    drop(real);
+    let budget = Real::start_with(installed().expect("still installed"), &THREE, "capacity: 2\n");
+    two_resident_and_a_third_evicts_the_idle_one(&budget).await;
 }
 
 async fn answers_match_the_backend(real: &Real) {
@@ -287,4 +305,116 @@ async fn measure_switches(real: &Real, n: usize) {
         "real: {n} switches, medians: end to end {total:?} = hooks {hook:?} (sleep {sleep:?}) + backend first token {ttft:?} + llmux and hook spawn {rest:?}"
     ));
     assert!(hook < total);
+}
+
+/// A completion that runs `tokens` tokens whatever the model would say
+/// (`ignore_eos`), so a stream lasts long enough to overlap a switch.
+fn long_completion_body(model: &str, tokens: u32) -> String {
+    json!({"model": model, "prompt": "Once upon a time", "max_tokens": tokens, "temperature": 0,
+           "stream": true, "ignore_eos": true})
+    .to_string()
+}
+
+/// An SSE response's text, each data event's arrival in nanoseconds since
+/// the epoch (the hook log's clock), and the last `finish_reason` seen.
+async fn stream_on_the_wall_clock(url: &str, body: &str) -> (String, Vec<u128>, Option<String>) {
+    let response = http::send(Method::POST, url, &[("content-type", "application/json")], body.to_owned()).await;
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let (mut text, mut times, mut finish) = (String::new(), Vec::new(), None);
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.expect("a frame").into_data() else { continue };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos();
+        for line in String::from_utf8_lossy(&data).lines() {
+            let Some(payload) = line.strip_prefix("data: ") else { continue };
+            if let Ok(event) = serde_json::from_str::<Value>(payload) {
+                text.push_str(event["choices"][0]["text"].as_str().unwrap_or(""));
+                if let Some(reason) = event["choices"][0]["finish_reason"].as_str() {
+                    finish = Some(reason.to_owned());
+                }
+                times.push(now);
+            }
+        }
+    }
+    (text, times, finish)
+}
+
+/// The chat answer of `model` through llmux, checked against the same
+/// request sent to its llama-server directly.
+async fn answers_like_its_backend(real: &Real, model: &str) {
+    let via = post_ok(&real.url("/v1/chat/completions"), &chat_body(model, false, 12)).await;
+    let direct = post_ok(&real.backend_url(model, "/v1/chat/completions"), &chat_body(model, false, 12)).await;
+    let content = |v: &Value| v["choices"][0]["message"]["content"].as_str().map(str::to_owned);
+    assert!(content(&via).is_some_and(|c| !c.is_empty()), "{model}: {via}");
+    assert_eq!((content(&via), &via["model"]), (content(&direct), &json!(model)), "{model}");
+}
+
+/// `capacity: 2`, every size 1: gemma-a and gemma-b are woken side by side
+/// (no sleep at all) and both answer as their servers do; then, while
+/// gemma-a streams, a request for gemma-c evicts the idle gemma-b (its
+/// sleep ends before gemma-c's wake starts), gemma-a's stream keeps flowing
+/// while gemma-c wakes, and afterwards gemma-a and gemma-c both answer
+/// correctly. The hook log never holds more than two servers.
+async fn two_resident_and_a_third_evicts_the_idle_one(real: &Real) {
+    let sizes = THREE.map(|m| (m, 1.0));
+    answers_like_its_backend(real, "gemma-a").await;
+    answers_like_its_backend(real, "gemma-b").await;
+    answers_like_its_backend(real, "gemma-a").await;
+    let words = |events: Vec<String>| -> Vec<String> {
+        events.iter().map(|e| e.split_whitespace().take(2).collect::<Vec<_>>().join(" ")).collect()
+    };
+    assert_eq!(
+        words(real.hooks.events()),
+        ["wake-start gemma-a", "wake-end gemma-a", "wake-start gemma-b", "wake-end gemma-b"],
+        "two models that fit: nothing slept"
+    );
+    let health = http::get(&real.url("/health")).await.json();
+    let state = |h: &Value, m: &str| {
+        h["models"].as_array().expect("models").iter().find(|e| e["id"] == m).expect("listed")["state"].clone()
+    };
+    assert_eq!([state(&health, "gemma-a"), state(&health, "gemma-b")], [json!("active"), json!("active")]);
+
+    // gemma-a busy with a long stream; gemma-c asked for meanwhile.
+    let body = long_completion_body("gemma-a", 200);
+    let url = real.url("/v1/completions");
+    let streaming = tokio::spawn(async move { stream_on_the_wall_clock(&url, &body).await });
+    let busy = Instant::now();
+    while !slot_busy(real, "gemma-a").await {
+        assert!(busy.elapsed() < Duration::from_secs(20), "gemma-a never started generating");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    answers_like_its_backend(real, "gemma-c").await;
+    let (text, times, finish) = streaming.await.expect("stream task");
+    assert_eq!(finish.as_deref(), Some("length"), "gemma-a's stream was cut after {} events: {text:?}", times.len());
+    assert!(times.len() >= 100, "only {} events", times.len());
+    let (direct, _, _) = stream_on_the_wall_clock(
+        &real.backend_url("gemma-a", "/v1/completions"),
+        &long_completion_body("gemma-a", 200),
+    )
+    .await;
+    assert_eq!(text, direct, "gemma-a's stream differs from its server's");
+
+    let events = real.hooks.events();
+    assert_eq!(
+        words(events.clone())[4..],
+        ["sleep-start gemma-b", "sleep-end gemma-b", "wake-start gemma-c", "wake-end gemma-c"],
+        "the idle gemma-b is the one evicted"
+    );
+    let stamp = |event: &str| -> u128 {
+        let line = events.iter().find(|e| e.starts_with(event)).unwrap_or_else(|| panic!("no {event}: {events:?}"));
+        line.split_whitespace().nth(2).and_then(|t| t.parse().ok()).expect("a stamp")
+    };
+    let (woke, woken) = (stamp("wake-start gemma-c"), stamp("wake-end gemma-c"));
+    let during = times.iter().filter(|&&t| t > woke && t < woken).count();
+    assert!(during > 0, "no token of gemma-a arrived while gemma-c woke ({} ms)", (woken - woke) / 1_000_000);
+    answers_like_its_backend(real, "gemma-a").await;
+    answers_like_its_backend(real, "gemma-c").await;
+    let health = http::get(&real.url("/health")).await.json();
+    assert_eq!(THREE.map(|m| state(&health, m)), [json!("active"), json!("asleep"), json!("active")], "{health}");
+    assert_eq!(real.hooks.assert_within_capacity(&sizes, 2.0), 2.0);
+    say(&format!(
+        "real: capacity 2: gemma-b evicted for gemma-c; {during} of gemma-a's {} stream events arrived during gemma-c's {} ms wake",
+        times.len(),
+        (woken - woke) / 1_000_000
+    ));
 }

@@ -117,10 +117,13 @@ pub fn standin_on(model: &str, port: u16) -> Process {
 /// pid goes to `hang-pid-<hook>-<model>`); `bg-<hook>-<model>` leaves a
 /// background child holding the hook's stdout until the file is removed;
 /// `spam-<hook>-<model>` prints 50 MB of output.
+///
+/// Each `hooks.log` line is also written to `hooks.times` after the time it
+/// was taken (`date +%s.%N`), for checks that replay the log in time order.
 pub const HOOK: &str = r#"#!/bin/sh
 # usage: hook.sh wake|sleep|alive   (run by llmux in this directory)
 kind="$1"; m="$LLMUX_MODEL"
-log() { echo "$1 $m" >> hooks.log; }
+log() { t="$(date +%s.%N)"; echo "$1 $m" >> hooks.log; echo "$t $1 $m" >> hooks.times; }
 if [ "$kind" = alive ]; then
   [ -f "fail-alive-$m" ] && exit 1
   if [ -f "slow-alive-$m" ]; then sleep 30; fi
@@ -426,6 +429,22 @@ impl Hooks {
         text.lines().map(str::to_owned).collect()
     }
 
+    /// Every line of `hooks.times` as (seconds since the epoch, line as in
+    /// `hooks.log`), in time order (lines taken at the same time keep
+    /// their order in the file).
+    pub fn timed_events(&self) -> Vec<(f64, String)> {
+        let text = std::fs::read_to_string(self.dir.path().join("hooks.times")).unwrap_or_default();
+        let mut events: Vec<(f64, String)> = text
+            .lines()
+            .map(|l| {
+                let (t, event) = l.split_once(' ').unwrap_or_else(|| panic!("bad hooks.times line {l:?}"));
+                (t.parse().unwrap_or_else(|_| panic!("bad time in {l:?}")), event.to_owned())
+            })
+            .collect();
+        events.sort_by(|a, b| a.0.total_cmp(&b.0));
+        events
+    }
+
     /// Waits until `hooks.log` has the line `event`.
     pub async fn wait_for(&self, event: &str) {
         let deadline = Instant::now() + PATIENCE;
@@ -464,5 +483,42 @@ impl Hooks {
                 _ => {}
             }
         }
+    }
+
+    /// Asserts that the sizes of the models holding memory never added up
+    /// to more than `capacity`, replaying `hooks.times` in time order: a
+    /// model holds memory from its `wake-start` until its `sleep-end` (a
+    /// failed wake still holds it until the clean-up sleep ended), as
+    /// llmux's budget counts it. Models adopted at start-up are not in the
+    /// log: this is for runs that start with nothing up. Returns the
+    /// largest sum seen, so a test can also check the budget was used.
+    pub fn assert_within_capacity(&self, sizes: &[(&str, f64)], capacity: f64) -> f64 {
+        let events = self.timed_events();
+        assert_eq!(
+            events.len(),
+            self.events().len(),
+            "hooks.times and hooks.log disagree: {events:?} vs {:?}",
+            self.events()
+        );
+        let size = |m: &str| sizes.iter().find(|(n, _)| *n == m).unwrap_or_else(|| panic!("no size for {m}")).1;
+        let mut loaded: Vec<&str> = Vec::new();
+        let mut most: f64 = 0.0;
+        for (i, (t, e)) in events.iter().enumerate() {
+            let mut words = e.split_whitespace();
+            let (what, model) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+            match what {
+                "wake-start" if !loaded.contains(&model) => loaded.push(model),
+                "sleep-end" => loaded.retain(|m| *m != model),
+                _ => {}
+            }
+            let used: f64 = loaded.iter().map(|m| size(m)).sum();
+            most = most.max(used);
+            assert!(
+                used <= capacity + 1e-9,
+                "at {t} ({e}) {loaded:?} hold {used} > capacity {capacity}; log so far: {:?}",
+                &events[..=i]
+            );
+        }
+        most
     }
 }
