@@ -88,7 +88,11 @@ impl Real {
         let example_hooks = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/llama-cpp/hooks");
         std::fs::write(dir.join("wrap.sh"), WRAP).expect("wrap");
         let ports: Vec<u16> = models.iter().map(|_| free_port()).collect();
-        let mut config = format!("host: 127.0.0.1\nport: 0\n{extra}policy:\n  request_timeout_secs: 120\nmodels:\n");
+        // FIFO: the suite's switch sequences (measure_switches alternates
+        // from the model the concurrent load ended on) assume it.
+        let mut config = format!(
+            "host: 127.0.0.1\nport: 0\n{extra}policy:\n  request_timeout_secs: 120\n  scheduler: fifo\nmodels:\n"
+        );
         for (m, port) in models.iter().zip(&ports) {
             config.push_str(&format!(
                 "  {m}:\n    port: {port}\n    wake: sh wrap.sh wake\n    sleep: sh wrap.sh sleep\n    alive: {}/alive.sh\n",
