@@ -12,7 +12,9 @@ towards one model, service times of 0.2-2 s), then for each policy:
         sleep: sleep S; rm -f up-$LLMUX_MODEL
         alive: test -f up-$LLMUX_MODEL
     each request sent at its trace time with `"standin_service_ms"` set
-    to its service time.
+    to its service time. The two policies replay at once, each with its
+    own llmux, stand-ins and hook directory (the trace's length in wall
+    time, not twice that).
 
 The same config file drives both (the simulator ignores the hooks and
 ports). Switches are `llmux_switches_total{result="done"}` from
@@ -150,6 +152,15 @@ def send(host, port, model, service, timeout):
     return status, time.monotonic() - start
 
 
+def service_estimates(host, port):
+    """The scheduler's measured service time per model (/llmux/status), ms."""
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    conn.request("GET", "/llmux/status")
+    status = json.loads(conn.getresponse().read())
+    conn.close()
+    return {m["id"]: m["service_ms"] for m in status.get("scheduler", {}).get("models", [])}
+
+
 def metric_switches(host, port):
     conn = http.client.HTTPConnection(host, port, timeout=10)
     conn.request("GET", "/metrics")
@@ -191,12 +202,16 @@ def replay(llmux, config, hookdir, trace, log):
         for th in threads:
             th.join()
         switches = metric_switches(host, port)
+        estimates = service_estimates(host, port)
     finally:
         mux.stop()
     ok = [(lat, trace[i][2]) for i, (status, lat) in enumerate(results) if status == 200]
     waits = [lat - service for lat, service in ok]
     return {"switches": switches, "wait": sum(waits) / max(len(waits), 1), "served": len(ok),
-            "requests": len(trace), "min_wait": min(waits, default=0.0)}
+            "requests": len(trace), "min_wait": min(waits, default=0.0),
+            "service_ms_llmux": estimates,
+            "service_ms_trace": {m: round(1000 * sum(s for _, x, s in trace if x == m) / max(1, sum(1 for _, x, _ in trace if x == m)))
+                                 for m in MODELS}}
 
 
 def pct(sim, real):
@@ -216,35 +231,53 @@ def main():
     standin = os.path.join(a.bin, "llmux-standin")
     trace = generate(a.minutes, a.seed)
     tmp = tempfile.mkdtemp(prefix="llmux-sim-vs-real-")
-    hookdir = os.path.join(tmp, "hooks")
-    os.mkdir(hookdir)
     trace_path = os.path.join(tmp, "trace.jsonl")
     write_trace(trace_path, trace)
     counts = {m: sum(1 for _, x, _ in trace if x == m) for m in MODELS}
     print(f"trace: {len(trace)} requests over {a.minutes:g} min (seed {a.seed}), {counts}; "
           f"mean service {sum(s for _, _, s in trace) / len(trace):.3f} s", file=sys.stderr)
-    backends = []
-    rows = []
-    try:
-        for m, (_, _, k, _) in MODELS.items():
-            backends.append(Proc([standin, "--port", "0", "--model", m, "--concurrency", str(k)],
-                                 subprocess.DEVNULL))
-        ports = {m: b.port for m, b in zip(MODELS, backends)}
-        for policy in POLICIES:
+    rows = {}
+    errors = []
+
+    def run_policy(policy):
+        # Each policy has its own stand-ins and hook directory, so the two
+        # replays run side by side without touching each other.
+        hookdir = os.path.join(tmp, f"hooks-{policy}")
+        os.mkdir(hookdir)
+        backends = []
+        try:
+            for m, (_, _, k, _) in MODELS.items():
+                backends.append(Proc([standin, "--port", "0", "--model", m, "--concurrency", str(k)],
+                                     subprocess.DEVNULL))
+            ports = {m: b.port for m, b in zip(MODELS, backends)}
             config = os.path.join(tmp, f"{policy}.yaml")
             write_config(config, ports, policy, hookdir)
             sim = simulate(llmux, config, trace_path, policy, trace)
             print(f"{policy}: simulated {sim}; replaying for {a.minutes:g} min", file=sys.stderr)
             real = replay(llmux, config, hookdir, trace, os.path.join(tmp, f"{policy}.log"))
             print(f"{policy}: real {real}", file=sys.stderr)
-            rows.append((policy, sim, real))
+            rows[policy] = (policy, sim, real)
+        except Exception as e:  # reported after the others finish
+            errors.append(f"{policy}: {e!r}")
+        finally:
+            for b in backends:
+                b.stop()
+
+    try:
+        runs = [threading.Thread(target=run_policy, args=(p,)) for p in POLICIES]
+        for r in runs:
+            r.start()
+        for r in runs:
+            r.join()
     finally:
-        for b in backends:
-            b.stop()
         if a.keep:
             print(f"kept {tmp}", file=sys.stderr)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+    if errors:
+        print("\n".join(errors), file=sys.stderr)
+        return 2
+    rows = [rows[p] for p in POLICIES]
 
     print(f"| policy | switches sim | switches real | diff | mean wait sim (s) | mean wait real (s) | diff "
           f"| sim admission wait (s) | served sim/real | within tolerance |")
@@ -257,6 +290,8 @@ def main():
         print(f"| {policy} | {sim['switches']} | {real['switches']} | {ds:+.1f}% | {sim['wait']:.3f} | "
               f"{real['wait']:.3f} | {dw:+.1f}% | {sim['admission']:.3f} | {sim['served']}/{real['served']} "
               f"| {'yes' if ok else 'NO'} (switches ±10%, wait ±20%) |")
+    print(f"\n{len(trace)} requests, {a.minutes:g} min, seed {a.seed}; the policies replayed side by side, "
+          f"each with its own llmux and stand-ins")
     return 0 if all_ok else 1
 
 
