@@ -22,6 +22,7 @@ mod reload;
 mod residents;
 mod routing;
 mod scheduling;
+mod sim_vs_real;
 mod simulate;
 mod soak;
 mod switching;
