@@ -23,6 +23,7 @@ mod reload;
 mod residents;
 mod routing;
 mod scheduling;
+mod sim_vs_real;
 mod simulate;
 mod soak;
 mod switching;

@@ -101,6 +101,14 @@ pub fn standin(model: &str) -> Process {
     standin_on(model, 0)
 }
 
+/// A stand-in backend serving `model` on an ephemeral port, with extra
+/// arguments, e.g. `["--concurrency", "2"]`.
+pub fn standin_with(model: &str, args: &[&str]) -> Process {
+    let mut cmd = Command::new(locate::standin_bin());
+    cmd.args(["--port", "0", "--model", model]).args(args).stderr(Stdio::null());
+    Process::start(cmd)
+}
+
 /// A stand-in backend serving `model` on `port`.
 pub fn standin_on(model: &str, port: u16) -> Process {
     let mut cmd = Command::new(locate::standin_bin());
