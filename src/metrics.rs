@@ -93,6 +93,10 @@ pub struct ModelMetrics {
     pub first_byte: Histogram,
     /// Arrival to the response body's end (or the client leaving).
     pub duration: Histogram,
+    /// Time requests spent queued for the model, µs (only requests that
+    /// queued add to it: the hot path never touches it). `duration`'s sum
+    /// less this is the time the model took to serve them.
+    queued_micros: AtomicU64,
     /// Per hook kind (wake, sleep, alive). Written by the switch task.
     pub hooks: [HookMetrics; 3],
     /// Times the model was put to sleep as a switch's victim, to make room
@@ -107,6 +111,17 @@ impl ModelMetrics {
         let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
         self.by_class[class].fetch_add(1, Relaxed);
         self.first_byte.observe(elapsed);
+    }
+
+    /// Counts `waited` in the queue (a request that queued, at admission).
+    pub fn add_queued(&self, waited: Duration) {
+        self.queued_micros.fetch_add(u64::try_from(waited.as_micros()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    /// The time its requests took once admitted: their durations less the
+    /// time they spent queued (what the scheduler calls service time).
+    pub fn served_time(&self) -> Duration {
+        self.duration.sum().saturating_sub(Duration::from_micros(self.queued_micros.load(Relaxed)))
     }
 
     /// Requests answered with a status in `class` (1 to 5).

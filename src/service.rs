@@ -194,6 +194,11 @@ async fn proxy(
         let metrics = &catalog.slot(model).metrics;
         metrics.record_head(e.status(), elapsed);
         metrics.duration.observe(elapsed);
+        if !e.is_backend() {
+            // Never served (a wait timeout, a backoff, shutdown): none of
+            // its time is service time.
+            metrics.add_queued(elapsed);
+        }
     }
     result
 }
@@ -306,6 +311,11 @@ async fn admit(
     access: &mut Option<Access>,
 ) -> Result<InFlight, Error> {
     let (in_flight, queued) = queue::admit_noting_wait(shared, model, body.len()).await?;
+    if queued {
+        // Cold path only: the service time the scheduler sees starts at
+        // admission, not arrival.
+        in_flight.incarnation().slot.metrics.add_queued(started.elapsed());
+    }
     if let Some(access) = access.as_mut() {
         access.admitted(started, queued);
     }

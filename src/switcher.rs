@@ -169,12 +169,13 @@ impl Executor {
         }
     }
 
-    /// Tells the machine what each model's completed requests took so far
-    /// (read from their duration histograms: two atomics per bucket).
+    /// Tells the machine what each model's completed requests took so far,
+    /// from admission to their last byte (their durations less the time
+    /// they queued).
     fn sample_service_times(&mut self) {
         let catalog = self.shared.catalog();
         for (model, slot) in catalog.slots.iter().enumerate() {
-            let (completed, busy) = (slot.metrics.duration.count(), slot.metrics.duration.sum());
+            let (completed, busy) = (slot.metrics.duration.count(), slot.metrics.served_time());
             let in_flight = self.incarnations.get(&model).map_or(0, |i| i.in_flight());
             self.feed(Event::Served { model, completed, busy, in_flight });
         }

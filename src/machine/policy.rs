@@ -24,8 +24,8 @@ pub struct ModelView {
     pub in_backoff: bool,
     /// Published and admitting requests.
     pub serving: bool,
-    /// Mean time its completed requests took (arrival to last byte), once
-    /// one completed.
+    /// Mean time its completed requests took from admission to their last
+    /// byte, once one completed.
     pub service_time: Option<Duration>,
     /// Requests in flight on it (when last sampled).
     pub in_flight: usize,

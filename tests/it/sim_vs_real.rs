@@ -3,8 +3,8 @@
 //! two models, simulated and replayed through real llmux processes in
 //! front of `llmux-standin --concurrency 2` backends, with hooks that only
 //! cost time (wake 1 s, sleep 0.2 s). Switches and the mean wait must
-//! agree under both policies (cost_aware's test is ignored until the
-//! discrepancy its doc names is fixed in llmux).
+//! agree under both policies (the scheduler sees service time from
+//! admission, as the simulator measures it).
 //!
 //! Tolerances: switches within 10 % or ±1, whichever is wider (a count
 //! near 20 moves by one when a single arrival lands a few milliseconds
@@ -244,15 +244,14 @@ fn the_simulator_agrees_with_the_real_binary_under_fifo() {
     agrees("fifo");
 }
 
-/// Fails today: real llmux measures a model's service time from the
-/// request's arrival (its queue wait included), the simulator from its
-/// admission, so the real cost_aware thinks a backend several times
-/// slower than it is, values a switch less and stays on the active model
-/// far longer (6 switches and a 7.7 s mean wait against the simulator's
-/// 12 and 1.5 s). See docs/scheduling.md, "Simulator against the real
-/// binary".
+/// Out of tolerance on the switch count today, in the wait within it: the
+/// real binary made 10 switches against the simulator's 12 (mean wait
+/// 1.35 s against 1.48 s), after service time became admission to last
+/// byte on both sides (it was 6 switches and 7.7 s when real llmux counted
+/// the queue wait in). What is left is not explained yet: see
+/// docs/scheduling.md, "Simulator against the real binary".
 #[test]
-#[ignore = "real llmux counts the queue wait in the service time cost_aware uses (docs/scheduling.md)"]
+#[ignore = "cost_aware: 10 real switches against 12 simulated (tolerance ±1.2); the wait agrees"]
 fn the_simulator_agrees_with_the_real_binary_under_cost_aware() {
     agrees("cost_aware");
 }
