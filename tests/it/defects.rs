@@ -13,14 +13,9 @@ use llmux::machine::ModelId;
 
 use crate::support::backend::free_port;
 use crate::support::http::{self, chat, frames};
-use crate::support::{mux, Mux, PATIENCE};
+use crate::support::{mux, PATIENCE};
 
 const CHAT: &str = "/v1/chat/completions";
-
-fn spawn_chat(mux: &Mux, model: &str) -> tokio::task::JoinHandle<http::Reply> {
-    let (url, body) = (mux.url(CHAT), chat(model));
-    tokio::spawn(async move { http::post(&url, &body).await })
-}
 
 /// Defect 1: the notification sent when the target's last waiter left went
 /// to a `Notified` nobody polled, so `a` served again only when its stream
@@ -31,7 +26,7 @@ async fn abandoning_a_drain_serves_the_old_model_at_once_not_when_its_stream_end
     // 50 chunks 200 ms apart: about 10 s of stream.
     let stream = mux.slow_stream("a", 50, 200).await;
     let stream = tokio::spawn(frames(stream));
-    let for_b = spawn_chat(&mux, "b");
+    let for_b = mux.spawn_chat("b");
     mux.wait_state("a", "draining").await;
     for_b.abort();
     // Watched through /health only: a request for `a` would queue, and

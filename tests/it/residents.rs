@@ -9,16 +9,7 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 
 use crate::support::admin::{Events, Metrics};
-use crate::support::http::{self, chat};
 use crate::support::{mux, Mux, PATIENCE};
-
-const CHAT: &str = "/v1/chat/completions";
-
-/// Sends a chat request for `model` from a task of its own.
-fn spawn_chat(mux: &Mux, model: &str) -> tokio::task::JoinHandle<http::Reply> {
-    let (url, body) = (mux.url(CHAT), chat(model));
-    tokio::spawn(async move { http::post(&url, &body).await })
-}
 
 /// Polls `/llmux/status` until `check` holds; returns that answer.
 async fn status_until(mux: &Mux, what: &str, check: impl Fn(&Value) -> bool) -> Value {
@@ -80,7 +71,7 @@ async fn a_miss_evicts_the_idle_resident_while_the_busy_one_keeps_streaming() {
         (1.0, 0.0)
     );
     mux.hooks.set("hold-wake-c");
-    let for_c = spawn_chat(&mux, "c");
+    let for_c = mux.spawn_chat("c");
     mux.hooks.wait_for("wake-start c").await;
     // c's wake is held: a frame of a's stream arriving now arrived while c woke.
     let frame = tokio::time::timeout(PATIENCE, stream.frame()).await.expect("a frame while c wakes");

@@ -10,12 +10,6 @@ use crate::support::{mux, Mux, PATIENCE};
 
 const CHAT: &str = "/v1/chat/completions";
 
-/// Sends a chat request for `model` from a task of its own.
-fn spawn_chat(mux: &Mux, model: &str) -> tokio::task::JoinHandle<http::Reply> {
-    let (url, body) = (mux.url(CHAT), chat(model));
-    tokio::spawn(async move { http::post(&url, &body).await })
-}
-
 fn joined(frames: &[(Instant, bytes::Bytes)]) -> String {
     frames.iter().map(|(_, b)| String::from_utf8_lossy(b).into_owned()).collect()
 }
@@ -40,10 +34,10 @@ async fn a_stream_on_the_old_model_finishes_before_its_sleep_and_new_requests_fo
     let mux = mux().model("a").model("b").start();
     let stream = mux.slow_stream("a", 6, 150).await;
     let stream = tokio::spawn(frames(stream));
-    let for_b = spawn_chat(&mux, "b");
+    let for_b = mux.spawn_chat("b");
     mux.wait_state("a", "draining").await;
     // A request for the draining model queues behind the switch.
-    let for_a = spawn_chat(&mux, "a");
+    let for_a = mux.spawn_chat("a");
     let streamed = stream.await.expect("stream task");
     assert!(joined(&streamed).contains("[DONE]"), "stream was cut: {}", joined(&streamed));
     let b = for_b.await.expect("b task");
@@ -71,7 +65,7 @@ async fn the_sleep_hook_waits_for_the_stream_to_end() {
     use http_body_util::BodyExt;
     let mux = mux().model("a").model("b").start();
     let mut body = mux.slow_stream("a", 5, 200).await.into_body();
-    let for_b = spawn_chat(&mux, "b");
+    let for_b = mux.spawn_chat("b");
     mux.wait_state("a", "draining").await;
     let mut text = String::new();
     while let Some(frame) = body.frame().await {
@@ -122,7 +116,7 @@ async fn concurrent_mixed_load_is_all_answered_and_never_two_models_awake() {
 async fn min_active_keeps_serving_the_active_model_inside_its_window() {
     let mux = mux().model("a").model("b").policy("min_active_secs: 2").start();
     assert_eq!(http::post(&mux.url(CHAT), &chat("a")).await.status, 200);
-    let for_b = spawn_chat(&mux, "b");
+    let for_b = mux.spawn_chat("b");
     let a = http::post(&mux.url(CHAT), &chat("a")).await;
     assert_eq!((a.status.as_u16(), a.served_by()), (200, "a"));
     assert_eq!(mux.state("a").await, "active");
@@ -160,7 +154,7 @@ async fn a_client_that_leaves_the_queue_abandons_the_drain() {
     let mux = mux().model("a").model("b").start();
     let stream = mux.slow_stream("a", 10, 200).await;
     let stream = tokio::spawn(frames(stream));
-    let for_b = spawn_chat(&mux, "b");
+    let for_b = mux.spawn_chat("b");
     mux.wait_state("a", "draining").await;
     for_b.abort();
     mux.wait_state("a", "active").await;
@@ -228,9 +222,9 @@ async fn on_sleep_failure_continue_wakes_the_next_model_anyway() {
 async fn requests_arriving_during_a_wake_join_it() {
     let mux = mux().model("a").model("b").start();
     mux.hooks.set("hold-wake-b");
-    let first = spawn_chat(&mux, "b");
+    let first = mux.spawn_chat("b");
     mux.hooks.wait_for("wake-start b").await;
-    let second = spawn_chat(&mux, "b");
+    let second = mux.spawn_chat("b");
     mux.wait_state("b", "waking").await;
     mux.hooks.clear("hold-wake-b");
     for task in [first, second] {
@@ -243,12 +237,12 @@ async fn requests_arriving_during_a_wake_join_it() {
 async fn queued_models_are_served_in_order_of_first_arrival() {
     let mux = mux().model("a").model("b").model("c").start();
     mux.hooks.set("hold-wake-a");
-    let a = spawn_chat(&mux, "a");
+    let a = mux.spawn_chat("a");
     mux.hooks.wait_for("wake-start a").await;
-    let c = spawn_chat(&mux, "c");
+    let c = mux.spawn_chat("c");
     mux.wait_state("a", "waking").await;
     wait_queued(&mux, "c", 1).await;
-    let b = spawn_chat(&mux, "b");
+    let b = mux.spawn_chat("b");
     wait_queued(&mux, "b", 1).await;
     mux.hooks.clear("hold-wake-a");
     for task in [a, b, c] {
@@ -339,7 +333,7 @@ async fn sigterm_lets_a_stream_finish_and_exits_zero() {
 async fn sigterm_answers_queued_requests_with_503_and_kills_a_held_hook_after_the_grace() {
     let mut mux = mux().model("a").config("shutdown_grace_secs: 1").start();
     mux.hooks.set("hold-wake-a");
-    let queued = spawn_chat(&mux, "a");
+    let queued = mux.spawn_chat("a");
     mux.hooks.wait_for("wake-start a").await;
     mux.wait_state("a", "waking").await;
     mux.llmux.signal(Signal::SIGTERM);
@@ -356,7 +350,7 @@ async fn sigterm_during_a_drain_answers_the_queue_and_lets_the_stream_finish() {
     let mut mux = mux().model("a").model("b").start();
     let stream = mux.slow_stream("a", 6, 200).await;
     let stream = tokio::spawn(frames(stream));
-    let for_b = spawn_chat(&mux, "b");
+    let for_b = mux.spawn_chat("b");
     mux.wait_state("a", "draining").await;
     mux.llmux.signal(Signal::SIGTERM);
     for_b.await.expect("b").assert_error(503, "model_unavailable");
@@ -381,7 +375,7 @@ async fn a_wake_whose_backend_never_answers_alive_fails_with_503() {
 async fn a_wake_whose_backend_comes_up_late_is_confirmed_by_alive() {
     let mux = mux().model("a").start();
     mux.hooks.set("fail-alive-a");
-    let request = spawn_chat(&mux, "a");
+    let request = mux.spawn_chat("a");
     mux.hooks.wait_for("wake-end a").await;
     mux.wait_state("a", "waking").await;
     // The backend "comes up" only now: llmux keeps checking until then.
@@ -415,7 +409,7 @@ async fn a_backend_that_died_between_requests_is_woken_again_instead_of_502() {
     let _ = mux.backends[0].wait_exit();
     mux.hooks.clear("awake-a");
     mux.hooks.set("hold-wake-a");
-    let request = spawn_chat(&mux, "a");
+    let request = mux.spawn_chat("a");
     wait_for_count(&mux, "wake-start a", 2).await;
     // The wake hook "restarts" the backend.
     mux.backends[0] = crate::support::standin_on("a", port);

@@ -365,6 +365,12 @@ pub fn mux() -> Builder {
 }
 
 impl Mux {
+    /// Sends a chat request for `model` from a task of its own.
+    pub fn spawn_chat(&self, model: &str) -> tokio::task::JoinHandle<http::Reply> {
+        let (url, body) = (self.url("/v1/chat/completions"), http::chat(model));
+        tokio::spawn(async move { http::post(&url, &body).await })
+    }
+
     /// Starts a streaming chat request for `model` of `chunks` chunks
     /// `ms` apart and waits for its 200 response head.
     pub async fn slow_stream(&self, model: &str, chunks: u32, ms: u32) -> hyper::Response<hyper::body::Incoming> {
