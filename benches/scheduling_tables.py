@@ -22,6 +22,9 @@ LLMUX = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT,
 SCENARIOS = ["skewed", "agents", "poisson", "bursty", "llama_swap_612"]
 COSTS = [2, 10, 30, 60]
 MODELS = [2, 3, 4]
+# The models each scenario can use: agents are two (one each), the
+# llama-swap #612 burst names three.
+SCENARIO_MODELS = {"agents": [2], "llama_swap_612": [3]}
 
 
 def config(n, tmp):
@@ -56,7 +59,7 @@ def main():
             print("| switch | models | policy | requests | served | switches | goodput (SLO 3x switch) | mean wait | max wait |")
             print("|---|---|---|---|---|---|---|---|---|")
             for cost in COSTS:
-                for n in MODELS:
+                for n in SCENARIO_MODELS.get(scenario, MODELS):
                     rows, args = run(config(n, tmp), scenario, cost, n)
                     for r in rows:
                         mean, worst = waits(r)

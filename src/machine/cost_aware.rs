@@ -93,9 +93,12 @@ impl CostAware {
     }
 
     /// What the active model's own traffic is worth: its weighted recent
-    /// completions per second (the requests it would leave waiting).
+    /// completions per second (the requests it would leave waiting), less
+    /// those that had queued for it: a backlog it has just cleared says
+    /// nothing of what will come next.
     fn demand(view: &ModelView) -> f64 {
-        view.weight * view.recent_done as f64 / super::policy::RECENT.as_secs_f64()
+        let arrived_while_serving = view.recent_done.saturating_sub(view.recent_backlog);
+        view.weight * arrived_while_serving as f64 / super::policy::RECENT.as_secs_f64()
     }
 
     /// Rule 4: weighted waiters per second of work.
@@ -175,6 +178,7 @@ mod tests {
             concurrency: 1,
             last_done: None,
             recent_done: 0,
+            recent_backlog: 0,
             weight: 1.0,
             max_wait: DEFAULT_MAX_WAIT,
         }
@@ -272,6 +276,23 @@ mod tests {
         models[0].recent_done = 1;
         let (choice, _) = decide(30.0, &mut models, &arrivals, &costs);
         assert_eq!(choice, Some((1, "value")), "a cooled down: b's turn");
+    }
+
+    #[test]
+    fn a_backlog_just_cleared_is_not_demand() {
+        let costs = BTreeMap::from([((Some(0), 1), Duration::from_secs(10))]);
+        let mut models = [view(0), view(3)];
+        // 30 completions in the window, 28 of them the queue it was woken
+        // for: 2 new requests in 30 s against 3 waiters worth 3 / 16 s.
+        models[0].recent_done = 30;
+        models[0].recent_backlog = 28;
+        models[0].last_done = Some(secs(0.0));
+        let arrivals = [vec![], vec![secs(20.0), secs(21.0), secs(22.0)]];
+        let (choice, _) = decide(30.0, &mut models, &arrivals, &costs);
+        assert_eq!(choice, Some((1, "value")));
+        models[0].recent_backlog = 0;
+        let (choice, _) = decide(30.0, &mut models, &arrivals, &costs);
+        assert_eq!(choice, None, "30 new requests in 30 s are worth staying for");
     }
 
     #[test]

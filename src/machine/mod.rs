@@ -599,6 +599,9 @@ struct Model {
     last_done: Option<Time>,
     /// Completions sampled in the last `policy::RECENT`: (when, how many).
     done_at: VecDeque<(Time, usize)>,
+    /// When queued requests were admitted to it, in the last
+    /// `policy::RECENT`: what of `done_at` was backlog, not new demand.
+    admitted_at: VecDeque<Time>,
     /// When a request last queued for it.
     last_asked: Option<Time>,
     /// Its wait bound was found infeasible (reported once).
@@ -645,6 +648,7 @@ impl Model {
             max_in_flight: 0,
             last_done: None,
             done_at: VecDeque::new(),
+            admitted_at: VecDeque::new(),
             last_asked: None,
             infeasible: false,
         }
@@ -659,6 +663,9 @@ impl Model {
         }
         while self.done_at.front().is_some_and(|&(at, _)| now.since(at) > policy::RECENT) {
             self.done_at.pop_front();
+        }
+        while self.admitted_at.front().is_some_and(|&at| now.since(at) > policy::RECENT) {
+            self.admitted_at.pop_front();
         }
         self.served = served;
         self.in_flight = in_flight;
@@ -857,7 +864,14 @@ impl Machine {
             }
             Event::Left { model, ticket } => {
                 if let Some(m) = self.models.get_mut(model) {
-                    m.queue.remove(&ticket);
+                    // Leaving the queue of a serving model is (almost
+                    // always) admission: count it in flight until the next
+                    // sample says otherwise, so that the policy does not
+                    // see a model that has just taken its queue as idle.
+                    if m.queue.remove(&ticket).is_some() && m.serving() {
+                        m.in_flight += 1;
+                        m.admitted_at.push_back(now);
+                    }
                 }
             }
             Event::Gated { model, in_flight } => self.on_gated(model, in_flight, now),
@@ -978,6 +992,7 @@ impl Machine {
                     concurrency: m.max_in_flight.max(1),
                     last_done: m.last_done,
                     recent_done: m.done_at.iter().map(|&(_, n)| n).sum(),
+                    recent_backlog: m.admitted_at.len(),
                     weight: settings.map_or(1.0, |s| s.weight),
                     max_wait: settings.map_or(DEFAULT_MAX_WAIT, |s| s.max_wait),
                 }

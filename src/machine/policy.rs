@@ -36,6 +36,9 @@ pub struct ModelView {
     pub last_done: Option<Time>,
     /// Requests it completed in the last [`RECENT`] (as sampled).
     pub recent_done: usize,
+    /// Of those, about how many had queued (admitted from its queue in
+    /// the last [`RECENT`]): a backlog served, not new demand.
+    pub recent_backlog: usize,
     /// `models.<name>.weight`.
     pub weight: f64,
     /// `policy.max_wait_secs` (or the model's own).

@@ -259,3 +259,39 @@ fn a_failed_sleep_of_one_of_several_victims_strands_none_of_the_others() {
     h.hook_done(C, Alive, Success, secs(0.5));
     assert!(h.m.is_switching() || h.state(B) != ModelState::Draining, "b is left draining with no switch");
 }
+
+// Found by the simulator (issue 12): right after a switch published a
+// model, its waiters left the queue (admitted) before any sample counted
+// them in flight, so cost_aware saw the new model as idle and switched
+// away from it at once, for one waiter elsewhere.
+
+#[test]
+fn a_model_that_has_just_taken_its_queue_is_not_seen_as_idle() {
+    let mut h = Setup::new(2).build_with(Box::new(crate::machine::cost_aware::CostAware::default()));
+    h.adopt(A);
+    h.at(1.0);
+    let waiters: Vec<_> = (0..5).map(|_| h.queue(B)).collect();
+    h.gated(A, 0);
+    h.at(2.0).hook_done(A, Sleep, Success, secs(1.0));
+    h.at(12.0).hook_done(B, Wake, Success, secs(10.0));
+    h.hook_done(B, Alive, Success, Duration::ZERO);
+    assert!(h.last.contains(&Action::Publish(B)));
+    // Another waiter for A arrives as B's queue is admitted.
+    let _a = h.queue(A);
+    for w in waiters {
+        h.leave(w);
+        assert!(!h.issued(&Action::Gate(B)), "B was gated while it served the waiters it was woken for");
+    }
+    // The next sample says B is still busy: no switch.
+    h.at(12.5).event(Event::Served { model: B, completed: 0, busy: Duration::ZERO, in_flight: 5 });
+    h.fire_timer();
+    assert!(!h.issued(&Action::Gate(B)));
+    // Once they are done and B has gone quiet, A's turn.
+    h.event(Event::Served { model: B, completed: 5, busy: secs(5.0), in_flight: 0 });
+    let until = h.m.deadline().expect("a recheck");
+    assert!(until <= time(12.5) + secs(10.0), "A's waiter is looked at again soon, not at its bound");
+    while !h.issued(&Action::Gate(B)) {
+        h.fire_timer();
+    }
+    assert!(h.when(&Action::Gate(B)) > time(12.5));
+}
