@@ -125,15 +125,17 @@ fn render_switches(out: &mut String, shared: &Shared, catalog: &Catalog) {
             Some((from, name(*to)?, stats))
         })
         .collect();
-    family(out, "llmux_switches_total", "counter", "Switches by result.");
+    family(out, "llmux_switches_total", "counter", "Switches by reason and result.");
     for (from, to, stats) in &pairs {
-        for (result, n) in SwitchResult::ALL.map(SwitchResult::as_str).iter().zip(stats.results) {
-            let _ = writeln!(out, "llmux_switches_total{{from=\"{from}\",to=\"{to}\",result=\"{result}\"}} {n}");
+        // A reason no switch of this pair had is left out (absent, not 0).
+        for (reason, results) in SWITCH_REASONS.iter().zip(&stats.results).filter(|(_, r)| r.iter().any(|&n| n > 0)) {
+            for (result, n) in SwitchResult::ALL.map(SwitchResult::as_str).iter().zip(results) {
+                let _ = writeln!(
+                    out,
+                    "llmux_switches_total{{from=\"{from}\",to=\"{to}\",reason=\"{reason}\",result=\"{result}\"}} {n}"
+                );
+            }
         }
-    }
-    family(out, "llmux_switch_reasons_total", "counter", "Switches by the scheduler's reason.");
-    for (reason, n) in SWITCH_REASONS.iter().zip(&shared.metrics.reasons) {
-        let _ = writeln!(out, "llmux_switch_reasons_total{{reason=\"{reason}\"}} {}", n.load(Relaxed));
     }
     family(out, "llmux_switch_phase_seconds", "histogram", "Switch phase durations: drain, sleep, wake.");
     for (from, to, stats) in &pairs {

@@ -192,8 +192,9 @@ pub const LIMITS: [(Limit, &str); 8] = [
 /// Statistics of the switches from one model (or nothing) to another.
 #[derive(Default)]
 pub struct SwitchStats {
-    /// Switches by result: done, abandoned, failed.
-    pub results: [u64; 3],
+    /// Switches by reason (as [`SWITCH_REASONS`]), then by result: done,
+    /// abandoned, failed.
+    pub results: [[u64; 3]; SWITCH_REASONS.len()],
     /// Drain, sleep and wake phase durations.
     pub phases: [Histogram; 3],
 }
@@ -207,9 +208,6 @@ pub struct ProcessMetrics {
     rejected: [AtomicU64; LIMITS.len()],
     /// Requests cut by a drain timeout. Written by the switch task.
     pub cut_requests: AtomicU64,
-    /// Switches by the scheduler's reason, as [`SWITCH_REASONS`]. Written
-    /// by the switch task.
-    pub reasons: [AtomicU64; SWITCH_REASONS.len()],
     /// Per (from, to) slot indices. Written by the switch task, read by
     /// `/metrics`.
     pub switches: Mutex<BTreeMap<(Option<usize>, usize), SwitchStats>>,
@@ -240,12 +238,9 @@ impl ProcessMetrics {
 
     /// Counts a finished switch and its phases.
     pub fn record_switch(&self, record: &SwitchRecord) {
-        if let Some(i) = SWITCH_REASONS.iter().position(|r| *r == record.reason) {
-            self.reasons[i].fetch_add(1, Relaxed);
-        }
         let mut switches = self.switches.lock();
         let stats = switches.entry((record.from, record.to)).or_default();
-        stats.results[record.result as usize] += 1;
+        stats.results[reason_label(record.reason)][record.result as usize] += 1;
         if record.from.is_some() {
             stats.phases[0].observe(record.drain);
         }
@@ -258,9 +253,22 @@ impl ProcessMetrics {
     }
 }
 
-/// The reasons a scheduler gives for a switch: a small fixed set (the
-/// label values of `llmux_switch_reasons_total`).
-pub const SWITCH_REASONS: [&str; 4] = ["fifo", "value", "deadline", "idle_gpu"];
+/// Why a switch ran: a small fixed set, the `reason` label values of
+/// `llmux_switches_total`. The scheduler's reasons (`fifo`, `value`,
+/// `deadline`, `idle_gpu`), then `operator` (a wake or sleep asked through
+/// the control API), `idle` (idle sleep), `reload` (a reload removed a
+/// model or shrank the capacity) and `other`.
+pub const SWITCH_REASONS: [&str; 8] = ["fifo", "value", "deadline", "idle_gpu", "operator", "idle", "reload", "other"];
+
+/// The index in [`SWITCH_REASONS`] of a switch record's reason.
+pub fn reason_label(reason: &str) -> usize {
+    let label = match reason {
+        "asked by an operator" => "operator",
+        "removed from the config" | "over the capacity after a reload" => "reload",
+        other => other,
+    };
+    SWITCH_REASONS.iter().position(|r| *r == label).unwrap_or(SWITCH_REASONS.len() - 1)
+}
 
 /// Whole milliseconds, for logs, events and the control API.
 pub fn millis(d: Duration) -> u64 {

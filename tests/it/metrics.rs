@@ -114,6 +114,7 @@ async fn a_switch_counts_its_phases_hooks_and_states() {
     let done = [a_to_b[0], a_to_b[1], ("result", "done")];
     let m = mux.metrics_until("the switch a -> b", |m| m.sum("llmux_switches_total", &done) > 0.0).await;
     assert_eq!(m.value("llmux_switches_total", &done), 1.0);
+    assert_eq!(m.value("llmux_switches_total", &[a_to_b[0], a_to_b[1], ("reason", "fifo"), ("result", "done")]), 1.0);
     assert_eq!(m.value("llmux_switches_total", &[("from", ""), ("to", "a"), ("result", "done")]), 1.0);
     assert_eq!(m.kind("llmux_switch_phase_seconds"), "histogram");
     for phase in ["drain", "sleep", "wake"] {

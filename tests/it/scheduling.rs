@@ -68,4 +68,7 @@ async fn a_wait_bound_gets_a_waiting_model_its_turn_while_the_active_one_stays_b
     assert!(waited < Duration::from_secs(15), "b waited {waited:?}");
     let reason = mux.status().await["last_switch"]["reason"].clone();
     assert!(reason == "deadline" || reason == "value", "the switch says why: {reason}");
+    let m = mux.metrics().await;
+    let a_to_b = [("from", "a"), ("to", "b"), ("reason", "deadline"), ("result", "done")];
+    assert_eq!(m.value("llmux_switches_total", &a_to_b), 1.0, "the bound forced a -> b, and the metric says so");
 }
