@@ -16,10 +16,12 @@
 //!    second) is worth more than the best switch (rule 4's value): leaving
 //!    a hot model for one waiter costs the hot model's whole traffic for
 //!    two switches.
-//! 3. **Wait and see**: when the active model has just gone idle and its
-//!    recent traffic says a follow-up is likely (a few requests completed
-//!    lately, the last one just now), linger a short time: a tenth of the
-//!    switch it would cost, at most [`MAX_LINGER`].
+//! 3. **Wait and see**: when the active model has just gone idle and a
+//!    follow-up is worth waiting for (the model's recent completions per
+//!    second, times the switch away and back it would save, outweigh the
+//!    weighted waiters elsewhere: an agent loop that calls again seconds
+//!    after a reply), linger a quarter of the switch it would cost, at
+//!    most [`MAX_LINGER`].
 //! 4. **Value per cost**: otherwise the model with the most weighted
 //!    waiters per second of work: `weight × waiting` over the estimated
 //!    switch cost plus the time to clear its queue (`waiting × service
@@ -36,13 +38,10 @@ use super::policy::{ModelView, PolicyContext, SwitchPolicy};
 use super::{ModelId, Time};
 
 /// The longest a model lingers idle on the chance of a follow-up.
-pub const MAX_LINGER: Duration = Duration::from_secs(5);
+pub const MAX_LINGER: Duration = Duration::from_secs(10);
 
 /// How often a busy active model is looked at again while others wait.
 pub const RECHECK: Duration = Duration::from_millis(250);
-
-/// Completions in the recent window that make a follow-up likely.
-const FOLLOW_UP_AFTER: usize = 2;
 
 /// The `cost_aware` policy. See the module docs.
 #[derive(Debug, Default)]
@@ -84,12 +83,21 @@ impl CostAware {
             .collect()
     }
 
-    /// Rule 3: linger on the active model, until when.
-    fn linger_until(ctx: &PolicyContext<'_>, active: &ModelView, cheapest: Duration) -> Option<Time> {
+    /// Rule 3: linger on the active model, until when: for a quarter of
+    /// the cheapest switch (at most [`MAX_LINGER`]) after its last
+    /// completion, if a follow-up is worth waiting for. Lingering `L`
+    /// costs the `elsewhere` weighted waiters `L` each; a follow-up that
+    /// comes in time (about `rate × L` of them, `rate` its recent
+    /// completions per second) saves a switch away and back (`2 × cost`).
+    /// So it lingers while `elsewhere < 2 × cost × rate`.
+    fn linger_until(ctx: &PolicyContext<'_>, active: &ModelView, cheapest: Duration, elsewhere: f64) -> Option<Time> {
         let last = active.last_done?;
-        let linger = (cheapest / 10).min(MAX_LINGER);
-        let until = last + linger;
-        (active.recent_done >= FOLLOW_UP_AFTER && ctx.now < until).then_some(until)
+        let rate = active.weight * active.recent_done as f64 / super::policy::RECENT.as_secs_f64();
+        if elsewhere >= 2.0 * cheapest.as_secs_f64() * rate {
+            return None;
+        }
+        let until = last + (cheapest / 4).min(MAX_LINGER);
+        (ctx.now < until).then_some(until)
     }
 
     /// What the active model's own traffic is worth: its weighted recent
@@ -134,7 +142,8 @@ impl SwitchPolicy for CostAware {
         if let Some((active, _)) = ctx.active {
             let view = &ctx.models[active];
             let cheapest = candidates.iter().map(|c| c.cost).min().unwrap_or_default();
-            let linger = Self::linger_until(ctx, view, cheapest);
+            let elsewhere: f64 = candidates.iter().map(|c| ctx.models[c.model].weight * c.viable as f64).sum();
+            let linger = Self::linger_until(ctx, view, cheapest, elsewhere);
             // Stay while it is busy, while its own demand is worth more than
             // the best switch, or while a follow-up is likely.
             let worth_staying = Self::demand(view) > Self::value(ctx, best);
@@ -251,14 +260,34 @@ mod tests {
         models[0].last_done = Some(secs(10.0));
         models[0].recent_done = 3;
         let arrivals = [vec![], vec![secs(9.0), secs(9.1), secs(9.2)]];
+        // 3 completions in 30 s: 0.1/s, so a 20 s switch away and back
+        // (40 s) is worth 4 waiter-seconds per second of lingering, more
+        // than the 3 waiters elsewhere lose.
         let (choice, policy) = decide(10.5, &mut models, &arrivals, &costs);
         assert_eq!(choice, None);
-        assert_eq!(policy.recheck_at(), Some(secs(12.0)), "a tenth of the 20 s switch");
-        let (choice, _) = decide(12.0, &mut models, &arrivals, &costs);
+        assert_eq!(policy.recheck_at(), Some(secs(15.0)), "a quarter of the 20 s switch");
+        let (choice, _) = decide(15.0, &mut models, &arrivals, &costs);
         assert_eq!(choice, Some((1, "value")), "no follow-up came: switch");
         models[0].recent_done = 1;
         let (choice, _) = decide(10.5, &mut models, &arrivals, &costs);
-        assert_eq!(choice, Some((1, "value")), "no sign of a loop: no lingering");
+        assert_eq!(choice, Some((1, "value")), "too little sign of a loop: no lingering");
+        models[0].recent_done = 3;
+        let mut models = [models[0], view(5)];
+        let arrivals = [vec![], vec![secs(9.0), secs(9.1), secs(9.2), secs(9.3), secs(9.4)]];
+        let (choice, _) = decide(10.5, &mut models, &arrivals, &costs);
+        assert_eq!(choice, Some((1, "value")), "5 waiters elsewhere outweigh the chance of a follow-up");
+    }
+
+    #[test]
+    fn lingering_is_capped() {
+        let costs = BTreeMap::from([((Some(0), 1), Duration::from_secs(100))]);
+        let mut models = [view(0), view(1)];
+        models[0].last_done = Some(secs(10.0));
+        models[0].recent_done = 3;
+        let arrivals = [vec![], vec![secs(9.0)]];
+        let (choice, policy) = decide(10.5, &mut models, &arrivals, &costs);
+        assert_eq!(choice, None);
+        assert_eq!(policy.recheck_at(), Some(secs(10.0) + MAX_LINGER), "not a quarter of 100 s");
     }
 
     #[test]

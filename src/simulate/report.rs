@@ -119,7 +119,7 @@ pub fn summarize(
         .tracks
         .iter()
         .zip(requests)
-        .filter(|(t, r)| t.fate == Fate::Done && t.finished.micros() - r.at.micros() <= slo_us)
+        .filter(|(t, _)| t.fate == Fate::Done && t.finished.micros() - t.arrived.micros() <= slo_us)
         .count();
     let models = names.iter().enumerate().map(|(i, name)| model_summary(i, name, outcome, requests)).collect();
     Summary {
@@ -145,9 +145,9 @@ fn model_summary(model: usize, name: &str, outcome: &Outcome, requests: &[Reques
     let mine = || outcome.tracks.iter().zip(requests).filter(move |(_, r)| r.model as usize == model);
     let admitted = |f: Fate| matches!(f, Fate::Done | Fate::Cut | Fate::Running);
     let mut waits: Vec<u64> =
-        mine().filter(|(t, _)| admitted(t.fate)).map(|(t, r)| t.admitted.micros() - r.at.micros()).collect();
+        mine().filter(|(t, _)| admitted(t.fate)).map(|(t, _)| t.admitted.micros() - t.arrived.micros()).collect();
     let mut latencies: Vec<u64> =
-        mine().filter(|(t, _)| t.fate == Fate::Done).map(|(t, r)| t.finished.micros() - r.at.micros()).collect();
+        mine().filter(|(t, _)| t.fate == Fate::Done).map(|(t, _)| t.finished.micros() - t.arrived.micros()).collect();
     ModelSummary {
         name: name.to_owned(),
         n: mine().count(),

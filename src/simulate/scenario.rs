@@ -11,14 +11,14 @@
 //! between bursts, 60), `think_secs` (agents: mean think time, 5),
 //! `period` (llama_swap_612: seconds between bursts, 120).
 //!
-//! The agents scenario is open-loop: each agent's next request comes its
-//! service time plus a think time after the previous one, whatever the
-//! simulated wait was.
+//! The agents scenario is a closed loop: each agent's next request comes a
+//! think time after its previous one ended, so a wait delays every later
+//! call of that agent (as it does a real agent).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::trace::{Backend, Request, Workload};
+use super::trace::{Backend, Follow, Request, Workload};
 use crate::clock::Time;
 
 /// The scenarios, by name.
@@ -124,7 +124,7 @@ pub fn generate(name: &str, params: &[(String, String)], seed: u64, names: &[Str
         sleep: Duration::from_secs_f64(p.get("sleep_secs", super::trace::DEFAULT_SLEEP_SECS)),
         concurrency: (p.get("concurrency", super::trace::DEFAULT_CONCURRENCY as f64) as usize).max(1),
     };
-    let mut g = Gen { rng: Rng::new(seed), p: &p, n, out: Vec::new() };
+    let mut g = Gen { rng: Rng::new(seed), p: &p, n, out: Vec::new(), last_gap: Duration::ZERO };
     match name {
         "poisson" => g.poisson(),
         "skewed" => g.skewed(),
@@ -133,10 +133,30 @@ pub fn generate(name: &str, params: &[(String, String)], seed: u64, names: &[Str
         "llama_swap_612" => g.llama_swap_612(),
         other => return Err(format!("unknown scenario `{other}` (one of {})", NAMES.join(", "))),
     }
-    let mut requests = g.out;
-    // Generators that interleave streams emit out of order: sort, stably.
-    requests.sort_by_key(|r| r.at);
+    let requests = in_order(g.out);
     Ok(Workload { backends: vec![backend; names.len()], requests, ..Workload::default() })
+}
+
+/// `requests` sorted by arrival, stably (generators that interleave
+/// streams emit out of order), with follow-ups pointing to their
+/// predecessors' new places.
+fn in_order(requests: Vec<Request>) -> Vec<Request> {
+    let mut order: Vec<u32> = (0..requests.len() as u32).collect();
+    order.sort_by_key(|&i| requests[i as usize].at);
+    let mut place = vec![0u32; requests.len()];
+    for (new, &old) in order.iter().enumerate() {
+        place[old as usize] = new as u32;
+    }
+    order
+        .iter()
+        .map(|&old| {
+            let mut r = requests[old as usize];
+            if let Some(f) = r.follows.as_mut() {
+                f.prev = place[f.prev as usize];
+            }
+            r
+        })
+        .collect()
 }
 
 struct Gen<'a> {
@@ -144,6 +164,8 @@ struct Gen<'a> {
     p: &'a Params,
     n: usize,
     out: Vec<Request>,
+    /// The think time drawn after the last request of a chain.
+    last_gap: Duration,
 }
 
 impl Gen<'_> {
@@ -163,6 +185,7 @@ impl Gen<'_> {
             model: model as u32,
             service: Duration::from_secs_f64(service),
             timeout,
+            follows: None,
         });
     }
 
@@ -202,18 +225,26 @@ impl Gen<'_> {
         }
     }
 
-    /// Two agents, on models 0 and 1: request, reply (its service time),
-    /// think, again.
+    /// Two agents, on models 0 and 1, each a closed loop: request, reply,
+    /// think, again. A call is sent only once the previous one has ended
+    /// (its wait included), a think time later; as many calls as fit in
+    /// `duration_secs` had nobody waited.
     fn agents(&mut self) {
         let think = self.p.get("think_secs", 5.0);
         for agent in 0..2 {
             let mut t = self.rng.exp(think);
+            let mut prev: Option<u32> = None;
             while t < self.duration() {
                 let service = self.rng.exp(self.p.get("service_secs", 1.0));
+                let gap = self.rng.exp(think);
                 let timeout = self.p.values.get("timeout_secs").map(|&s| Duration::from_secs_f64(s));
                 let at = Time::from_secs_f64(t);
-                self.out.push(Request { at, model: agent, service: Duration::from_secs_f64(service), timeout });
-                t += service + self.rng.exp(think);
+                let service = Duration::from_secs_f64(service);
+                let follows = prev.map(|prev| Follow { prev, think: self.last_gap });
+                prev = Some(self.out.len() as u32);
+                self.out.push(Request { at, model: agent, service, timeout, follows });
+                self.last_gap = Duration::from_secs_f64(gap);
+                t += service.as_secs_f64() + gap;
             }
         }
     }

@@ -47,7 +47,8 @@ impl Default for Backend {
 /// One request of a workload.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Request {
-    /// When it arrives.
+    /// When it arrives; for a follow-up, the earliest it could (its
+    /// chain's arrivals had nobody waited), used only to order it.
     pub at: Time,
     /// Its model's slot (config order).
     pub model: u32,
@@ -55,6 +56,19 @@ pub struct Request {
     pub service: Duration,
     /// Its own queueing timeout (else the config's `request_timeout_secs`).
     pub timeout: Option<Duration>,
+    /// A closed loop: it arrives only once request `prev` has ended
+    /// (answered, timed out or failed), `think` later, as an agent sends
+    /// its next call only after it read the reply.
+    pub follows: Option<Follow>,
+}
+
+/// What a follow-up request waits for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Follow {
+    /// The request (index in the workload) whose end it waits for.
+    pub prev: u32,
+    /// How long after that end it arrives.
+    pub think: Duration,
 }
 
 /// A workload: backends per config slot, requests in arrival order, and
@@ -161,6 +175,7 @@ pub fn parse(text: &str, names: &[String]) -> Result<Workload, String> {
                 model: slot as u32,
                 service: Duration::from_secs_f64(r.service_secs),
                 timeout: r.timeout_secs.map(Duration::from_secs_f64),
+                follows: None,
             }),
             None => *w.unknown.entry(r.model.into_owned()).or_default() += 1,
         }
@@ -181,6 +196,7 @@ fn add_logged(w: &mut Workload, mut logged: Vec<(f64, String, f64)>, names: &[St
                 model: slot as u32,
                 service: Duration::from_secs_f64(service),
                 timeout: None,
+                follows: None,
             }),
             None => *w.unknown.entry(model).or_default() += 1,
         }

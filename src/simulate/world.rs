@@ -55,6 +55,9 @@ pub enum Fate {
 pub struct Track {
     /// What became of it.
     pub fate: Fate,
+    /// When it arrived (valid once it did: a follow-up arrives when its
+    /// predecessor's end and think time say).
+    pub arrived: Time,
     /// When it was admitted (valid once it ran).
     pub admitted: Time,
     /// When it ended (valid once it ended).
@@ -96,6 +99,8 @@ enum Timed {
     Finish { req: u32, generation: u32 },
     /// A queued request gives up.
     Timeout { req: u32 },
+    /// A follow-up request arrives.
+    Arrive { req: u32 },
 }
 
 /// A heap entry, ordered by time then sequence number only.
@@ -173,7 +178,12 @@ struct World<'a> {
     machine: Machine,
     now: Time,
     requests: &'a [Request],
+    /// The requests that arrive at their own time (not follow-ups), in
+    /// order; `next_arrival` indexes it.
+    first_arrivals: Vec<u32>,
     next_arrival: usize,
+    /// Per request, the follow-up that waits for its end.
+    successor: Vec<Option<u32>>,
     heap: BinaryHeap<Reverse<Entry>>,
     seq: u64,
     models: Vec<Model>,
@@ -200,12 +210,21 @@ impl<'a> World<'a> {
                 ..Model::default()
             })
             .collect();
-        let track = Track { fate: Fate::Waiting, admitted: Time::ZERO, finished: Time::ZERO };
+        let track = Track { fate: Fate::Waiting, arrived: Time::ZERO, admitted: Time::ZERO, finished: Time::ZERO };
+        let first_arrivals = (0..requests.len() as u32).filter(|&i| requests[i as usize].follows.is_none()).collect();
+        let mut successor = vec![None; requests.len()];
+        for (i, r) in requests.iter().enumerate() {
+            if let Some(slot) = r.follows.and_then(|f| successor.get_mut(f.prev as usize)) {
+                *slot = Some(i as u32);
+            }
+        }
         World {
             machine: Machine::new(settings(config), policy),
             now: Time::ZERO,
             requests,
+            first_arrivals,
             next_arrival: 0,
+            successor,
             heap: BinaryHeap::new(),
             seq: 0,
             models,
@@ -222,7 +241,7 @@ impl<'a> World<'a> {
         let mut horizon = None;
         loop {
             let heap = self.heap.peek().map(|Reverse(e)| e.at);
-            let arrival = self.requests.get(self.next_arrival).map(|r| r.at);
+            let arrival = self.first_arrivals.get(self.next_arrival).map(|&i| self.requests[i as usize].at);
             let timer = self.machine.deadline();
             if heap.is_none() && arrival.is_none() {
                 // Only the machine's timers are left: follow them while
@@ -243,9 +262,9 @@ impl<'a> World<'a> {
                 self.sample();
                 self.feed(Event::Timer);
             } else {
-                let req = self.next_arrival;
+                let req = self.first_arrivals[self.next_arrival];
                 self.next_arrival += 1;
-                self.arrive(req as u32);
+                self.arrive(req);
             }
         }
     }
@@ -270,6 +289,7 @@ impl<'a> World<'a> {
         match what {
             Timed::Hook { model, kind, result, took } => self.hook_done(model as ModelId, kind, result, took),
             Timed::Finish { req, generation } => self.finish(req, generation),
+            Timed::Arrive { req } => self.arrive(req),
             Timed::Timeout { req } => {
                 if self.out.tracks[req as usize].fate == Fate::Waiting {
                     self.end(req, Fate::TimedOut);
@@ -285,10 +305,16 @@ impl<'a> World<'a> {
         let t = &mut self.out.tracks[req as usize];
         t.fate = fate;
         t.finished = self.now;
+        if let Some(next) = self.successor[req as usize] {
+            if let Some(follow) = self.requests[next as usize].follows {
+                self.schedule(follow.think, Timed::Arrive { req: next });
+            }
+        }
     }
 
     fn arrive(&mut self, req: u32) {
         let r = self.requests[req as usize];
+        self.out.tracks[req as usize].arrived = self.now;
         let model = r.model as ModelId;
         let m = &self.models[model];
         if m.published && !m.gated {
@@ -303,7 +329,7 @@ impl<'a> World<'a> {
             self.schedule(timeout, Timed::Timeout { req });
         }
         self.sample();
-        self.feed(Event::Queued { model, ticket: Ticket::from(req), at: r.at });
+        self.feed(Event::Queued { model, ticket: Ticket::from(req), at: self.now });
     }
 
     /// What each model served so far, as the executor samples it before a
@@ -505,6 +531,7 @@ mod tests {
             model,
             service: Duration::from_secs_f64(service),
             timeout: timeout.map(Duration::from_secs_f64),
+            follows: None,
         }
     }
 
