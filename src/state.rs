@@ -119,6 +119,12 @@ pub struct HookError {
     pub at_micros: u64,
 }
 
+impl crate::budget::Budgeted for Arc<Shared> {
+    fn budget(&self) -> &crate::budget::BodyBudget {
+        &self.body_budget
+    }
+}
+
 impl Shared {
     /// Shared state for `config`, with nothing active yet.
     pub fn new(config: Config, config_file: Option<ConfigFile>) -> Shared {

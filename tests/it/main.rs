@@ -27,3 +27,4 @@ mod sim_vs_real;
 mod simulate;
 mod soak;
 mod switching;
+mod wait_feedback;
