@@ -62,7 +62,8 @@
 //! Each module imports only from the layers above it in this list (no
 //! import cycle): leaves ([`config`], [`cli`], [`model`], [`clock`],
 //! [`machine`], [`events`], [`shutdown`], [`detect`], [`procfs`],
-//! [`budget`], [`pool`], [`access`]); [`metrics`] primitives; [`inbox`], [`reaper`],
+//! [`budget`], [`pool`], [`access`]); [`metrics`] primitives and the
+//! recent [`history`]; [`inbox`], [`reaper`],
 //! [`hooks`], [`error`], [`auth`], [`body`]; the [`catalog`]; [`proxy`],
 //! [`routing`]; [`state`]; [`queue`], [`switcher`]; [`response`];
 //! [`exposition`], [`api`], [`control`]; [`service`]; [`server`].
@@ -84,6 +85,7 @@ pub mod detect;
 pub mod error;
 pub mod events;
 pub mod exposition;
+pub mod history;
 pub mod hooks;
 pub mod inbox;
 pub mod machine;
