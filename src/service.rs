@@ -89,6 +89,10 @@ async fn route(
     access: &mut Option<Access>,
 ) -> Result<Response<ResponseBody>, Error> {
     if control::is_control(req.uri().path()) {
+        if control::is_dashboard(req.method(), req.uri().path()) {
+            auth::check_page(&shared.catalog().config, peer.loopback)?;
+            return Ok(control::dashboard());
+        }
         auth::check_admin(&shared.catalog().config, req.headers(), peer.loopback)?;
         return control::handle(shared, req).await;
     }
