@@ -7,6 +7,7 @@ mod auth;
 mod budget;
 mod config_cli;
 mod control;
+mod dashboard;
 mod defects;
 mod errors;
 mod fuzz_corpus;

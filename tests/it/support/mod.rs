@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod backend;
+pub mod browser;
 pub mod http;
 pub mod wire;
 
