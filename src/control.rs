@@ -1,10 +1,12 @@
 //! The control API under `/llmux/`: status, waking and sleeping by hand,
-//! the live event stream and reloading the config.
+//! the live event stream, reloading the config, and the dashboard page
+//! (`GET /llmux/ui`, `src/ui/index.html`, embedded) that draws them.
 //!
 //! Every action goes through the switch task and the same drain rules as a
 //! switch: a wake joins the model's queue like a request, a sleep is a
 //! [`Command`] the switch task carries out. Who may call it is decided by
-//! [`crate::auth::check_admin`] before anything here runs.
+//! [`crate::auth::check_admin`] before anything here runs (the page, which
+//! holds no state, by [`crate::auth::check_page`]).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -49,6 +49,9 @@ pub struct Waiting {
     stage: Stage,
 }
 
+// The whole `Waiting` is boxed once per waiting stream: boxing the
+// backend's body again would cost an allocation for nothing.
+#[allow(clippy::large_enum_variant)]
 enum Stage {
     Waiting(Wait),
     Streaming(ResponseBody),

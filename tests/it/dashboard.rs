@@ -146,7 +146,8 @@ async fn the_dashboard_shows_a_switch_live_in_a_real_browser() {
     let lane = r#"!!document.querySelector('#lanes .seg[data-model="b"][data-state="active"]')
         && !!document.querySelector('#lanes .seg[data-model="a"][data-state="draining"]')"#;
     chrome.wait_until(&page, "b's and a's lanes", lane);
-    let streamed = "[...document.querySelectorAll('#events li.activated')].some((li) => li.textContent.includes('\"b\"'))";
+    let streamed =
+        "[...document.querySelectorAll('#events li.activated')].some((li) => li.textContent.includes('\"b\"'))";
     chrome.wait_until(&page, "the activated event from the stream", streamed);
     let row = r#"document.querySelector('#models tr[data-model="b"] .state').textContent === 'active'"#;
     chrome.wait_until(&page, "b's row", row);
@@ -160,7 +161,11 @@ async fn the_dashboard_shows_a_switch_live_in_a_real_browser() {
     chrome.wait_until(&later, "the switch back", &shows_switch("b", "a"));
     let failed = "!!document.querySelector('#switches .switch[data-to=\"c\"][data-result=\"failed\"]')";
     chrome.wait_until(&later, "the failed switch", failed);
-    chrome.wait_until(&later, "c's wake error", "document.getElementById('hookerrors').textContent.includes('wake hook')");
+    chrome.wait_until(
+        &later,
+        "c's wake error",
+        "document.getElementById('hookerrors').textContent.includes('wake hook')",
+    );
     // The live page saw all of it too (and its events): the picture.
     chrome.wait_until(&page, "the failed switch, live", failed);
     chrome.wait_until(&page, "b active again", &shows_switch("c", "b"));
@@ -189,7 +194,8 @@ async fn the_dashboards_buttons_wake_and_sleep_with_the_admin_key() {
     chrome.eval(&page, &click("b", "sleep"));
     mux.wait_state("b", "asleep").await;
     chrome.wait_until(&page, "nothing active", "document.getElementById('active').textContent === 'none'");
-    let asked = http::request(Method::GET, &mux.url("/llmux/status"), &[("authorization", "Bearer root-key")], "").await;
+    let asked =
+        http::request(Method::GET, &mux.url("/llmux/status"), &[("authorization", "Bearer root-key")], "").await;
     assert_eq!(asked.status, 200);
     assert_eq!(asked.json()["active"], Value::Null);
 }

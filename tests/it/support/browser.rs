@@ -105,9 +105,10 @@ impl Browser {
         let deadline = Instant::now() + PATIENCE;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let reply = self.from_browser.recv_timeout(left).unwrap_or_else(|_| {
-                panic!("no answer to {method} from chromium; its log:\n{}", self.log())
-            });
+            let reply = self
+                .from_browser
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no answer to {method} from chromium; its log:\n{}", self.log()));
             if reply["id"] == id {
                 return reply;
             }
@@ -117,7 +118,8 @@ impl Browser {
     /// Opens a page of `width` × `height` CSS pixels at `url`.
     pub fn open(&mut self, url: &str, width: u32, height: u32) -> Page {
         let target = self.call(None, "Target.createTarget", json!({ "url": "about:blank" }));
-        let attached = self.call(None, "Target.attachToTarget", json!({ "targetId": target["targetId"], "flatten": true }));
+        let attached =
+            self.call(None, "Target.attachToTarget", json!({ "targetId": target["targetId"], "flatten": true }));
         let page = Page { session: attached["sessionId"].as_str().expect("a session").to_owned() };
         let metrics = json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": false });
         self.call(Some(&page), "Emulation.setDeviceMetricsOverride", metrics);
