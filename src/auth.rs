@@ -32,6 +32,21 @@ pub fn check_admin(config: &Config, headers: &HeaderMap, loopback: bool) -> Resu
     check(&config.api_keys, headers)
 }
 
+/// The dashboard page (`GET /llmux/ui`): static, it holds no state, so it
+/// needs no key (a browser opening a page cannot send one). Who may load
+/// it follows the control API's exposure: loopback clients only without
+/// `admin_api_keys`, any address with them. Everything the page shows it
+/// reads from the control API, with the key entered on the page, under
+/// [`check_admin`].
+pub fn check_page(config: &Config, loopback: bool) -> Result<(), Error> {
+    if config.admin_api_keys.is_empty() && !loopback {
+        return Err(Error::forbidden(
+            "the dashboard answers only loopback clients unless admin_api_keys is configured",
+        ));
+    }
+    Ok(())
+}
+
 /// `/metrics`: open with `metrics_public`, else like any path (an admin
 /// key is accepted too).
 pub fn check_metrics(config: &Config, headers: &HeaderMap) -> Result<(), Error> {
@@ -124,6 +139,15 @@ mod tests {
         assert_eq!(status(check_admin(&c, &with_auth("Bearer user"), true)), 403);
         assert_eq!(status(check_admin(&c, &with_auth("Bearer nope"), true)), 401);
         assert_eq!(status(check_admin(&c, &HeaderMap::new(), true)), 401);
+    }
+
+    #[test]
+    fn the_page_follows_the_control_apis_exposure_without_a_key() {
+        assert_eq!(status(check_page(&config(""), true)), 200);
+        assert_eq!(status(check_page(&config(""), false)), 403);
+        assert_eq!(status(check_page(&config("api_keys: [user]\n"), true)), 200);
+        assert_eq!(status(check_page(&config("api_keys: [user]\n"), false)), 403);
+        assert_eq!(status(check_page(&config("admin_api_keys: [root]\n"), false)), 200);
     }
 
     #[test]

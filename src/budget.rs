@@ -108,6 +108,41 @@ impl Reservation<'_> {
     }
 }
 
+impl Reservation<'_> {
+    /// The same bytes, held by a reservation that owns `holder` (an `Arc`
+    /// of the state that holds this budget) instead of borrowing it, for a
+    /// body that outlives the request handler (a streaming request given
+    /// feedback while it waits, `policy.stream_wait_feedback`). Nothing is
+    /// released or reserved in between.
+    pub fn into_owned<H: Budgeted>(mut self, holder: H) -> OwnedReservation<H> {
+        debug_assert!(std::ptr::eq(holder.budget(), self.budget), "the holder must hold this reservation's budget");
+        let bytes = std::mem::take(&mut self.bytes);
+        OwnedReservation { holder, bytes }
+    }
+}
+
+/// What holds a [`BodyBudget`] (the shared state, through an `Arc`).
+pub trait Budgeted {
+    /// The budget.
+    fn budget(&self) -> &BodyBudget;
+}
+
+/// A [`Reservation`] that owns what holds its budget; released when
+/// dropped.
+#[must_use = "the bytes are released when the reservation is dropped"]
+pub struct OwnedReservation<H: Budgeted> {
+    holder: H,
+    bytes: u64,
+}
+
+impl<H: Budgeted> Drop for OwnedReservation<H> {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.holder.budget().held.fetch_sub(self.bytes, Relaxed);
+        }
+    }
+}
+
 impl Drop for Reservation<'_> {
     #[inline]
     fn drop(&mut self) {
@@ -149,6 +184,22 @@ mod tests {
         // A lower bound (a reload) refuses more without touching what is held.
         assert!(!r.grow(1, 500));
         drop(r);
+        assert_eq!(budget.held(), 0);
+    }
+
+    #[test]
+    fn an_owned_reservation_keeps_the_bytes_until_it_drops() {
+        struct Holder(std::sync::Arc<BodyBudget>);
+        impl Budgeted for Holder {
+            fn budget(&self) -> &BodyBudget {
+                &self.0
+            }
+        }
+        let budget = std::sync::Arc::new(BodyBudget::default());
+        let owned = budget.reserve(300, 1000).expect("fits").into_owned(Holder(std::sync::Arc::clone(&budget)));
+        assert_eq!(budget.held(), 300, "moved, not released");
+        assert!(budget.reserve(701, 1000).is_none());
+        drop(owned);
         assert_eq!(budget.held(), 0);
     }
 

@@ -80,6 +80,10 @@ pub struct ModelConfig {
     pub weight: f64,
     /// The wait bound the scheduler keeps for it (`max_wait_secs`).
     pub max_wait: Duration,
+    /// `stream_wait_feedback`: how often a streaming request that waits
+    /// for this model gets an SSE comment (`None`: off; the request waits
+    /// silently as any other).
+    pub stream_wait_feedback: Option<Duration>,
 }
 
 /// A hook: a script run with `sh -c`, bounded by a timeout.
@@ -189,6 +193,7 @@ const DEFAULT_SLEEP_TIMEOUT_SECS: u64 = 120;
 const DEFAULT_ALIVE_TIMEOUT_SECS: u64 = 10;
 const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 30;
 const DEFAULT_HOOK_KILL_GRACE_SECS: f64 = 5.0;
+const DEFAULT_STREAM_WAIT_FEEDBACK_SECS: f64 = 3.0;
 /// The scheduler's default wait bound: two minutes, longer than most wakes
 /// (so a bound never forces a switch a wake could not meet) and short
 /// enough that nothing starves out of the box.
@@ -362,6 +367,7 @@ struct RawModel {
     pinned: bool,
     weight: Option<f64>,
     max_wait_secs: Option<u64>,
+    stream_wait_feedback: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -382,6 +388,9 @@ struct RawPolicy {
     hook_kill_grace_secs: Option<f64>,
     scheduler: Option<Scheduler>,
     max_wait_secs: Option<u64>,
+    stream_wait_feedback: Option<bool>,
+    /// Seconds, fractions allowed.
+    stream_wait_feedback_secs: Option<f64>,
 }
 
 /// `models:` as an ordered list of (name, model), rejecting duplicate names.
@@ -614,9 +623,25 @@ fn validate_model(
         pinned: m.pinned,
         weight: model_weight(&name, m.weight)?,
         max_wait: max_wait(&name, m.max_wait_secs.or(policy.max_wait_secs))?,
+        stream_wait_feedback: m
+            .stream_wait_feedback
+            .or(policy.stream_wait_feedback)
+            .unwrap_or(false)
+            .then_some(feedback_interval(policy.stream_wait_feedback_secs)?),
         port: m.port,
         name,
     })
+}
+
+/// `policy.stream_wait_feedback_secs`: at least 0.1 s (fractions allowed),
+/// at most an hour; 3 s if absent (below the 5 to 60 s after which
+/// proxies and clients commonly give up on a silent stream).
+fn feedback_interval(secs: Option<f64>) -> Result<Duration, ConfigError> {
+    let secs = secs.unwrap_or(DEFAULT_STREAM_WAIT_FEEDBACK_SECS);
+    match (0.1..=3600.0).contains(&secs) {
+        true => Ok(Duration::from_secs_f64(secs)),
+        false => Err(err("policy.stream_wait_feedback_secs: must be a number of seconds from 0.1 to 3600")),
+    }
 }
 
 /// `models.<name>.weight`: a finite number above 0; 1 if absent.
@@ -896,6 +921,23 @@ mod tests {
     fn pinned_without_capacity_is_rejected() {
         let e = sized("pinned: true", "", "").expect_err("pinned needs a capacity");
         assert!(e.to_string().contains("models.a.pinned"), "{e}");
+    }
+
+    #[test]
+    fn stream_wait_feedback_is_off_by_default_and_a_model_overrides_the_policy() {
+        let off = yaml(TWO).expect("valid");
+        assert!(off.models.iter().all(|m| m.stream_wait_feedback.is_none()));
+        let on = "models:\n  a: {port: 1, wake: w, sleep: s, alive: a}\n  b: {port: 2, wake: w, sleep: s, alive: a, stream_wait_feedback: false}\npolicy: {stream_wait_feedback: true}\n";
+        let c = yaml(on).expect("valid");
+        assert_eq!(c.models[0].stream_wait_feedback, Some(Duration::from_secs(3)));
+        assert_eq!(c.models[1].stream_wait_feedback, None);
+        let own = "models:\n  a: {port: 1, wake: w, sleep: s, alive: a, stream_wait_feedback: true}\npolicy: {stream_wait_feedback_secs: 0.5}\n";
+        assert_eq!(yaml(own).expect("valid").models[0].stream_wait_feedback, Some(Duration::from_millis(500)));
+        for bad in ["0", "0.01", "-1", "4000", ".nan"] {
+            let text = format!("models:\n  a: {{port: 1, wake: w, sleep: s, alive: a}}\npolicy: {{stream_wait_feedback: true, stream_wait_feedback_secs: {bad}}}\n");
+            let e = yaml(&text).expect_err(bad).to_string();
+            assert!(e.contains("policy.stream_wait_feedback_secs"), "{bad}: {e}");
+        }
     }
 
     #[test]

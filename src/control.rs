@@ -1,10 +1,12 @@
 //! The control API under `/llmux/`: status, waking and sleeping by hand,
-//! the live event stream and reloading the config.
+//! the live event stream, reloading the config, and the dashboard page
+//! (`GET /llmux/ui`, `src/ui/index.html`, embedded) that draws them.
 //!
 //! Every action goes through the switch task and the same drain rules as a
 //! switch: a wake joins the model's queue like a request, a sleep is a
 //! [`Command`] the switch task carries out. Who may call it is decided by
-//! [`crate::auth::check_admin`] before anything here runs.
+//! [`crate::auth::check_admin`] before anything here runs (the page, which
+//! holds no state, by [`crate::auth::check_page`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +32,34 @@ use crate::state::Shared;
 /// True for a path of the control API.
 pub fn is_control(path: &str) -> bool {
     path == "/llmux" || path.starts_with("/llmux/")
+}
+
+/// The dashboard, one self-contained page (HTML, CSS and JavaScript, no
+/// external asset), embedded in the binary.
+const DASHBOARD: &str = include_str!("ui/index.html");
+
+/// True for a request for the dashboard page, `GET /llmux/ui`.
+pub fn is_dashboard(method: &Method, path: &str) -> bool {
+    matches!(*method, Method::GET | Method::HEAD) && (path == "/llmux/ui" || path == "/llmux/ui/")
+}
+
+/// The dashboard page (see [`crate::auth::check_page`] for who gets it).
+pub fn dashboard() -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::full(Bytes::from_static(DASHBOARD.as_bytes())));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Everything is inline; it talks to this origin only.
+    headers.insert(
+        "content-security-policy",
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; \
+             img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        ),
+    );
+    headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    response
 }
 
 /// Answers a control request (already authorised).
@@ -85,7 +115,45 @@ fn status(shared: &Shared) -> Value {
         "last_hook_error": last_hook_error,
         "switch_costs": switch_costs,
         "scheduler": scheduler_status(shared, &catalog),
+        "history": history(shared, &catalog),
     })
+}
+
+/// The recent past (see [`crate::history`]): state changes, switches with
+/// their phase times and hook errors, oldest first, times in Unix
+/// milliseconds; `now_ms` is the server's now on the same clock.
+fn history(shared: &Shared, catalog: &Catalog) -> Value {
+    let name = |slot: usize| catalog.name(slot).to_owned();
+    let h = shared.history.lock();
+    let at = |t| h.unix_ms(t);
+    let states: Vec<Value> =
+        h.states().map(|c| json!({ "at_ms": at(c.at), "model": name(c.model), "state": c.state.as_str() })).collect();
+    let switches: Vec<Value> = h
+        .switches()
+        .map(|r| {
+            json!({
+                "from": r.from.map(name),
+                "to": name(r.to),
+                "victims": r.victims.iter().map(|&v| name(v)).collect::<Vec<_>>(),
+                "reason": r.reason,
+                "result": r.result.as_str(),
+                "miss_ms": at(r.miss),
+                "started_ms": at(r.started),
+                "drain_ms": millis(r.drain),
+                "sleep_ms": r.sleep.map(millis),
+                "wake_started_ms": r.wake_started.map(at),
+                "wake_ms": r.wake.map(millis),
+                "alive_ms": millis(r.alive),
+                "published_ms": r.published.map(at),
+            })
+        })
+        .collect();
+    let hook_errors: Vec<Value> = h
+        .hook_errors()
+        .map(|e| json!({ "at_ms": at(e.at), "model": name(e.model), "hook": e.hook, "error": e.error }))
+        .collect();
+    let now_ms = h.unix_ms(shared.clock.now());
+    json!({ "now_ms": now_ms, "states": states, "switches": switches, "hook_errors": hook_errors })
 }
 
 /// What the scheduler works with: its name, each model's bound, weight,

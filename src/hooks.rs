@@ -519,6 +519,7 @@ mod tests {
             pinned: false,
             weight: 1.0,
             max_wait: Duration::from_secs(120),
+            stream_wait_feedback: None,
         }
     }
 

@@ -18,7 +18,10 @@
 //!    is [`routing::try_admit`]: one `ArcSwap` load and two atomics, no
 //!    lock, no channel, no allocation. Otherwise (a *miss*) the request
 //!    queues for its model and tells the switch task through the
-//!    [`inbox`].
+//!    [`inbox`]. With `stream_wait_feedback` on, a miss whose body asks
+//!    for a stream is answered at once with an SSE body that comments
+//!    while it waits and then carries the backend's stream
+//!    ([`response::waiting`]).
 //! 4. [`proxy`] forwards it to `127.0.0.1:<port>` over a pooled connection
 //!    of the model's current [`routing::Incarnation`] (the one released
 //!    last, from a lock-free LIFO [`pool`]); the response streams back
@@ -62,7 +65,8 @@
 //! Each module imports only from the layers above it in this list (no
 //! import cycle): leaves ([`config`], [`cli`], [`model`], [`clock`],
 //! [`machine`], [`events`], [`shutdown`], [`detect`], [`procfs`],
-//! [`budget`], [`pool`], [`access`]); [`metrics`] primitives; [`inbox`], [`reaper`],
+//! [`budget`], [`pool`], [`access`]); [`metrics`] primitives and the
+//! recent [`history`]; [`inbox`], [`reaper`],
 //! [`hooks`], [`error`], [`auth`], [`body`]; the [`catalog`]; [`proxy`],
 //! [`routing`]; [`state`]; [`queue`], [`switcher`]; [`response`];
 //! [`exposition`], [`api`], [`control`]; [`service`]; [`server`].
@@ -84,6 +88,7 @@ pub mod detect;
 pub mod error;
 pub mod events;
 pub mod exposition;
+pub mod history;
 pub mod hooks;
 pub mod inbox;
 pub mod machine;

@@ -86,10 +86,27 @@ pub fn with_model<R>(body: &[u8], f: impl FnOnce(&str) -> R) -> Result<R, Extrac
 /// arrived in): they are copied, back to back, into the scan's own buffer,
 /// which is the one copy the scan needs anyway.
 pub fn with_model_in_parts<R>(parts: &[impl AsRef<[u8]>], f: impl FnOnce(&str) -> R) -> Result<R, ExtractError> {
+    with_tape(parts, |nodes| find_model(nodes).map(f))
+}
+
+/// True if the body (as consecutive parts) is a JSON object whose
+/// top-level `stream` is `true`, the way OpenAI's API asks for a streamed
+/// answer. A second scan of the body: meant for the cold path only (a
+/// request that has to wait for its model), never for every request.
+pub fn is_streaming_in_parts(parts: &[impl AsRef<[u8]>]) -> bool {
+    with_tape(parts, |nodes| Ok(top_level_true(nodes, "stream"))).unwrap_or(false)
+}
+
+/// Runs `g` on the tape of the body held as `parts`, in this thread's
+/// reused scratch.
+fn with_tape<R>(
+    parts: &[impl AsRef<[u8]>],
+    g: impl FnOnce(&[Node<'_>]) -> Result<R, ExtractError>,
+) -> Result<R, ExtractError> {
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut scratch) => scan(&mut scratch, parts, f),
-        // Only reachable if `f` itself scans a body: use a fresh scratch.
-        Err(_) => scan(&mut Scratch::new(), parts, f),
+        Ok(mut scratch) => scan(&mut scratch, parts, g),
+        // Only reachable if `g` itself scans a body: use a fresh scratch.
+        Err(_) => scan(&mut Scratch::new(), parts, g),
     })
 }
 
@@ -98,7 +115,11 @@ pub fn extract(body: &[u8]) -> Result<String, ExtractError> {
     with_model(body, str::to_owned)
 }
 
-fn scan<R>(scratch: &mut Scratch, parts: &[impl AsRef<[u8]>], f: impl FnOnce(&str) -> R) -> Result<R, ExtractError> {
+fn scan<R>(
+    scratch: &mut Scratch,
+    parts: &[impl AsRef<[u8]>],
+    g: impl FnOnce(&[Node<'_>]) -> Result<R, ExtractError>,
+) -> Result<R, ExtractError> {
     let Scratch { input, buffers, tape } = scratch;
     // The copy carries simd-json's padding itself, so simd-json reads it in
     // place instead of copying the body a second time into its own buffer.
@@ -111,7 +132,7 @@ fn scan<R>(scratch: &mut Scratch, parts: &[impl AsRef<[u8]>], f: impl FnOnce(&st
     input.resize(len + simd_json::INPUT_PADDING, b' ');
     let mut nodes = tape.take().unwrap_or_else(Tape::null).reset();
     let result = match simd_json::fill_tape_padded(input, len, buffers, &mut nodes) {
-        Ok(()) => find_model(&nodes.0).map(f),
+        Ok(()) => g(&nodes.0),
         Err(e) => Err(ExtractError::InvalidJson(e.to_string())),
     };
     *tape = Some(nodes.reset());
@@ -147,6 +168,23 @@ fn find_model<'t>(nodes: &'t [Node<'_>]) -> Result<&'t str, ExtractError> {
         at += 1 + width(value);
     }
     found.ok_or(ExtractError::Missing)
+}
+
+/// True if the top-level object has `key` with the value `true` (the last
+/// one, if the key repeats, as serde_json reads it).
+fn top_level_true(nodes: &[Node<'_>], key: &str) -> bool {
+    let Some(&Node::Object { len, .. }) = nodes.first() else { return false };
+    let mut found = false;
+    let mut at = 1;
+    for _ in 0..len {
+        let Some(Node::String(k)) = nodes.get(at) else { return false };
+        let value = nodes.get(at + 1);
+        if *k == key {
+            found = matches!(value, Some(Node::Static(simd_json::StaticNode::Bool(true))));
+        }
+        at += 1 + width(value);
+    }
+    found
 }
 
 /// How many tape nodes a value takes, nested values included.
@@ -279,6 +317,34 @@ mod tests {
         assert_eq!(extract(br#"{"model":2}"#), Err(ExtractError::NotAString));
         assert_eq!(extract(br#"{"model":"a","model":"a"}"#), Err(ExtractError::Duplicate));
         assert!(matches!(extract(b"{"), Err(ExtractError::InvalidJson(_))));
+    }
+
+    #[test]
+    fn finds_a_top_level_stream_true_only() {
+        let yes = [
+            r#"{"model":"a","stream":true}"#,
+            r#"{"stream":true,"messages":[{"stream":false}],"model":"a"}"#,
+            r#"{"stream":false,"stream":true}"#,
+        ];
+        let no = [
+            r#"{"model":"a"}"#,
+            r#"{"model":"a","stream":false}"#,
+            r#"{"model":"a","stream":"true"}"#,
+            r#"{"model":"a","stream":1}"#,
+            r#"{"model":"a","x":{"stream":true}}"#,
+            r#"{"model":"a","messages":[{"stream":true}]}"#,
+            r#"[{"stream":true}]"#,
+            r#"{"stream":true"#,
+            "",
+        ];
+        for body in yes {
+            assert!(is_streaming_in_parts(&[body.as_bytes()]), "{body}");
+        }
+        for body in no {
+            assert!(!is_streaming_in_parts(&[body.as_bytes()]), "{body}");
+        }
+        let split = [&br#"{"model":"a","str"#[..], &br#"eam":true}"#[..]];
+        assert!(is_streaming_in_parts(&split));
     }
 
     #[test]

@@ -70,6 +70,24 @@ async fn wait_for(shared: &Shared, model: usize, body_len: usize) -> Result<InFl
     }
 }
 
+/// The errors a request for `model` that is not active would get at once
+/// rather than after a wait: the switch task is dead, the model backs off,
+/// or the queue is full (as it is now: the queue is joined later, and may
+/// be full by then). Lets a request that will be answered with a stream
+/// (`policy.stream_wait_feedback`) still get these with their own status.
+pub fn check_can_wait(shared: &Shared, model: usize, body_len: usize) -> Result<(), Error> {
+    check_switch_task(shared)?;
+    let catalog = shared.catalog();
+    check_backoff(catalog.slot(model))?;
+    let limits = &catalog.config.limits;
+    let requests = shared.queued_requests.load(SeqCst) + 1;
+    let bytes = shared.queued_body_bytes.load(SeqCst) + body_len as u64;
+    if requests > limits.max_queued_requests || bytes > limits.max_queued_body_bytes {
+        return Err(Error::queue_full(requests > limits.max_queued_requests));
+    }
+    Ok(())
+}
+
 /// 503 once the switch task is dead: nobody would ever publish the model.
 fn check_switch_task(shared: &Shared) -> Result<(), Error> {
     if shared.is_switch_task_dead() {

@@ -20,6 +20,8 @@ use crate::error::{retry_after_secs, Error};
 use crate::proxy::Connection;
 use crate::routing::InFlight;
 
+pub mod waiting;
+
 impl Error {
     /// OpenAI's error JSON with this error's status (and `Retry-After`).
     pub fn into_response(self) -> Response<ResponseBody> {
@@ -52,6 +54,9 @@ enum Kind {
     /// A stream llmux writes itself (`/llmux/events`), until the sender
     /// goes away.
     Stream(tokio::sync::mpsc::Receiver<Bytes>),
+    /// A streaming request waiting for its model, with feedback: comments,
+    /// then the backend's body (see [`waiting`]).
+    Waiting(Box<waiting::Waiting>),
 }
 
 /// A backend's body and what is counted (and logged) when it drops.
@@ -91,6 +96,11 @@ impl ResponseBody {
     /// line when dropped.
     pub fn is_upstream(&self) -> bool {
         matches!(self.kind, Kind::Upstream(_))
+    }
+
+    /// A waiting stream's body ([`waiting`]).
+    pub fn waiting(waiting: waiting::Waiting) -> ResponseBody {
+        ResponseBody { kind: Kind::Waiting(Box::new(waiting)) }
     }
 
     /// A body of the chunks `rx` yields, ending when its sender is dropped.
@@ -176,6 +186,7 @@ impl Body for ResponseBody {
             }
             Kind::Stream(rx) => rx.poll_recv(cx).map(|chunk| chunk.map(|b| Ok(Frame::data(b)))),
             Kind::Upstream(up) => up.poll_frame(cx),
+            Kind::Waiting(waiting) => waiting.poll_frame(cx),
         }
     }
 
@@ -184,6 +195,7 @@ impl Body for ResponseBody {
             Kind::Full(bytes) => bytes.is_none(),
             Kind::Upstream(up) => up.body.is_end_stream(),
             Kind::Stream(_) => false,
+            Kind::Waiting(waiting) => waiting.is_end_stream(),
         }
     }
 
@@ -192,7 +204,7 @@ impl Body for ResponseBody {
             Kind::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
             Kind::Upstream(up) => up.body.size_hint(),
-            Kind::Stream(_) => SizeHint::default(),
+            Kind::Stream(_) | Kind::Waiting(_) => SizeHint::default(),
         }
     }
 }

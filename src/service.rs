@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
@@ -22,8 +22,9 @@ use crate::error::{Error, Fault};
 use crate::model;
 use crate::proxy::{prepare_request_headers, Forwarded, X_REQUEST_ID};
 use crate::queue;
+use crate::response::waiting::{self, Outcome, Waiting};
 use crate::response::ResponseBody;
-use crate::routing::InFlight;
+use crate::routing::{try_admit, InFlight};
 use crate::state::Shared;
 use crate::switcher;
 
@@ -88,6 +89,10 @@ async fn route(
     access: &mut Option<Access>,
 ) -> Result<Response<ResponseBody>, Error> {
     if control::is_control(req.uri().path()) {
+        if control::is_dashboard(req.method(), req.uri().path()) {
+            auth::check_page(&shared.catalog().config, peer.loopback)?;
+            return Ok(control::dashboard());
+        }
         auth::check_admin(&shared.catalog().config, req.headers(), peer.loopback)?;
         return control::handle(shared, req).await;
     }
@@ -159,7 +164,7 @@ struct Forwarding<'a> {
 /// for a local endpoint (`fwd.local`) is answered here if its body has no
 /// model.
 async fn proxy(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     peer: &Peer,
     req: Request<Incoming>,
     fwd: Forwarding<'_>,
@@ -182,25 +187,124 @@ async fn proxy(
         // Checked above; the backend never sees a client's key.
         head.headers.remove(header::AUTHORIZATION);
     }
-    let result = serve_model(shared, model, head, body, started, access).await;
+    // The hot path: the model is resident. Only a miss looks further.
+    let admitted = try_admit(&shared.routing, model);
+    let feedback = if admitted.is_none() { feedback_for(shared, model, &body) } else { None };
+    let result = match feedback {
+        Some(every) => match queue::check_can_wait(shared, model, body.len()) {
+            Ok(()) => {
+                let memory = memory.into_owned(Arc::clone(shared));
+                let request = Waiter { head, body, started, access: access.take(), memory };
+                return Ok(wait_with_feedback(shared, model, every, request));
+            }
+            Err(e) => Err(e),
+        },
+        None => serve_model(shared, model, admitted, head, body, started, access).await,
+    };
     // Released: the response head is here (or the request failed), so the
     // backend has the body and no clone of it is left (queue ticket, resend
     // copy and outgoing body are gone).
     drop(memory);
     if let Err(e) = &result {
-        // Counted here when no response body will count it.
-        let elapsed = started.elapsed();
-        let catalog = shared.catalog();
-        let metrics = &catalog.slot(model).metrics;
-        metrics.record_head(e.status(), elapsed);
-        metrics.duration.observe(elapsed);
-        if !e.is_backend() {
-            // Never served (a wait timeout, a backoff, shutdown): none of
-            // its time is service time.
-            metrics.add_queued(elapsed);
-        }
+        count_failure(shared, model, e, started);
     }
     result
+}
+
+/// Counts a request that failed in its model's metrics (no response body
+/// will count it).
+fn count_failure(shared: &Shared, model: usize, e: &Error, started: Instant) {
+    let elapsed = started.elapsed();
+    let catalog = shared.catalog();
+    let metrics = &catalog.slot(model).metrics;
+    metrics.record_head(e.status(), elapsed);
+    metrics.duration.observe(elapsed);
+    if !e.is_backend() {
+        // Never served (a wait timeout, a backoff, shutdown): none of
+        // its time is service time.
+        metrics.add_queued(elapsed);
+    }
+}
+
+/// How often a request for `model` that has to wait gets a comment: when
+/// feedback is on for the model and the body asks for a stream
+/// (`"stream": true`). Called on a miss only: the body is scanned again.
+fn feedback_for(shared: &Shared, model: usize, body: &RequestBody) -> Option<Duration> {
+    let every = shared.catalog().model(model)?.stream_wait_feedback?;
+    model::is_streaming_in_parts(body.chunks()).then_some(every)
+}
+
+/// A streaming request that waits for its model with feedback: what the
+/// wait needs, owned (it outlives the handler).
+struct Waiter {
+    head: hyper::http::request::Parts,
+    body: RequestBody,
+    started: Instant,
+    access: Option<Access>,
+    memory: crate::budget::OwnedReservation<Arc<Shared>>,
+}
+
+/// `200` and `text/event-stream` at once; the body comments every `every`
+/// while the request waits for `model`, then carries the backend's stream
+/// (or one error event). See [`waiting`].
+fn wait_with_feedback(shared: &Arc<Shared>, model: usize, every: Duration, request: Waiter) -> Response<ResponseBody> {
+    let wait = Box::pin(wait_and_forward(Arc::clone(shared), model, request));
+    let mut response = Response::new(ResponseBody::waiting(Waiting::new(Arc::clone(shared), model, every, wait)));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // nginx would otherwise hold the comments back in its buffer.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// The wait of a request given feedback: admission, forward, and the
+/// outcome its stream carries on with.
+async fn wait_and_forward(shared: Arc<Shared>, model: usize, request: Waiter) -> Outcome {
+    let Waiter { head, body, started, access, memory } = request;
+    let request_id = head.headers.get(&X_REQUEST_ID).cloned().unwrap_or(HeaderValue::from_static("-"));
+    let mut line = PendingLine { access, shared: &shared, model, started };
+    let result = serve_model(&shared, model, None, head, body, started, &mut line.access).await;
+    drop(memory);
+    match result {
+        Ok(response) if response.status().is_success() => Ok(response.into_body()),
+        Ok(response) => Err(waiting::backend_error_event(response).await),
+        Err(e) => {
+            count_failure(&shared, model, &e, started);
+            if let Some(limit) = e.limit() {
+                shared.metrics.reject(limit);
+            }
+            log_error(&e, &request_id);
+            line.finish(e.status().as_u16());
+            Err(waiting::llmux_error_event(&e))
+        }
+    }
+}
+
+/// The access-log record of a request given feedback until a backend's
+/// body takes it: written with the error's status if the wait failed, or
+/// with `200` (what the client's head said) if the client left while it
+/// waited.
+struct PendingLine<'a> {
+    access: Option<Access>,
+    shared: &'a Shared,
+    model: usize,
+    started: Instant,
+}
+
+impl PendingLine<'_> {
+    fn finish(&mut self, status: u16) {
+        if let Some(access) = self.access.take() {
+            let catalog = self.shared.catalog();
+            access.finish_now(catalog.name(self.model), status, self.started.elapsed(), 0);
+        }
+    }
+}
+
+impl Drop for PendingLine<'_> {
+    fn drop(&mut self) {
+        self.finish(200);
+    }
 }
 
 /// Reads the body whole, bounded by `max_body_bytes` and, with every
@@ -269,12 +373,13 @@ fn target_of(
 async fn serve_model(
     shared: &Shared,
     model: usize,
+    admitted: Option<InFlight>,
     head: hyper::http::request::Parts,
     body: RequestBody,
     started: Instant,
     access: &mut Option<Access>,
 ) -> Result<Response<ResponseBody>, Error> {
-    let in_flight = admit(shared, model, &body, started, access).await?;
+    let in_flight = admit(shared, model, admitted, &body, started, access).await?;
     let (response, conn, in_flight) = match in_flight.incarnation().upstream.forward(head, body.clone()).await? {
         Forwarded::Answered(response, conn) => (response, conn, in_flight),
         Forwarded::Refused(head) => {
@@ -283,7 +388,7 @@ async fn serve_model(
             if !switcher::backend_refused(shared, in_flight).await {
                 return Err(Error::backend("the backend refused the connection (its alive hook still passes)"));
             }
-            let in_flight = admit(shared, model, &body, started, access).await?;
+            let in_flight = admit(shared, model, None, &body, started, access).await?;
             match in_flight.incarnation().upstream.forward(head, body).await? {
                 Forwarded::Answered(response, conn) => (response, conn, in_flight),
                 Forwarded::Refused(_) => {
@@ -302,15 +407,20 @@ async fn serve_model(
     Ok(response.map(|body| ResponseBody::upstream(body, in_flight, conn, started, access)))
 }
 
-/// [`queue::admit`], noting the admission in the access-log record.
+/// [`queue::admit`] (unless the request was `admitted` already), noting
+/// the admission in the access-log record.
 async fn admit(
     shared: &Shared,
     model: usize,
+    admitted: Option<InFlight>,
     body: &RequestBody,
     started: Instant,
     access: &mut Option<Access>,
 ) -> Result<InFlight, Error> {
-    let (in_flight, queued) = queue::admit_noting_wait(shared, model, body.len()).await?;
+    let (in_flight, queued) = match admitted {
+        Some(guard) => (guard, false),
+        None => queue::admit_noting_wait(shared, model, body.len()).await?,
+    };
     if queued {
         // Cold path only: the service time the scheduler sees starts at
         // admission, not arrival.

@@ -71,6 +71,9 @@ pub struct Shared {
     pub capacity_used: AtomicU64,
     /// The last hook that failed. Written by the switch task.
     pub last_hook_error: Mutex<Option<HookError>>,
+    /// The last state changes, switches and hook errors (bounded rings).
+    /// Written by the switch task only, read by `/llmux/status`.
+    pub history: Mutex<crate::history::History>,
     /// The switch protocol's clock: maps instants to the machine's time.
     pub clock: crate::clock::Clock,
     /// Live events for `/llmux/events`.
@@ -119,10 +122,18 @@ pub struct HookError {
     pub at_micros: u64,
 }
 
+impl crate::budget::Budgeted for Arc<Shared> {
+    fn budget(&self) -> &crate::budget::BodyBudget {
+        &self.body_budget
+    }
+}
+
 impl Shared {
     /// Shared state for `config`, with nothing active yet.
     pub fn new(config: Config, config_file: Option<ConfigFile>) -> Shared {
+        let clock = crate::clock::Clock::new();
         Shared {
+            history: Mutex::new(crate::history::History::new(&clock)),
             catalog: ArcSwap::from_pointee(Catalog::new(config)),
             routing: ArcSwap::from_pointee(Routing::empty()),
             inbox: Inbox::default(),
@@ -137,7 +148,7 @@ impl Shared {
             estimates: Mutex::new(Vec::new()),
             queued_requests: AtomicUsize::new(0),
             queued_body_bytes: AtomicU64::new(0),
-            clock: crate::clock::Clock::new(),
+            clock,
             events: Events::default(),
             metrics: ProcessMetrics::default(),
             config_file,

@@ -18,11 +18,12 @@ use tokio::task::{AbortHandle, JoinSet};
 
 use crate::catalog::Catalog;
 use crate::clock::{Clock, Time};
+use crate::history::{HookFailure, StateChange};
 use crate::hooks::{self, HookKind, HookRun, Outcome};
 use crate::inbox::{Input, SleepAnswer};
 use crate::machine::{
-    Action, Command, Event, HookResult, Machine, ModelId, ModelSettings, Report, Settings, SwitchPolicy, SwitchRecord,
-    SwitchResult,
+    Action, Command, Event, HookResult, Machine, ModelId, ModelSettings, ModelState, Report, Settings, SwitchPolicy,
+    SwitchRecord, SwitchResult,
 };
 use crate::metrics::millis;
 use crate::proxy::{Upstream, UpstreamOptions};
@@ -241,7 +242,7 @@ impl Executor {
                     incarnation.record_verdict();
                 }
             }
-            Action::SetState(model, state) => self.shared.catalog().slot(model).set_state(state),
+            Action::SetState(model, state) => self.set_state(model, state),
             Action::Preload(model) => {
                 tracing::info!(model = %self.shared.catalog().name(model), "preloading");
                 queue::wake_in_background(&self.shared, model);
@@ -382,6 +383,17 @@ impl Executor {
         slot.ready.notify_waiters();
     }
 
+    /// Sets `model`'s state, noting a change in the history.
+    fn set_state(&self, model: ModelId, state: ModelState) {
+        let catalog = self.shared.catalog();
+        let slot = catalog.slot(model);
+        if slot.state() != state {
+            let change = StateChange { at: self.clock.now(), model, state };
+            self.shared.history.lock().state_changed(change);
+        }
+        slot.set_state(state);
+    }
+
     fn switch_done(&mut self, record: SwitchRecord) {
         if record.result == SwitchResult::Done {
             log_switch(&self.shared, &record, &self.clock);
@@ -395,6 +407,7 @@ impl Executor {
             catalog.slot(e.model).metrics.evictions.fetch_add(1, Relaxed);
         }
         self.shared.metrics.record_victims(record.to, evicted.iter().map(|e| e.model));
+        self.shared.history.lock().switch_ended(record.clone());
         let mut last = self.shared.last_switch.lock();
         *self.shared.last_evicted.lock() = evicted;
         *last = Some(record);
@@ -424,10 +437,13 @@ async fn hook(shared: &Shared, model: usize, kind: HookKind) -> HookRun {
         // A failing alive hook is an answer ("down"), not an error.
         Outcome::Failed(_) if kind == HookKind::Alive => {}
         failed => {
+            let error = format!("{kind} hook {failed}");
+            let failure = HookFailure { at: shared.clock.now(), model, hook: kind.as_str(), error: error.clone() };
+            shared.history.lock().hook_failed(failure);
             *shared.last_hook_error.lock() = Some(HookError {
                 model: config.name.as_str().into(),
                 hook: kind.as_str(),
-                error: format!("{kind} hook {failed}"),
+                error,
                 at_micros: crate::metrics::now_micros(),
             });
         }

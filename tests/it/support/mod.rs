@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod backend;
+pub mod browser;
 pub mod http;
 pub mod wire;
 
@@ -124,7 +125,8 @@ pub fn standin_on(model: &str, port: u16) -> Process {
 /// `hang-<hook>-<model>` makes it sleep far past any timeout (the sleep's
 /// pid goes to `hang-pid-<hook>-<model>`); `bg-<hook>-<model>` leaves a
 /// background child holding the hook's stdout until the file is removed;
-/// `spam-<hook>-<model>` prints 50 MB of output.
+/// `spam-<hook>-<model>` prints 50 MB of output; `delay-<hook>-<model>`
+/// makes it sleep as many seconds as the file says first.
 ///
 /// Each `hooks.log` line is also written to `hooks.times` after the time it
 /// was taken (`date +%s.%N`), for checks that replay the log in time order.
@@ -140,6 +142,7 @@ fi
 log "$kind-start"
 echo "running $kind for $m"
 while [ -f "hold-$kind-$m" ]; do sleep 0.01; done
+if [ -f "delay-$kind-$m" ]; then sleep "$(cat "delay-$kind-$m")"; fi
 if [ -f "hang-$kind-$m" ]; then sleep 300 & echo $! > "hang-pid-$kind-$m"; wait; fi
 if [ -f "spam-$kind-$m" ]; then head -c 50000000 /dev/zero | tr '\0' 'x' | fold -w 100; fi
 if [ -f "bg-$kind-$m" ]; then (while [ -f "bg-$kind-$m" ]; do sleep 0.05; done; echo bg done) & fi
@@ -471,6 +474,11 @@ impl Hooks {
     /// Creates control file `name` (e.g. `fail-wake-b`).
     pub fn set(&self, name: &str) {
         std::fs::write(self.dir.path().join(name), "").expect("write control file");
+    }
+
+    /// Writes control file `name` with `text` (e.g. `delay-wake-b`, `5`).
+    pub fn set_to(&self, name: &str, text: &str) {
+        std::fs::write(self.dir.path().join(name), text).expect("write control file");
     }
 
     /// Removes control file `name`.
