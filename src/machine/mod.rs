@@ -765,6 +765,12 @@ pub struct Machine {
     costs: BTreeMap<(Option<ModelId>, ModelId), Duration>,
     /// A switch held back by min_active may go ahead then.
     held_until: Option<Time>,
+    /// The policy's last "not now" stands until then: events that cannot
+    /// make a switch more urgent (another waiter for a model that already
+    /// waits, a waiter leaving, a sample) do not ask it again before. With
+    /// thousands waiting, asking on every arrival (each ask reads every
+    /// waiter) would be quadratic; the policy looks again at its recheck.
+    policy_hold: Option<Time>,
     /// The time of the event being handled.
     last_now: Time,
     out: Vec<Action>,
@@ -786,6 +792,7 @@ impl Machine {
             policy,
             costs: BTreeMap::new(),
             held_until: None,
+            policy_hold: None,
             last_now: Time::ZERO,
             out: Vec::new(),
         }
@@ -854,6 +861,9 @@ impl Machine {
     }
 
     fn on(&mut self, event: Event, now: Time) {
+        if !self.keeps_policy_hold(&event) {
+            self.policy_hold = None;
+        }
         match event {
             Event::Start => self.start(),
             Event::Queued { model, ticket, at } => {
@@ -1000,10 +1010,24 @@ impl Machine {
             .collect()
     }
 
+    /// True if `event` leaves the policy's "not now" standing (see
+    /// `policy_hold`).
+    fn keeps_policy_hold(&self, event: &Event) -> bool {
+        match event {
+            Event::Queued { model, .. } => self.models.get(*model).is_some_and(|m| !m.queue.is_empty()),
+            Event::Left { .. } | Event::Served { .. } => true,
+            _ => false,
+        }
+    }
+
     /// The policy's next target, and whether a wait bound is at stake; a
     /// "not now" may come with a time to ask again (`held_until`).
     fn choose(&mut self, now: Time) -> Option<(ModelId, &'static str, bool)> {
         if self.models.iter().all(|m| m.queue.is_empty()) {
+            return None;
+        }
+        if let Some(until) = self.policy_hold.filter(|&until| until > now) {
+            self.held_until = Some(until);
             return None;
         }
         let views = self.policy_context_views(now);
@@ -1021,6 +1045,7 @@ impl Machine {
         let choice = self.policy.choose(&ctx).filter(|(t, _)| ctx.candidates().any(|(c, _)| c == *t));
         if choice.is_none() {
             self.held_until = self.policy.recheck_at().filter(|&at| at > now);
+            self.policy_hold = self.held_until;
         }
         choice.map(|(t, reason)| (t, reason, self.policy.preempts()))
     }
