@@ -1,7 +1,8 @@
 //! Running the user's wake, sleep and alive hooks.
 //!
-//! A hook is `sh -c SCRIPT`, run in the config file's directory with
-//! `LLMUX_MODEL` and `LLMUX_PORT` set, in a process group of its own. It is
+//! A hook is `sh -c SCRIPT`, run in its model's `dir` (by default the
+//! config file's directory) with the model's `env` and `LLMUX_MODEL` and
+//! `LLMUX_PORT` set, in a process group of its own. It is
 //! done when it exits: its stdout and stderr are read to the end by
 //! detached tasks (so a background server it started never gets SIGPIPE),
 //! but never waited for. Output goes to the log line by line, tagged with
@@ -86,7 +87,7 @@ impl fmt::Display for Outcome {
                 Some(code) => write!(f, "exited with status {code}"),
                 None => write!(f, "was killed by a signal ({status})"),
             },
-            Outcome::TimedOut(t) => write!(f, "timed out after {}s and was stopped", t.as_secs()),
+            Outcome::TimedOut(t) => write!(f, "timed out after {}s and was stopped", t.as_secs_f64()),
             Outcome::CutByShutdown => f.write_str("was stopped at the end of the shutdown grace"),
             Outcome::SpawnFailed(e) => write!(f, "could not be started: {e}"),
         }
@@ -137,6 +138,7 @@ fn spawn(script: &str, model: &ModelConfig, dir: &Path) -> std::io::Result<(Chil
     cmd.arg("-c")
         .arg(script)
         .current_dir(dir)
+        .envs(model.env.iter().map(|(k, v)| (k, v)))
         .env("LLMUX_MODEL", &model.name)
         .env("LLMUX_PORT", model.port.to_string())
         .stdin(Stdio::null())
@@ -519,6 +521,8 @@ mod tests {
             pinned: false,
             weight: 1.0,
             max_wait: Duration::from_secs(120),
+            env: Vec::new(),
+            dir: std::path::PathBuf::from("."),
         }
     }
 

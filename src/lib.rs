@@ -62,7 +62,7 @@
 //! Each module imports only from the layers above it in this list (no
 //! import cycle): leaves ([`config`], [`cli`], [`model`], [`clock`],
 //! [`machine`], [`events`], [`shutdown`], [`detect`], [`procfs`],
-//! [`budget`], [`pool`], [`access`]); [`metrics`] primitives; [`inbox`], [`reaper`],
+//! [`budget`], [`pool`], [`access`], [`substitute`]); [`metrics`] primitives; [`inbox`], [`reaper`],
 //! [`hooks`], [`error`], [`auth`], [`body`]; the [`catalog`]; [`proxy`],
 //! [`routing`]; [`state`]; [`queue`], [`switcher`]; [`response`];
 //! [`exposition`], [`api`], [`control`]; [`service`]; [`server`].
@@ -101,6 +101,7 @@ pub mod service;
 pub mod shutdown;
 pub mod simulate;
 pub mod state;
+pub mod substitute;
 pub mod switcher;
 
 use std::ffi::OsString;
@@ -213,7 +214,7 @@ async fn serve_until_signal(config: Config, file: state::ConfigFile) -> ExitCode
     let server = match Server::bind_from(config, Some(file)).await {
         Ok(server) => server,
         Err(e) => {
-            eprintln!("llmux: cannot listen: {e}");
+            eprintln!("llmux: {e}");
             return ExitCode::FAILURE;
         }
     };

@@ -416,7 +416,7 @@ async fn hook(shared: &Shared, model: usize, kind: HookKind) -> HookRun {
         return HookRun { outcome: Outcome::SpawnFailed(e), started: Instant::now(), duration: Duration::ZERO };
     };
     let cfg = &catalog.config;
-    let run = hooks::run(config, kind, &cfg.base_dir, &shared.shutdown, cfg.shutdown_grace, &shared.events).await;
+    let run = hooks::run(config, kind, &config.dir, &shared.shutdown, cfg.shutdown_grace, &shared.events).await;
     run.count_in(&catalog.slot(model).metrics.hooks[kind as usize]);
     match &run.outcome {
         Outcome::Success => {}
