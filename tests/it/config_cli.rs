@@ -323,3 +323,38 @@ fn check_accepts_the_example_config_and_the_fuzz_seed_is_its_copy() {
     let seed = std::fs::read_to_string(root.join("fuzz/corpus/config/seed-example.yaml")).expect("seed");
     assert_eq!(seed, std::fs::read_to_string(&path).expect("example"), "copy config.example.yaml to the seed");
 }
+
+/// `host` may be a name: `localhost` is resolved at start and llmux
+/// listens on one of its loopback addresses.
+#[tokio::test]
+async fn host_localhost_is_resolved() {
+    let backend = standin("a");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!(
+        "host: localhost\nport: 0\nmodels:\n{}",
+        model("a", backend.port(), "'touch up-a'", "'rm -f up-a'", "'test -f up-a'")
+    );
+    let path = write(dir.path(), "llmux.yaml", &text);
+    let llmux = start_llmux(&path);
+    let addr: SocketAddr = llmux.addr.parse().expect("a socket address");
+    assert!(addr.ip().is_loopback(), "{addr}");
+    let r = http::post(&format!("http://{addr}/v1/chat/completions"), &chat("a")).await;
+    assert_eq!((r.status.as_u16(), r.served_by()), (200, "a"), "{}", r.text());
+}
+
+/// A port already held: llmux exits non-zero with one line on stderr
+/// naming the address and why.
+#[test]
+fn a_port_in_use_names_the_address() {
+    let held = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = held.local_addr().expect("addr").port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!("host: 127.0.0.1\nport: {port}\nmodels:\n{}", model("a", 9001, "'true'", "'true'", "'false'"));
+    let path = write(dir.path(), "llmux.yaml", &text);
+    let o = llmux(&[OsStr::new("-c"), path.as_os_str()]);
+    assert_eq!(o.status.code(), Some(1), "{:?}", o.status);
+    assert!(!stdout(&o).contains("listening"), "{}", stdout(&o));
+    let expected = format!("llmux: cannot listen on 127.0.0.1:{port}: address already in use");
+    assert!(stderr(&o).lines().any(|l| l == expected), "stderr: {}", stderr(&o));
+    drop(held);
+}

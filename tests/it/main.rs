@@ -10,6 +10,7 @@ mod control;
 mod defects;
 mod errors;
 mod fuzz_corpus;
+mod hook_env;
 mod hooks;
 mod idle;
 mod layers;
