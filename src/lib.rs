@@ -62,7 +62,8 @@
 //! Each module imports only from the layers above it in this list (no
 //! import cycle): leaves ([`config`], [`cli`], [`model`], [`clock`],
 //! [`machine`], [`events`], [`shutdown`], [`detect`], [`procfs`],
-//! [`budget`], [`pool`], [`access`], [`substitute`]); [`metrics`] primitives; [`inbox`], [`reaper`],
+//! [`budget`], [`pool`], [`access`], [`substitute`], [`resolved`],
+//! [`check`]); [`metrics`] primitives; [`inbox`], [`reaper`],
 //! [`hooks`], [`error`], [`auth`], [`body`]; the [`catalog`]; [`proxy`],
 //! [`routing`]; [`state`]; [`queue`], [`switcher`]; [`response`];
 //! [`exposition`], [`api`], [`control`]; [`service`]; [`server`].
@@ -76,6 +77,7 @@ pub mod auth;
 pub mod body;
 pub mod budget;
 pub mod catalog;
+pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -94,6 +96,7 @@ pub mod procfs;
 pub mod proxy;
 pub mod queue;
 pub mod reaper;
+pub mod resolved;
 pub mod response;
 pub mod routing;
 pub mod server;
@@ -168,17 +171,32 @@ fn load(options: &cli::Options) -> Result<Config, config::ConfigError> {
     Ok(config)
 }
 
+/// `--check`: the config loads, and its hook files and directories are
+/// there; with `--print`, the resolved config on stdout (the verdict on
+/// stderr then, so the YAML can be piped).
 fn check(options: &cli::Options) -> ExitCode {
-    match load(options) {
-        Ok(config) => {
-            println!("{}: ok ({} models)", options.config.display(), config.models.len());
-            ExitCode::SUCCESS
-        }
+    let config = match load(options) {
+        Ok(config) => config,
         Err(e) => {
             eprintln!("llmux: {e}");
-            ExitCode::from(2)
+            return ExitCode::from(2);
         }
+    };
+    let problems = check::problems(&config);
+    for problem in &problems {
+        eprintln!("llmux: {}: {problem}", options.config.display());
     }
+    if !problems.is_empty() {
+        return ExitCode::from(2);
+    }
+    let ok = format!("{}: ok ({} models)", options.config.display(), config.models.len());
+    if options.print {
+        print!("{}", resolved::to_yaml_masked(&config));
+        eprintln!("{ok}");
+    } else {
+        println!("{ok}");
+    }
+    ExitCode::SUCCESS
 }
 
 /// `llmux simulate`: prints the report, warnings on stderr.

@@ -358,3 +358,100 @@ fn a_port_in_use_names_the_address() {
     assert!(stderr(&o).lines().any(|l| l == expected), "stderr: {}", stderr(&o));
     drop(held);
 }
+
+/// `--check` also checks hook scripts given as paths (one word with a
+/// `/`), resolved against the model's `dir`: each that is missing or not
+/// executable is named with its model and hook; inline scripts are not
+/// files and pass.
+#[test]
+fn check_finds_missing_and_non_executable_hook_scripts() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hooks = dir.path().join("hooks");
+    std::fs::create_dir(&hooks).expect("mkdir");
+    for (name, mode) in [("wake.sh", 0o755), ("plain.sh", 0o644)] {
+        std::fs::write(hooks.join(name), "#!/bin/sh\n").expect("write hook");
+        std::fs::set_permissions(hooks.join(name), std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+    let good = format!(
+        "models:\n{}{}    dir: hooks\n",
+        model("a", 9001, "./hooks/wake.sh", "'curl -s http://127.0.0.1:$LLMUX_PORT/x && true'", "sh ./hooks/plain.sh"),
+        model("b", 9002, "./wake.sh", &format!("{}/wake.sh", hooks.display()), "'true'"),
+    );
+    let path = write(dir.path(), "good.yaml", &good);
+    let o = llmux(&[OsStr::new("--check"), OsStr::new("-c"), path.as_os_str()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bad = format!(
+        "models:\n{}{}    dir: hooks\n{}    dir: nowhere\n",
+        model("a", 9001, "./hooks/missing.sh", "./hooks/plain.sh", "./hooks"),
+        model("b", 9002, "./wake.sh", "./plain.sh", "./hooks/wake.sh"),
+        model("c", 9003, "w", "s", "a"),
+    );
+    let path = write(dir.path(), "bad.yaml", &bad);
+    assert_rejected(
+        &path,
+        &[
+            "models.a.wake: ./hooks/missing.sh: ",
+            "missing.sh does not exist",
+            "models.a.sleep: ./hooks/plain.sh: ",
+            "plain.sh is not executable",
+            "models.a.alive: ./hooks: ",
+            "is a directory",
+            "models.b.sleep: ./plain.sh: ",
+            "models.b.alive: ./hooks/wake.sh: ",
+            "models.c.dir: ",
+            "nowhere is not a directory",
+        ],
+    );
+    let o = llmux(&[OsStr::new("--check"), OsStr::new("-c"), path.as_os_str()]);
+    assert!(!stderr(&o).contains("models.b.wake"), "b's wake is hooks/wake.sh: {}", stderr(&o));
+}
+
+/// `--check --print` prints the config as llmux resolved it: `${VAR}`
+/// substituted, defaults filled in, secrets masked; as YAML that reads
+/// back as the same config.
+#[test]
+fn check_print_shows_the_resolved_config_with_secrets_masked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!(
+        "api_keys: [\"${{IT_PRINT_KEY}}\"]\nadmin_api_keys: [adm1n-key]\nport: ${{IT_PRINT_PORT}}\nmodels:\n{}    env: {{HF_TOKEN: hf_secret, THREADS: 4}}\n    alive_timeout_secs: 0.5\n",
+        model("a", 9001, "'run --token hf_secret --model ${IT_PRINT_MODEL}'", "s", "a")
+    );
+    let path = write(dir.path(), "llmux.yaml", &text);
+    let run = |print: bool| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["--check", "-c"]).arg(&path).stdin(Stdio::null());
+        if print {
+            cmd.arg("--print");
+        }
+        cmd.env("IT_PRINT_KEY", "sk-very-secret").env("IT_PRINT_PORT", "3456").env("IT_PRINT_MODEL", "llama-8b");
+        cmd.output().expect("run llmux")
+    };
+    let o = run(true);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    for secret in ["sk-very-secret", "adm1n-key", "hf_secret"] {
+        assert!(!out.contains(secret), "{secret} printed:\n{out}");
+    }
+    let tree: serde_yaml::Value = serde_yaml::from_str(&out).expect("YAML on stdout");
+    assert_eq!(tree["port"], serde_yaml::Value::from(3456));
+    assert_eq!(tree["api_keys"][0], serde_yaml::Value::from("***"));
+    let a = &tree["models"]["a"];
+    assert_eq!(a["wake"], serde_yaml::Value::from("run --token *** --model llama-8b"));
+    assert_eq!(a["env"]["THREADS"], serde_yaml::Value::from("4"));
+    assert_eq!(a["env"]["HF_TOKEN"], serde_yaml::Value::from("***"));
+    assert_eq!(a["alive_timeout_secs"], serde_yaml::Value::from(0.5));
+    // Defaults filled in.
+    assert_eq!(a["wake_timeout_secs"], serde_yaml::Value::from(600));
+    assert_eq!(tree["policy"]["scheduler"], serde_yaml::Value::from("cost_aware"));
+    assert_eq!(tree["limits"]["max_headers"], serde_yaml::Value::from(100));
+    assert_eq!(a["dir"], serde_yaml::Value::from(dir.path().canonicalize().expect("dir").display().to_string()));
+    assert!(stderr(&o).contains("ok (1 models)"), "the verdict goes to stderr: {}", stderr(&o));
+    // It reads back: the printed file passes --check itself.
+    let again = write(dir.path(), "printed.yaml", &out);
+    let o = llmux(&[OsStr::new("--check"), OsStr::new("-c"), again.as_os_str()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Without --print: only the verdict.
+    let o = run(false);
+    assert_eq!(stdout(&o).trim(), format!("{}: ok (1 models)", path.display()));
+}
