@@ -573,21 +573,19 @@ impl Config {
     /// the listen address, the runtime and the connection-level limits.
     pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
         let (a, b) = (&self.limits, &new.limits);
-        [
-            ("host", self.host != new.host),
-            ("port", self.port != new.port),
-            ("workers", self.workers != new.workers),
-            ("limits.header_read_timeout_secs", a.header_read_timeout != b.header_read_timeout),
-            ("limits.max_header_bytes", a.max_header_bytes != b.max_header_bytes),
-            ("limits.max_headers", a.max_headers != b.max_headers),
-            ("limits.max_connections", a.max_connections != b.max_connections),
-            ("limits.h2_max_concurrent_streams", a.h2_max_concurrent_streams != b.h2_max_concurrent_streams),
-            ("limits.h2_max_header_list_bytes", a.h2_max_header_list_bytes != b.h2_max_header_list_bytes),
-            ("limits.h2_max_pending_reset_streams", a.h2_max_pending_reset_streams != b.h2_max_pending_reset_streams),
-        ]
-        .into_iter()
-        .filter_map(|(key, changed)| changed.then_some(key))
-        .collect()
+        let changed = [
+            self.host != new.host,
+            self.port != new.port,
+            self.workers != new.workers,
+            a.header_read_timeout != b.header_read_timeout,
+            a.max_header_bytes != b.max_header_bytes,
+            a.max_headers != b.max_headers,
+            a.max_connections != b.max_connections,
+            a.h2_max_concurrent_streams != b.h2_max_concurrent_streams,
+            a.h2_max_header_list_bytes != b.h2_max_header_list_bytes,
+            a.h2_max_pending_reset_streams != b.h2_max_pending_reset_streams,
+        ];
+        RESTART_KEYS.into_iter().zip(changed).filter_map(|(key, changed)| changed.then_some(key)).collect()
     }
 }
 
@@ -641,6 +639,20 @@ fn located(tree: &serde_yaml::Value, text: &str, format: Format) -> ConfigError 
         }
     }
 }
+
+/// The settings that apply only after a restart.
+pub const RESTART_KEYS: [&str; 10] = [
+    "host",
+    "port",
+    "workers",
+    "limits.header_read_timeout_secs",
+    "limits.max_header_bytes",
+    "limits.max_headers",
+    "limits.max_connections",
+    "limits.h2_max_concurrent_streams",
+    "limits.h2_max_header_list_bytes",
+    "limits.h2_max_pending_reset_streams",
+];
 
 /// A config file's format, chosen by its extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
