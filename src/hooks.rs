@@ -250,10 +250,14 @@ fn log_finished(model: &str, kind: HookKind, run: &HookRun, stopped: Option<Stop
         return log_stopped(model, kind, run, ms, stopped);
     }
     match &run.outcome {
+        // An alive check is a probe: what it found is reported by the
+        // switch task (down, adopted, failed), not each run.
+        Outcome::Success if kind == HookKind::Alive => tracing::debug!(model, hook = %kind, ms, "hook succeeded"),
         Outcome::Success => tracing::info!(model, hook = %kind, ms, "hook succeeded"),
-        // An alive hook that fails is an answer ("down"), not an error.
+        // An alive hook that fails is an answer ("down"), not an error:
+        // the switch task reports what it means.
         Outcome::Failed(_) if kind == HookKind::Alive => {
-            tracing::info!(model, hook = %kind, ms, "alive hook: {}", run.outcome)
+            tracing::debug!(model, hook = %kind, ms, "alive hook: {}", run.outcome)
         }
         Outcome::CutByShutdown => {
             tracing::warn!(model, hook = %kind, ms, "hook cut short by shutdown: its process group was killed")
@@ -460,7 +464,13 @@ impl LineSplitter {
                 // Not the hook's: no `hook` field, no `hook_output` event.
                 tracing::info!(model, started_by = hook, stream, line = text, "background output");
             } else {
-                tracing::info!(model, hook, stream, line = text, "hook output");
+                if self.to.kind == HookKind::Alive {
+                    // A probe's output (curl's "connection refused") is
+                    // its answer's detail, not news: debug only.
+                    tracing::debug!(model, hook, stream, line = text, "hook output");
+                } else {
+                    tracing::info!(model, hook, stream, line = text, "hook output");
+                }
                 self.to.events.emit(
                     "hook_output",
                     || serde_json::json!({ "model": model, "hook": hook, "stream": stream, "line": text }),

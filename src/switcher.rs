@@ -482,8 +482,16 @@ fn report_to(shared: &Shared, report: &Report) {
         Report::Activated { model, waited } => {
             events.emit("activated", || json!({ "model": name(*model), "ms": millis(*waited) }))
         }
-        Report::Adopted(model) => tracing::info!(model = name(*model), "adopted the running model as active"),
-        Report::NoneAdopted => tracing::info!("no model is running: none is active, waiting for requests"),
+        Report::Down(model) => {
+            let model = name(*model);
+            tracing::info!(model, "model {model} is down");
+        }
+        Report::Adopted(models) => {
+            let names: Vec<String> = models.iter().map(|&m| name(m)).collect();
+            let list = names.join(", ");
+            tracing::info!(models = ?names, "adopted {list}: already running, active without a wake");
+        }
+        Report::NoneAdopted => tracing::info!("no model is running: none is active, llmux waits for requests"),
         Report::Asleep { model, why } => {
             tracing::info!(model = name(*model), why, "model put to sleep");
             events.emit("asleep", || json!({ "model": name(*model), "reason": why }));
