@@ -103,12 +103,14 @@ impl Server {
         let stop = crate::hooks::stop_bound(shared.catalog().config.policy.hook_kill_grace);
         let switch_done =
             tokio::time::timeout(grace + stop + Duration::from_secs(5), switch_task_join(switch_task)).await.is_ok();
-        // Close llmux's own backend connections (the model itself stays up
-        // for the next start to adopt).
+        // The models stay up for the next start to adopt, unless the
+        // policy says to put them to sleep.
+        let slept = !shared.catalog().config.policy.sleep_on_shutdown || switcher::sleep_all_at_exit(&shared).await;
+        // Close llmux's own backend connections.
         shared.routing.store(Arc::new(crate::routing::Routing::empty()));
         let hooks_cut = shared.shutdown.cut_count();
         let alive = !shared.is_switch_task_dead();
-        Exit { clean: drained && switch_done && hooks_cut == 0 && alive }
+        Exit { clean: drained && switch_done && hooks_cut == 0 && alive && slept }
     }
 }
 

@@ -435,6 +435,41 @@ async fn hook(shared: &Shared, model: usize, kind: HookKind) -> HookRun {
     run
 }
 
+/// `policy.sleep_on_shutdown`: once the switch task has ended (requests
+/// drained, hooks done), runs the sleep hook of every configured model
+/// that is not asleep, all at once, each bounded by its own timeout only
+/// (the shutdown grace is over by now). True if every one succeeded.
+pub async fn sleep_all_at_exit(shared: &Arc<Shared>) -> bool {
+    let catalog = shared.catalog.load_full();
+    let mut sleeps = JoinSet::new();
+    for (slot, model, state) in catalog.live() {
+        if state.state() == crate::machine::ModelState::Asleep {
+            continue;
+        }
+        tracing::info!(model = %model.name, "shutting down: putting the model to sleep (policy.sleep_on_shutdown)");
+        let (shared, catalog) = (Arc::clone(shared), Arc::clone(&catalog));
+        sleeps.spawn(async move {
+            let Some(model) = catalog.model(slot) else { return true };
+            // A shutdown that never starts: only the hook's timeout bounds it.
+            let not_stopping = crate::shutdown::Shutdown::default();
+            let grace = catalog.config.shutdown_grace;
+            let run = hooks::run(model, HookKind::Sleep, &model.dir, &not_stopping, grace, &shared.events).await;
+            run.count_in(&catalog.slot(slot).metrics.hooks[HookKind::Sleep as usize]);
+            if run.succeeded() {
+                catalog.slot(slot).set_state(crate::machine::ModelState::Asleep);
+            } else {
+                tracing::warn!(model = %model.name, "shutting down: the sleep hook {}; the model may still be loaded", run.outcome);
+            }
+            run.succeeded()
+        });
+    }
+    let mut all_slept = true;
+    while let Some(slept) = sleeps.join_next().await {
+        all_slept &= slept.unwrap_or(false);
+    }
+    all_slept
+}
+
 /// Closes an incarnation's idle backend connections as they pass the idle
 /// timeout; ends when the incarnation is gone.
 async fn reap_idle_connections(incarnation: std::sync::Weak<Incarnation>) {
