@@ -455,3 +455,34 @@ fn check_print_shows_the_resolved_config_with_secrets_masked() {
     let o = run(false);
     assert_eq!(stdout(&o).trim(), format!("{}: ok (1 models)", path.display()));
 }
+
+/// Every example config passes `--check` (its hooks given as paths exist
+/// and are executable), listens on loopback only unless it sets API keys,
+/// and lets a request wait as long as a cold wake may take: no
+/// `request_timeout_secs` shorter than a model's `wake_timeout_secs`.
+#[test]
+fn every_example_config_is_consistent_with_its_hooks() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut configs = vec![root.join("config.example.yaml")];
+    for dir in std::fs::read_dir(root.join("examples")).expect("examples").flatten() {
+        for file in std::fs::read_dir(dir.path()).into_iter().flatten().flatten() {
+            if file.path().extension().is_some_and(|e| e == "yaml" || e == "yml" || e == "json") {
+                configs.push(file.path());
+            }
+        }
+    }
+    assert!(configs.len() >= 8, "{configs:?}");
+    for path in configs {
+        let o = llmux(&[OsStr::new("--check"), OsStr::new("--print"), OsStr::new("-c"), path.as_os_str()]);
+        assert!(o.status.success(), "{}: {}", path.display(), stderr(&o));
+        let c: serde_yaml::Value = serde_yaml::from_str(&stdout(&o)).expect("YAML");
+        let host = c["host"].as_str().expect("host");
+        let keys = c["api_keys"].as_sequence().is_some_and(|k| !k.is_empty());
+        assert!(host == "127.0.0.1" || host == "::1" || host == "localhost" || keys, "{}: host {host}", path.display());
+        let Some(timeout) = c["policy"]["request_timeout_secs"].as_f64() else { continue };
+        for (name, m) in c["models"].as_mapping().expect("models") {
+            let wake = m["wake_timeout_secs"].as_f64().expect("wake timeout");
+            assert!(timeout >= wake, "{}: {name:?} may wake for {wake} s, requests wait {timeout} s", path.display());
+        }
+    }
+}
