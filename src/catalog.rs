@@ -34,6 +34,9 @@ pub struct Catalog {
     /// The last configuration of each removed model: its hooks still put
     /// it to sleep if it was active when it was removed.
     retired: HashMap<usize, ModelConfig>,
+    /// The configuration llmux started with: what the settings that need
+    /// a restart are in force at, whatever reloads came since.
+    started: Arc<Config>,
 }
 
 /// What a reload changed.
@@ -45,7 +48,11 @@ pub struct Changes {
     pub removed: Vec<String>,
     /// Models whose port, hooks or timers changed.
     pub changed: Vec<String>,
-    /// Settings that apply only after a restart.
+    /// Settings that apply at once (everything but the models' own and
+    /// those needing a restart), as dotted keys: `policy.min_active_secs`.
+    pub settings: Vec<String>,
+    /// Settings that apply only after a restart and differ from the ones
+    /// llmux started with (so a later reload still lists them).
     pub restart_needed: Vec<&'static str>,
 }
 
@@ -53,10 +60,16 @@ impl Catalog {
     /// The catalog of a first configuration.
     pub fn new(config: Config) -> Catalog {
         let slots = config.models.iter().map(|m| Arc::new(ModelSlot::new(&m.name))).collect();
-        Catalog::build(config, slots, HashMap::new())
+        let started = Arc::new(config.clone());
+        Catalog::build(config, slots, HashMap::new(), started)
     }
 
-    fn build(config: Config, slots: Vec<Arc<ModelSlot>>, mut retired: HashMap<usize, ModelConfig>) -> Catalog {
+    fn build(
+        config: Config,
+        slots: Vec<Arc<ModelSlot>>,
+        mut retired: HashMap<usize, ModelConfig>,
+        started: Arc<Config>,
+    ) -> Catalog {
         let mut configs = vec![None; slots.len()];
         let mut index = HashMap::with_capacity(config.models.len());
         for (position, m) in config.models.iter().enumerate() {
@@ -66,13 +79,18 @@ impl Catalog {
                 retired.remove(&slot);
             }
         }
-        Catalog { config, slots, configs, index, retired }
+        Catalog { config, slots, configs, index, retired, started }
     }
 
     /// The catalog of `config`, keeping this one's slots; and what changed.
     pub fn reload(&self, config: Config) -> (Catalog, Changes) {
         let mut slots = self.slots.clone();
-        let mut changes = Changes { restart_needed: self.config.restart_needed(&config), ..Changes::default() };
+        let restart_needed = self.started.restart_needed(&config);
+        let settings = crate::resolved::changed_keys(&self.config, &config)
+            .into_iter()
+            .filter(|key| !key.starts_with("models.") && !crate::config::RESTART_KEYS.contains(&key.as_str()))
+            .collect();
+        let mut changes = Changes { restart_needed, settings, ..Changes::default() };
         for m in &config.models {
             match self.lookup(&m.name).and_then(|i| self.model(i)) {
                 Some(old) if old != m => changes.changed.push(m.name.clone()),
@@ -92,7 +110,7 @@ impl Catalog {
                 retired.insert(slot, m.clone());
             }
         }
-        (Catalog::build(config, slots, retired), changes)
+        (Catalog::build(config, slots, retired, Arc::clone(&self.started)), changes)
     }
 
     /// The slot of the configured model called `name`.

@@ -55,6 +55,8 @@ pub struct Options {
     /// `--subreaper`: make llmux a child subreaper, so orphans of hooks
     /// (backends started with `&`) are reparented to it and reaped.
     pub subreaper: bool,
+    /// `--print` (with `--check`): print the resolved config.
+    pub print: bool,
 }
 
 /// `--log-format`.
@@ -84,7 +86,8 @@ llmux: one OpenAI-compatible endpoint in front of several LLM backends
 sharing a GPU; switches between them on demand by the request's `model`.
 
 USAGE:
-    llmux -c <FILE> [-p <PORT>] [--log-format text|json] [--subreaper] [--check]
+    llmux -c <FILE> [-p <PORT>] [--log-format text|json] [--subreaper]
+    llmux -c <FILE> --check [--print]
     llmux simulate -c <FILE> (--trace <FILE> | --scenario <NAME>) [...]
                              (see llmux simulate --help)
 
@@ -95,7 +98,11 @@ OPTIONS:
         --subreaper      Adopt and reap the orphans of hooks (backends started
                          with `&`), as PID 1 does; llmux reaps them anyway
                          when it runs as PID 1
-        --check          Validate the config and exit
+        --check          Validate the config (and that hook scripts given as
+                         paths exist and are executable) and exit
+        --print          With --check: print the config as llmux resolved it
+                         (${VAR} substituted, defaults filled in; secrets
+                         shown as ***) as YAML on stdout
     -V, --version        Print the version
     -h, --help           Print this help
 
@@ -182,6 +189,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Command, String> {
         return Ok(Command::Version);
     }
     let check = args.contains("--check");
+    let print = args.contains("--print");
     let subreaper = args.contains("--subreaper");
     let config: Option<PathBuf> = args
         .opt_value_from_os_str(["-c", "--config"], |s| Ok::<_, String>(PathBuf::from(s)))
@@ -193,8 +201,11 @@ pub fn parse(args: Vec<OsString>) -> Result<Command, String> {
     if !rest.is_empty() {
         return Err(format!("unexpected argument: {}", rest[0].to_string_lossy()));
     }
+    if print && !check {
+        return Err("--print needs --check".to_owned());
+    }
     let config = config.ok_or("missing --config <FILE> (see --help)")?;
-    let options = Options { config, port, log_format: log_format.unwrap_or_default(), subreaper };
+    let options = Options { config, port, log_format: log_format.unwrap_or_default(), subreaper, print };
     Ok(if check { Command::Check(options) } else { Command::Run(options) })
 }
 
@@ -208,11 +219,26 @@ mod tests {
 
     #[test]
     fn parses_the_forms() {
-        let run = Options { config: "c.yaml".into(), port: Some(0), log_format: LogFormat::Json, subreaper: true };
+        let run = Options {
+            config: "c.yaml".into(),
+            port: Some(0),
+            log_format: LogFormat::Json,
+            subreaper: true,
+            print: false,
+        };
         let args = ["-c", "c.yaml", "-p", "0", "--log-format", "json", "--subreaper"];
         assert_eq!(parse_str(&args), Ok(Command::Run(run)));
-        let check = Options { config: "c.json".into(), port: None, log_format: LogFormat::Text, subreaper: false };
+        let check = Options {
+            config: "c.json".into(),
+            port: None,
+            log_format: LogFormat::Text,
+            subreaper: false,
+            print: false,
+        };
         assert_eq!(parse_str(&["--check", "--config", "c.json"]), Ok(Command::Check(check)));
+        let Ok(Command::Check(printed)) = parse_str(&["--check", "--print", "-c", "c.yaml"]) else { panic!("--print") };
+        assert!(printed.print);
+        assert!(parse_str(&["--print", "-c", "c.yaml"]).is_err(), "--print without --check");
         assert_eq!(parse_str(&["--version"]), Ok(Command::Version));
         assert_eq!(parse_str(&["-h"]), Ok(Command::Help));
     }

@@ -8,9 +8,7 @@
 //! Models keep the order they have in the file: `/v1/models` lists them in
 //! that order and adoption at start-up prefers the first.
 
-use std::collections::HashSet;
 use std::fmt;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,8 +22,9 @@ pub struct Config {
     pub models: Vec<ModelConfig>,
     /// Switching policy.
     pub policy: Policy,
-    /// Address to listen on.
-    pub host: IpAddr,
+    /// Address to listen on: an IP address or a name resolved at start
+    /// (`localhost`).
+    pub host: String,
     /// Port to listen on; 0 picks a free one (printed at start).
     pub port: u16,
     /// Largest request body accepted, in bytes.
@@ -53,6 +52,9 @@ pub struct Config {
     /// The budget the sizes of loaded models add up to at most (`None`:
     /// one model at a time).
     pub capacity: Option<f64>,
+    /// The environment variables `${VAR}` read while loading, with their
+    /// values (so `--check --print` can mask secret ones).
+    pub env_used: Vec<crate::substitute::Used>,
 }
 
 /// One model: its backend port and its three hooks.
@@ -84,6 +86,11 @@ pub struct ModelConfig {
     /// for this model gets an SSE comment (`None`: off; the request waits
     /// silently as any other).
     pub stream_wait_feedback: Option<Duration>,
+    /// Variables added to its hooks' environment (`env`), in file order.
+    pub env: Vec<(String, String)>,
+    /// The directory its hooks run in (`dir`, relative to the config
+    /// file's; default: the config file's directory).
+    pub dir: PathBuf,
 }
 
 /// A hook: a script run with `sh -c`, bounded by a timeout.
@@ -157,6 +164,35 @@ pub struct Policy {
     pub hook_kill_grace: Duration,
     /// Which policy picks the next model (`policy.scheduler`).
     pub scheduler: Scheduler,
+    /// At shutdown, after draining, run the sleep hook of every model
+    /// still awake (`policy.sleep_on_shutdown`).
+    pub sleep_on_shutdown: bool,
+    /// What a model without its own setting takes: the policy's values
+    /// with the defaults filled in.
+    pub model_defaults: ModelDefaults,
+}
+
+/// The policy's per-model settings (`policy.wake_timeout_secs`, ...), each
+/// a model's unless it sets its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelDefaults {
+    /// `policy.wake_timeout_secs`.
+    pub wake_timeout: Duration,
+    /// `policy.sleep_timeout_secs`.
+    pub sleep_timeout: Duration,
+    /// `policy.alive_timeout_secs`.
+    pub alive_timeout: Duration,
+    /// `policy.idle_sleep_secs` (`None`: off).
+    pub idle_sleep: Option<Duration>,
+    /// `policy.alive_interval_secs` (`None`: off).
+    pub alive_interval: Option<Duration>,
+    /// `policy.max_wait_secs`.
+    pub max_wait: Duration,
+    /// `policy.stream_wait_feedback`.
+    pub stream_wait_feedback: bool,
+    /// `policy.stream_wait_feedback_secs`: the comments' interval, for
+    /// every model that has feedback on.
+    pub stream_wait_feedback_every: Duration,
 }
 
 /// `policy.scheduler`: which policy picks the next model to serve.
@@ -200,17 +236,21 @@ const DEFAULT_STREAM_WAIT_FEEDBACK_SECS: f64 = 3.0;
 pub const DEFAULT_MAX_WAIT_SECS: u64 = 120;
 const DEFAULT_UPSTREAM_IDLE_SECS: u64 = 4;
 
+/// A number of seconds as the file gives it (fractions allowed); checked
+/// and turned into a `Duration` by [`duration`].
+type Secs = Option<f64>;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     models: Option<RawModels>,
     #[serde(default)]
     policy: RawPolicy,
-    host: Option<IpAddr>,
+    host: Option<String>,
     port: Option<u16>,
     max_body_bytes: Option<u64>,
-    shutdown_grace_secs: Option<u64>,
-    upstream_idle_timeout_secs: Option<u64>,
+    shutdown_grace_secs: Secs,
+    upstream_idle_timeout_secs: Secs,
     workers: Option<usize>,
     #[serde(default)]
     limits: RawLimits,
@@ -262,13 +302,13 @@ pub struct Limits {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawLimits {
-    header_read_timeout_secs: Option<u64>,
+    header_read_timeout_secs: Secs,
     max_header_bytes: Option<usize>,
     max_headers: Option<usize>,
-    body_read_timeout_secs: Option<u64>,
+    body_read_timeout_secs: Secs,
     max_connections: Option<usize>,
-    upstream_connect_timeout_secs: Option<u64>,
-    upstream_first_byte_timeout_secs: Option<u64>,
+    upstream_connect_timeout_secs: Secs,
+    upstream_first_byte_timeout_secs: Secs,
     h2_max_concurrent_streams: Option<u32>,
     h2_max_header_list_bytes: Option<u32>,
     h2_max_pending_reset_streams: Option<usize>,
@@ -285,28 +325,27 @@ fn validate_limits(raw: &RawLimits, max_body_bytes: u64) -> Result<Limits, Confi
         Some(0) => Err(err(format!("limits.{key}: must be at least 1"))),
         v => Ok(v.unwrap_or(default)),
     };
+    let timeout = |key: &str, value: Secs, default: u64| {
+        Ok::<_, ConfigError>(positive_duration(&format!("limits.{key}"), value)?.unwrap_or(secs(default)))
+    };
     let usize_of = |v: Option<usize>| v.map(|n| n as u64);
     let as_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
     Ok(Limits {
-        header_read_timeout: secs(positive("header_read_timeout_secs", raw.header_read_timeout_secs, 30)?),
+        header_read_timeout: timeout("header_read_timeout_secs", raw.header_read_timeout_secs, 30)?,
         max_header_bytes: as_usize(positive("max_header_bytes", usize_of(raw.max_header_bytes), 64 * 1024)?),
         max_headers: as_usize(positive("max_headers", usize_of(raw.max_headers), 100)?),
-        body_read_timeout: secs(positive("body_read_timeout_secs", raw.body_read_timeout_secs, 120)?),
+        body_read_timeout: timeout("body_read_timeout_secs", raw.body_read_timeout_secs, 120)?,
         max_connections: match as_usize(positive("max_connections", usize_of(raw.max_connections), 10_000)?) {
             n if n > MAX_CONNECTIONS => {
                 return Err(err(format!("limits.max_connections: at most {MAX_CONNECTIONS}")));
             }
             n => n,
         },
-        upstream_connect_timeout: secs(positive(
-            "upstream_connect_timeout_secs",
-            raw.upstream_connect_timeout_secs,
-            5,
-        )?),
-        upstream_first_byte_timeout: match raw.upstream_first_byte_timeout_secs {
-            Some(0) => return Err(err("limits.upstream_first_byte_timeout_secs: must be at least 1")),
-            v => v.map(secs),
-        },
+        upstream_connect_timeout: timeout("upstream_connect_timeout_secs", raw.upstream_connect_timeout_secs, 5)?,
+        upstream_first_byte_timeout: positive_duration(
+            "limits.upstream_first_byte_timeout_secs",
+            raw.upstream_first_byte_timeout_secs,
+        )?,
         h2_max_concurrent_streams: positive(
             "h2_max_concurrent_streams",
             raw.h2_max_concurrent_streams.map(u64::from),
@@ -357,40 +396,43 @@ struct RawModel {
     wake: String,
     sleep: String,
     alive: String,
-    wake_timeout_secs: Option<u64>,
-    sleep_timeout_secs: Option<u64>,
-    alive_timeout_secs: Option<u64>,
-    idle_sleep_secs: Option<u64>,
-    alive_interval_secs: Option<u64>,
+    wake_timeout_secs: Secs,
+    sleep_timeout_secs: Secs,
+    alive_timeout_secs: Secs,
+    idle_sleep_secs: Secs,
+    alive_interval_secs: Secs,
     size: Option<f64>,
     #[serde(default)]
     pinned: bool,
     weight: Option<f64>,
-    max_wait_secs: Option<u64>,
+    max_wait_secs: Secs,
     stream_wait_feedback: Option<bool>,
+    #[serde(default)]
+    env: RawEnv,
+    dir: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
-    request_timeout_secs: Option<u64>,
+    request_timeout_secs: Secs,
     drain_before_switch: Option<bool>,
-    drain_timeout_secs: Option<u64>,
-    min_active_secs: Option<u64>,
+    drain_timeout_secs: Secs,
+    min_active_secs: Secs,
     on_sleep_failure: Option<OnSleepFailure>,
-    wake_timeout_secs: Option<u64>,
-    sleep_timeout_secs: Option<u64>,
-    alive_timeout_secs: Option<u64>,
-    idle_sleep_secs: Option<u64>,
-    alive_interval_secs: Option<u64>,
+    wake_timeout_secs: Secs,
+    sleep_timeout_secs: Secs,
+    alive_timeout_secs: Secs,
+    idle_sleep_secs: Secs,
+    alive_interval_secs: Secs,
     preload: Option<String>,
-    /// Seconds, fractions allowed.
-    hook_kill_grace_secs: Option<f64>,
+    hook_kill_grace_secs: Secs,
     scheduler: Option<Scheduler>,
-    max_wait_secs: Option<u64>,
+    max_wait_secs: Secs,
     stream_wait_feedback: Option<bool>,
     /// Seconds, fractions allowed.
     stream_wait_feedback_secs: Option<f64>,
+    sleep_on_shutdown: Option<bool>,
 }
 
 /// `models:` as an ordered list of (name, model), rejecting duplicate names.
@@ -420,6 +462,68 @@ impl<'de> Deserialize<'de> for RawModels {
     }
 }
 
+/// `models.<name>.env`: an ordered map of variable to value; a value may
+/// be written as a number or a boolean (`THREADS: 4`) and is kept as text.
+#[derive(Default)]
+struct RawEnv(Vec<(String, String)>);
+
+impl<'de> Deserialize<'de> for RawEnv {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct EnvMap;
+        impl<'de> Visitor<'de> for EnvMap {
+            type Value = RawEnv;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map from variable name to value")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<RawEnv, E> {
+                Ok(RawEnv::default())
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawEnv, A::Error> {
+                let mut vars = Vec::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    vars.push((name, map.next_value::<EnvValue>()?.0));
+                }
+                Ok(RawEnv(vars))
+            }
+        }
+        d.deserialize_map(EnvMap)
+    }
+}
+
+/// One `env` value: text, a number or a boolean, as text.
+struct EnvValue(String);
+
+impl<'de> Deserialize<'de> for EnvValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Scalar;
+        impl Visitor<'_> for Scalar {
+            type Value = EnvValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, a number or a boolean")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<EnvValue, E> {
+                Ok(EnvValue(v.to_owned()))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<EnvValue, E> {
+                Ok(EnvValue(String::new()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<EnvValue, E> {
+                Ok(EnvValue(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<EnvValue, E> {
+                Ok(EnvValue(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<EnvValue, E> {
+                Ok(EnvValue(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<EnvValue, E> {
+                Ok(EnvValue(v.to_string()))
+            }
+        }
+        d.deserialize_any(Scalar)
+    }
+}
+
 impl Config {
     /// Reads and validates the file at `path`; YAML for `.yaml`/`.yml`,
     /// JSON for `.json`, anything else is an error.
@@ -434,13 +538,38 @@ impl Config {
         Config::parse(&text, format, base_dir).map_err(|e| err(format!("{}: {e}", path.display())))
     }
 
-    /// Parses and validates `text`; hooks will run in `base_dir`.
+    /// Parses and validates `text`, with `${VAR}` read from the process's
+    /// environment; hooks will run in `base_dir`.
     pub fn parse(text: &str, format: Format, base_dir: PathBuf) -> Result<Config, ConfigError> {
-        let raw: RawConfig = match format {
+        Config::parse_with_env(text, format, base_dir, &|name| std::env::var(name).ok())
+    }
+
+    /// [`Config::parse`] with `${VAR}` read through `lookup`.
+    pub fn parse_with_env(
+        text: &str,
+        format: Format,
+        base_dir: PathBuf,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut tree: serde_yaml::Value = match format {
             Format::Yaml => serde_yaml::from_str(text).map_err(|e| err(e.to_string()))?,
             Format::Json => serde_json::from_str(text).map_err(|e| err(e.to_string()))?,
         };
-        validate(raw, base_dir)
+        let substituted = crate::substitute::substitute(&mut tree, lookup, &takes).map_err(err)?;
+        // Nothing substituted: the text is read as it always was (its
+        // errors name the key and the line).
+        let raw: RawConfig = if substituted.changed.is_empty() {
+            match format {
+                Format::Yaml => serde_yaml::from_str(text).map_err(|e| err(e.to_string()))?,
+                Format::Json => serde_json::from_str(text).map_err(|e| err(e.to_string()))?,
+            }
+        } else {
+            crate::substitute::as_text_where_taken(&mut tree, &takes);
+            RawConfig::deserialize(&tree).map_err(|_| located(&tree, text, format))?
+        };
+        let mut config = validate(raw, base_dir)?;
+        config.env_used = substituted.used;
+        Ok(config)
     }
 
     /// The index of the model called `name`, if configured.
@@ -458,23 +587,86 @@ impl Config {
     /// the listen address, the runtime and the connection-level limits.
     pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
         let (a, b) = (&self.limits, &new.limits);
-        [
-            ("host", self.host != new.host),
-            ("port", self.port != new.port),
-            ("workers", self.workers != new.workers),
-            ("limits.header_read_timeout_secs", a.header_read_timeout != b.header_read_timeout),
-            ("limits.max_header_bytes", a.max_header_bytes != b.max_header_bytes),
-            ("limits.max_headers", a.max_headers != b.max_headers),
-            ("limits.max_connections", a.max_connections != b.max_connections),
-            ("limits.h2_max_concurrent_streams", a.h2_max_concurrent_streams != b.h2_max_concurrent_streams),
-            ("limits.h2_max_header_list_bytes", a.h2_max_header_list_bytes != b.h2_max_header_list_bytes),
-            ("limits.h2_max_pending_reset_streams", a.h2_max_pending_reset_streams != b.h2_max_pending_reset_streams),
-        ]
-        .into_iter()
-        .filter_map(|(key, changed)| changed.then_some(key))
-        .collect()
+        let changed = [
+            self.host != new.host,
+            self.port != new.port,
+            self.workers != new.workers,
+            a.header_read_timeout != b.header_read_timeout,
+            a.max_header_bytes != b.max_header_bytes,
+            a.max_headers != b.max_headers,
+            a.max_connections != b.max_connections,
+            a.h2_max_concurrent_streams != b.h2_max_concurrent_streams,
+            a.h2_max_header_list_bytes != b.h2_max_header_list_bytes,
+            a.h2_max_pending_reset_streams != b.h2_max_pending_reset_streams,
+        ];
+        RESTART_KEYS.into_iter().zip(changed).filter_map(|(key, changed)| changed.then_some(key)).collect()
     }
 }
+
+/// What each key's value is read as: a `${VAR}` at a text key stays a
+/// string even when it reads as a number (an API key of digits).
+fn takes(path: &crate::substitute::KeyPath) -> crate::substitute::Takes {
+    use crate::substitute::Takes;
+    let keys: Vec<Option<&str>> = path.keys().collect();
+    match keys.as_slice() {
+        [Some("api_keys" | "admin_api_keys"), None] => Takes::Text,
+        [Some("host")] | [Some("policy"), Some("preload" | "scheduler" | "on_sleep_failure")] => Takes::OptionalText,
+        [Some("models"), Some(_), Some("env"), Some(_)] => Takes::Text,
+        [Some("models"), Some(_), Some("wake" | "sleep" | "alive")] => Takes::Text,
+        [Some("models"), Some(_), Some(key)] if !key.ends_with("_secs") && !NUMERIC_MODEL_KEYS.contains(key) => {
+            Takes::OptionalText
+        }
+        _ => Takes::Value,
+    }
+}
+
+/// A model's keys that take a number or a boolean (besides `*_secs`).
+const NUMERIC_MODEL_KEYS: [&str; 4] = ["port", "size", "pinned", "weight"];
+
+/// The error of deserialising the substituted tree, with the key and line
+/// it is about when they can be found (the text deserialiser tracks both,
+/// the tree's neither): the same error read from the file's text has them;
+/// else (the text fails elsewhere first, at a `${VAR}` not substituted
+/// there, or the error is about a substituted value) the tree written out
+/// again and read back names the key.
+fn located(tree: &serde_yaml::Value, text: &str, format: Format) -> ConfigError {
+    let tree_error = match serde_yaml::from_value::<RawConfig>(tree.clone()) {
+        Err(e) => e.to_string(),
+        Ok(_) => return err("the config could not be read"),
+    };
+    let text_error = match format {
+        Format::Yaml => serde_yaml::from_str::<RawConfig>(text).err().map(|e| e.to_string()),
+        Format::Json => serde_json::from_str::<RawConfig>(text).err().map(|e| e.to_string()),
+    };
+    match text_error {
+        Some(e) if e.contains(&tree_error) => err(e),
+        _ => {
+            let rewritten = serde_yaml::to_string(tree).unwrap_or_default();
+            let keyed = match serde_yaml::from_str::<RawConfig>(&rewritten) {
+                Err(e) => match e.location() {
+                    Some(at) => e.to_string().replace(&format!(" at line {} column {}", at.line(), at.column()), ""),
+                    None => e.to_string(),
+                },
+                Ok(_) => tree_error,
+            };
+            err(format!("{keyed} (after substituting environment variables)"))
+        }
+    }
+}
+
+/// The settings that apply only after a restart.
+pub const RESTART_KEYS: [&str; 10] = [
+    "host",
+    "port",
+    "workers",
+    "limits.header_read_timeout_secs",
+    "limits.max_header_bytes",
+    "limits.max_headers",
+    "limits.max_connections",
+    "limits.h2_max_concurrent_streams",
+    "limits.h2_max_header_list_bytes",
+    "limits.h2_max_pending_reset_streams",
+];
 
 /// A config file's format, chosen by its extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -505,16 +697,15 @@ fn validate(raw: RawConfig, base_dir: PathBuf) -> Result<Config, ConfigError> {
     if raw_models.is_empty() {
         return Err(err("models: at least one model must be configured"));
     }
-    let mut ports = HashSet::new();
     let mut models = Vec::with_capacity(raw_models.len());
     for (name, m) in raw_models {
-        models.push(validate_model(name, m, &raw.policy, policy.hook_kill_grace, &mut ports, &models)?);
+        let model = validate_model(name, m, &policy, &base_dir, &models)?;
+        models.push(model);
     }
     let max_body_bytes = raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
     if max_body_bytes == 0 {
         return Err(err("max_body_bytes: must be at least 1"));
     }
-    let idle = raw.upstream_idle_timeout_secs.unwrap_or(DEFAULT_UPSTREAM_IDLE_SECS);
     let workers = match raw.workers {
         Some(n) if !(1..=1024).contains(&n) => return Err(err("workers: must be between 1 and 1024")),
         Some(n) => n,
@@ -530,6 +721,8 @@ fn validate(raw: RawConfig, base_dir: PathBuf) -> Result<Config, ConfigError> {
         return Err(err(format!("policy.preload: `{name}` is not a configured model")));
     }
     let capacity = validate_capacity(raw.capacity, &models)?;
+    let shutdown_grace = duration("shutdown_grace_secs", raw.shutdown_grace_secs)?;
+    let upstream_idle_timeout = duration("upstream_idle_timeout_secs", raw.upstream_idle_timeout_secs)?;
     Ok(Config {
         capacity,
         models,
@@ -539,56 +732,66 @@ fn validate(raw: RawConfig, base_dir: PathBuf) -> Result<Config, ConfigError> {
         admin_api_keys: raw.admin_api_keys,
         metrics_public: raw.metrics_public,
         access_log: raw.access_log.unwrap_or(true),
-        host: raw.host.unwrap_or(IpAddr::from([0, 0, 0, 0])),
+        host: validate_host(raw.host)?,
         port: raw.port.unwrap_or(DEFAULT_PORT),
         max_body_bytes,
-        shutdown_grace: secs(raw.shutdown_grace_secs.unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECS)),
-        upstream_idle_timeout: secs(idle),
+        shutdown_grace: shutdown_grace.unwrap_or(secs(DEFAULT_SHUTDOWN_GRACE_SECS)),
+        upstream_idle_timeout: upstream_idle_timeout.unwrap_or(secs(DEFAULT_UPSTREAM_IDLE_SECS)),
         workers,
         base_dir,
+        env_used: Vec::new(),
     })
+}
+
+/// `host`: an IP address (`0.0.0.0`, `::1`, `[::1]`) or a host name
+/// (`localhost`), resolved when llmux starts.
+fn validate_host(host: Option<String>) -> Result<String, ConfigError> {
+    let Some(host) = host else { return Ok("0.0.0.0".to_owned()) };
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(&host);
+    if bare.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(bare.to_owned());
+    }
+    let name_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_';
+    if bare.is_empty() || bare.len() > 253 || !bare.chars().all(name_char) {
+        return Err(err(format!("host: `{host}` is neither an IP address nor a host name")));
+    }
+    Ok(bare.to_owned())
 }
 
 fn validate_policy(p: &RawPolicy) -> Result<Policy, ConfigError> {
-    for (key, value) in [
-        ("wake_timeout_secs", p.wake_timeout_secs),
-        ("sleep_timeout_secs", p.sleep_timeout_secs),
-        ("alive_timeout_secs", p.alive_timeout_secs),
-    ] {
-        if value == Some(0) {
-            return Err(err(format!("policy.{key}: must be at least 1")));
-        }
-    }
+    let timeout = |key: &str, value: Secs, default: u64| {
+        Ok::<_, ConfigError>(positive_duration(&format!("policy.{key}"), value)?.unwrap_or(secs(default)))
+    };
+    let model_defaults = ModelDefaults {
+        wake_timeout: timeout("wake_timeout_secs", p.wake_timeout_secs, DEFAULT_WAKE_TIMEOUT_SECS)?,
+        sleep_timeout: timeout("sleep_timeout_secs", p.sleep_timeout_secs, DEFAULT_SLEEP_TIMEOUT_SECS)?,
+        alive_timeout: timeout("alive_timeout_secs", p.alive_timeout_secs, DEFAULT_ALIVE_TIMEOUT_SECS)?,
+        idle_sleep: every("policy.idle_sleep_secs", p.idle_sleep_secs)?.flatten(),
+        alive_interval: every("policy.alive_interval_secs", p.alive_interval_secs)?.flatten(),
+        max_wait: timeout("max_wait_secs", p.max_wait_secs, DEFAULT_MAX_WAIT_SECS)?,
+        stream_wait_feedback: p.stream_wait_feedback.unwrap_or(false),
+        stream_wait_feedback_every: feedback_interval(p.stream_wait_feedback_secs)?,
+    };
     Ok(Policy {
-        request_timeout: p.request_timeout_secs.map(secs),
+        request_timeout: duration("policy.request_timeout_secs", p.request_timeout_secs)?,
         drain_before_switch: p.drain_before_switch.unwrap_or(true),
-        drain_timeout: p.drain_timeout_secs.map(secs),
-        min_active: secs(p.min_active_secs.unwrap_or(0)),
+        drain_timeout: duration("policy.drain_timeout_secs", p.drain_timeout_secs)?,
+        min_active: duration("policy.min_active_secs", p.min_active_secs)?.unwrap_or_default(),
         on_sleep_failure: p.on_sleep_failure.unwrap_or(OnSleepFailure::Abort),
         preload: p.preload.clone(),
-        hook_kill_grace: kill_grace(p.hook_kill_grace_secs)?,
+        hook_kill_grace: positive_duration("policy.hook_kill_grace_secs", p.hook_kill_grace_secs)?
+            .unwrap_or(Duration::from_secs_f64(DEFAULT_HOOK_KILL_GRACE_SECS)),
         scheduler: p.scheduler.unwrap_or(Scheduler::CostAware),
+        sleep_on_shutdown: p.sleep_on_shutdown.unwrap_or(false),
+        model_defaults,
     })
-}
-
-/// `policy.hook_kill_grace_secs`: a positive number of seconds, fractions
-/// allowed, capped like every other duration.
-fn kill_grace(secs: Option<f64>) -> Result<Duration, ConfigError> {
-    let secs = secs.unwrap_or(DEFAULT_HOOK_KILL_GRACE_SECS);
-    // NaN is checked first: `f64::min` would turn it into the cap.
-    let valid = !secs.is_nan() && secs > 0.0;
-    match Duration::try_from_secs_f64(secs.min(MAX_SECS as f64)) {
-        Ok(d) if valid && !d.is_zero() => Ok(d),
-        _ => Err(err("policy.hook_kill_grace_secs: must be a number of seconds greater than 0")),
-    }
 }
 
 fn validate_model(
     name: String,
     m: RawModel,
-    policy: &RawPolicy,
-    kill_grace: Duration,
-    ports: &mut HashSet<u16>,
+    policy: &Policy,
+    base_dir: &Path,
     earlier: &[ModelConfig],
 ) -> Result<ModelConfig, ConfigError> {
     if name.trim().is_empty() || name.chars().any(char::is_control) {
@@ -597,37 +800,37 @@ fn validate_model(
     if m.port == 0 {
         return Err(err(format!("models.{name}.port: must not be 0")));
     }
-    if !ports.insert(m.port) {
-        let other = earlier.iter().find(|o| o.port == m.port).map_or("", |o| o.name.as_str());
-        return Err(err(format!("models.{name}.port: port {} is already used by model `{other}`", m.port)));
+    if let Some(other) = earlier.iter().find(|o| o.port == m.port) {
+        return Err(err(format!("models.{name}.port: port {} is already used by model `{}`", m.port, other.name)));
     }
-    let hook = |kind: &str, script: String, own: Option<u64>, default: Option<u64>, fallback| {
+    let key = |k: &str| format!("models.{name}.{k}");
+    let d = &policy.model_defaults;
+    let hook = |kind: &str, script: String, own: Secs, default: Duration| {
         if script.trim().is_empty() {
             return Err(err(format!("models.{name}.{kind}: the hook must not be empty")));
         }
-        let timeout = own.or(default).unwrap_or(fallback);
-        if timeout == 0 {
-            return Err(err(format!("models.{name}.{kind}_timeout_secs: must be at least 1")));
-        }
-        Ok(Hook { script, timeout: secs(timeout), kill_grace })
+        let timeout = positive_duration(&key(&format!("{kind}_timeout_secs")), own)?.unwrap_or(default);
+        Ok(Hook { script, timeout, kill_grace: policy.hook_kill_grace })
     };
     // A model's own setting wins over the policy's; 0 turns it off.
-    let every = |own: Option<u64>, default: Option<u64>| own.or(default).filter(|s| *s > 0).map(secs);
+    let idle_sleep = every(&key("idle_sleep_secs"), m.idle_sleep_secs)?.unwrap_or(d.idle_sleep);
+    let alive_interval = every(&key("alive_interval_secs"), m.alive_interval_secs)?.unwrap_or(d.alive_interval);
     Ok(ModelConfig {
-        idle_sleep: every(m.idle_sleep_secs, policy.idle_sleep_secs),
-        alive_interval: every(m.alive_interval_secs, policy.alive_interval_secs),
-        wake: hook("wake", m.wake, m.wake_timeout_secs, policy.wake_timeout_secs, DEFAULT_WAKE_TIMEOUT_SECS)?,
-        sleep: hook("sleep", m.sleep, m.sleep_timeout_secs, policy.sleep_timeout_secs, DEFAULT_SLEEP_TIMEOUT_SECS)?,
-        alive: hook("alive", m.alive, m.alive_timeout_secs, policy.alive_timeout_secs, DEFAULT_ALIVE_TIMEOUT_SECS)?,
+        idle_sleep,
+        alive_interval,
+        wake: hook("wake", m.wake, m.wake_timeout_secs, d.wake_timeout)?,
+        sleep: hook("sleep", m.sleep, m.sleep_timeout_secs, d.sleep_timeout)?,
+        alive: hook("alive", m.alive, m.alive_timeout_secs, d.alive_timeout)?,
         size: model_size(&name, m.size)?,
         pinned: m.pinned,
         weight: model_weight(&name, m.weight)?,
-        max_wait: max_wait(&name, m.max_wait_secs.or(policy.max_wait_secs))?,
+        max_wait: positive_duration(&key("max_wait_secs"), m.max_wait_secs)?.unwrap_or(d.max_wait),
         stream_wait_feedback: m
             .stream_wait_feedback
-            .or(policy.stream_wait_feedback)
-            .unwrap_or(false)
-            .then_some(feedback_interval(policy.stream_wait_feedback_secs)?),
+            .unwrap_or(d.stream_wait_feedback)
+            .then_some(d.stream_wait_feedback_every),
+        env: model_env(&name, m.env)?,
+        dir: model_dir(&name, m.dir, base_dir)?,
         port: m.port,
         name,
     })
@@ -644,21 +847,44 @@ fn feedback_interval(secs: Option<f64>) -> Result<Duration, ConfigError> {
     }
 }
 
+/// `models.<name>.env`: names a shell can use, values without NUL bytes;
+/// `LLMUX_MODEL` and `LLMUX_PORT` are llmux's to set.
+fn model_env(name: &str, env: RawEnv) -> Result<Vec<(String, String)>, ConfigError> {
+    for (var, value) in &env.0 {
+        let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+        if var.is_empty() || var.starts_with(|c: char| c.is_ascii_digit()) || !var.chars().all(word) {
+            return Err(err(format!(
+                "models.{name}.env: `{var}` is not a variable name (letters, digits and _, not starting with a digit)"
+            )));
+        }
+        if var == "LLMUX_MODEL" || var == "LLMUX_PORT" {
+            return Err(err(format!("models.{name}.env.{var}: set by llmux for every hook")));
+        }
+        if value.contains('\0') {
+            return Err(err(format!("models.{name}.env.{var}: a value cannot hold a NUL byte")));
+        }
+    }
+    Ok(env.0)
+}
+
+/// `models.<name>.dir`: relative to the config file's directory; that
+/// directory if absent.
+fn model_dir(name: &str, dir: Option<String>, base_dir: &Path) -> Result<PathBuf, ConfigError> {
+    match dir {
+        None => Ok(base_dir.to_path_buf()),
+        Some(d) if d.trim().is_empty() || d.contains('\0') => {
+            Err(err(format!("models.{name}.dir: must be a directory path")))
+        }
+        Some(d) => Ok(base_dir.join(d)),
+    }
+}
+
 /// `models.<name>.weight`: a finite number above 0; 1 if absent.
 fn model_weight(name: &str, weight: Option<f64>) -> Result<f64, ConfigError> {
     match weight {
         None => Ok(1.0),
         Some(w) if w.is_finite() && w > 0.0 => Ok(w),
         Some(w) => Err(err(format!("models.{name}.weight: must be a finite number above 0, not {w}"))),
-    }
-}
-
-/// The wait bound: the model's `max_wait_secs`, else the policy's, else
-/// [`DEFAULT_MAX_WAIT_SECS`]; at least 1.
-fn max_wait(name: &str, secs_given: Option<u64>) -> Result<Duration, ConfigError> {
-    match secs_given {
-        Some(0) => Err(err(format!("models.{name}.max_wait_secs (or policy.max_wait_secs): must be at least 1"))),
-        given => Ok(secs(given.unwrap_or(DEFAULT_MAX_WAIT_SECS))),
     }
 }
 
@@ -711,6 +937,33 @@ fn secs(s: u64) -> Duration {
     Duration::from_secs(s.min(MAX_SECS))
 }
 
+/// `key`'s number of seconds (fractions allowed) as a `Duration`: finite,
+/// at least 0, at most ten years.
+fn duration(key: &str, given: Secs) -> Result<Option<Duration>, ConfigError> {
+    let Some(s) = given else { return Ok(None) };
+    if !s.is_finite() || s < 0.0 {
+        return Err(err(format!("{key}: must be a number of seconds of at least 0, not {s}")));
+    }
+    if s > MAX_SECS as f64 {
+        return Err(err(format!("{key}: {s} seconds is more than ten years (at most {MAX_SECS})")));
+    }
+    Ok(Some(Duration::from_secs_f64(s)))
+}
+
+/// [`duration`], which must also be above 0 (a timeout).
+fn positive_duration(key: &str, given: Secs) -> Result<Option<Duration>, ConfigError> {
+    match duration(key, given)? {
+        Some(d) if d.is_zero() => Err(err(format!("{key}: must be a number of seconds greater than 0"))),
+        d => Ok(d),
+    }
+}
+
+/// An interval where 0 turns the feature off: `None` if not given,
+/// `Some(None)` for off.
+fn every(key: &str, given: Secs) -> Result<Option<Option<Duration>>, ConfigError> {
+    Ok(duration(key, given)?.map(|d| (!d.is_zero()).then_some(d)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -746,9 +999,9 @@ mod tests {
         let c = yaml(&format!("{TWO}policy: {{hook_kill_grace_secs: 0.25}}\n")).expect("valid");
         assert_eq!(c.policy.hook_kill_grace, Duration::from_millis(250));
         assert!(c.models.iter().all(|m| m.wake.kill_grace == Duration::from_millis(250)));
-        let c = yaml(&format!("{TWO}policy: {{hook_kill_grace_secs: 18446744073709551615}}\n")).expect("capped");
+        let c = yaml(&format!("{TWO}policy: {{hook_kill_grace_secs: 315360000}}\n")).expect("ten years");
         assert_eq!(c.models[1].alive.kill_grace, Duration::from_secs(MAX_SECS));
-        for bad in ["0", "0.0", "-1", ".nan", "-.inf", "'5'"] {
+        for bad in ["0", "0.0", "-1", ".nan", "-.inf", "'5'", "18446744073709551615"] {
             let e = yaml(&format!("{TWO}policy: {{hook_kill_grace_secs: {bad}}}\n")).expect_err(bad);
             assert!(e.to_string().contains("hook_kill_grace_secs"), "{bad}: {e}");
         }
@@ -779,7 +1032,7 @@ mod tests {
             ("models:\n  a: {port: 1, wake: w, sleep: s, alive: a}\nlimits: {max_conections: 5}\n", "max_conections"),
             (
                 "models:\n  a: {port: 1, wake: w, sleep: s, alive: a}\n  a: {port: 2, wake: w, sleep: s, alive: a}\n",
-                "duplicate model",
+                "duplicate entry with key \"a\"",
             ),
         ];
         for (text, needle) in cases {
@@ -804,14 +1057,242 @@ mod tests {
     }
 
     #[test]
-    fn huge_values_are_capped_or_rejected() {
-        let text = format!("{TWO}policy: {{wake_timeout_secs: 18446744073709551615}}\nlimits: {{header_read_timeout_secs: 18446744073709551615}}\n");
-        let c = yaml(&text).expect("valid");
-        let ten_years = Duration::from_secs(MAX_SECS);
-        assert_eq!(c.models[0].wake.timeout, ten_years);
-        assert!(std::time::Instant::now().checked_add(c.limits.header_read_timeout).is_some());
-        let e = yaml(&format!("{TWO}limits: {{max_connections: 18446744073709551615}}\n")).expect_err("too many");
-        assert!(e.to_string().contains("limits.max_connections"), "{e}");
+    fn huge_values_are_rejected_naming_the_key() {
+        let c = yaml(&format!("{TWO}policy: {{wake_timeout_secs: 315360000}}\n")).expect("ten years is the most");
+        assert_eq!(c.models[0].wake.timeout, Duration::from_secs(MAX_SECS));
+        assert!(std::time::Instant::now().checked_add(c.models[0].wake.timeout).is_some());
+        for (text, key) in [
+            ("policy: {wake_timeout_secs: 18446744073709551615}\n", "policy.wake_timeout_secs"),
+            ("limits: {header_read_timeout_secs: 315360001}\n", "limits.header_read_timeout_secs"),
+            ("limits: {max_connections: 18446744073709551615}\n", "limits.max_connections"),
+        ] {
+            let e = yaml(&format!("{TWO}{text}")).expect_err(text);
+            assert!(e.to_string().starts_with(key), "{text}: {e}");
+        }
+    }
+
+    /// Every key given in seconds, with the path that names it.
+    const SECS_KEYS: [(&str, &str); 20] = [
+        ("policy", "request_timeout_secs"),
+        ("policy", "drain_timeout_secs"),
+        ("policy", "min_active_secs"),
+        ("policy", "wake_timeout_secs"),
+        ("policy", "sleep_timeout_secs"),
+        ("policy", "alive_timeout_secs"),
+        ("policy", "idle_sleep_secs"),
+        ("policy", "alive_interval_secs"),
+        ("policy", "hook_kill_grace_secs"),
+        ("policy", "max_wait_secs"),
+        ("models.a", "wake_timeout_secs"),
+        ("models.a", "sleep_timeout_secs"),
+        ("models.a", "alive_timeout_secs"),
+        ("models.a", "idle_sleep_secs"),
+        ("models.a", "alive_interval_secs"),
+        ("models.a", "max_wait_secs"),
+        ("limits", "header_read_timeout_secs"),
+        ("limits", "body_read_timeout_secs"),
+        ("limits", "upstream_connect_timeout_secs"),
+        ("limits", "upstream_first_byte_timeout_secs"),
+    ];
+
+    /// One model `a` with `key: value` set at `section` (`policy`,
+    /// `models.a`, `limits` or the top level, `""`).
+    fn with_secs(section: &str, key: &str, value: &str) -> Result<Config, ConfigError> {
+        let model = "port: 1, wake: w, sleep: s, alive: a";
+        let text = match section {
+            "models.a" => format!("models:\n  a: {{{model}, {key}: {value}}}\n"),
+            "" => format!("models:\n  a: {{{model}}}\n{key}: {value}\n"),
+            _ => format!("models:\n  a: {{{model}}}\n{section}: {{{key}: {value}}}\n"),
+        };
+        yaml(&text)
+    }
+
+    #[test]
+    fn every_duration_takes_fractions() {
+        let half = Duration::from_millis(500);
+        let all: Vec<(&str, &str)> = SECS_KEYS
+            .iter()
+            .copied()
+            .chain([("", "shutdown_grace_secs"), ("", "upstream_idle_timeout_secs")])
+            .collect();
+        for (section, key) in all {
+            let c = with_secs(section, key, "0.5").unwrap_or_else(|e| panic!("{section}.{key}: {e}"));
+            let (m, p, l) = (&c.models[0], &c.policy, &c.limits);
+            let got = match key {
+                "request_timeout_secs" => p.request_timeout,
+                "drain_timeout_secs" => p.drain_timeout,
+                "min_active_secs" => Some(p.min_active),
+                "wake_timeout_secs" => Some(m.wake.timeout),
+                "sleep_timeout_secs" => Some(m.sleep.timeout),
+                "alive_timeout_secs" => Some(m.alive.timeout),
+                "idle_sleep_secs" => m.idle_sleep,
+                "alive_interval_secs" => m.alive_interval,
+                "hook_kill_grace_secs" => Some(m.alive.kill_grace),
+                "max_wait_secs" => Some(m.max_wait),
+                "header_read_timeout_secs" => Some(l.header_read_timeout),
+                "body_read_timeout_secs" => Some(l.body_read_timeout),
+                "upstream_connect_timeout_secs" => Some(l.upstream_connect_timeout),
+                "upstream_first_byte_timeout_secs" => l.upstream_first_byte_timeout,
+                "shutdown_grace_secs" => Some(c.shutdown_grace),
+                "upstream_idle_timeout_secs" => Some(c.upstream_idle_timeout),
+                other => panic!("{other}"),
+            };
+            assert_eq!(got, Some(half), "{section}.{key}");
+        }
+        let c = with_secs("policy", "alive_timeout_secs", "1.25").expect("valid");
+        assert_eq!(c.models[0].alive.timeout, Duration::from_millis(1250));
+        assert_eq!(c.policy.model_defaults.alive_timeout, Duration::from_millis(1250));
+    }
+
+    #[test]
+    fn bad_durations_are_errors_naming_the_key() {
+        let all: Vec<(&str, &str)> = SECS_KEYS
+            .iter()
+            .copied()
+            .chain([("", "shutdown_grace_secs"), ("", "upstream_idle_timeout_secs")])
+            .collect();
+        for (section, key) in all {
+            let path = if section.is_empty() { key.to_owned() } else { format!("{section}.{key}") };
+            for bad in ["-1", "-0.5", ".nan", ".inf", "-.inf", "1e300", "315360000.5", "'5'", "[1]"] {
+                let e = with_secs(section, key, bad).expect_err(&format!("{path}: {bad}")).to_string();
+                assert!(e.contains(&path) || e.contains(key), "{path} = {bad}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn timeouts_must_be_above_zero_and_intervals_take_zero_for_off() {
+        for (section, key) in
+            SECS_KEYS.iter().filter(|(_, k)| k.contains("timeout") || k.contains("grace") || k.contains("max_wait"))
+        {
+            let zero = with_secs(section, key, "0");
+            let allowed = ["request_timeout_secs", "drain_timeout_secs"].contains(key);
+            assert_eq!(zero.is_ok(), allowed, "{section}.{key}: {:?}", zero.err());
+            if !allowed {
+                let e = with_secs(section, key, "0.0000000001").expect_err("rounds to 0").to_string();
+                assert!(e.contains(key) && e.contains("greater than 0"), "{e}");
+            }
+        }
+        let c = yaml("models:\n  a: {port: 1, wake: w, sleep: s, alive: a, idle_sleep_secs: 0}\n  b: {port: 2, wake: w, sleep: s, alive: a}\npolicy: {idle_sleep_secs: 2.5, min_active_secs: 0}\n").expect("valid");
+        assert_eq!((c.models[0].idle_sleep, c.models[1].idle_sleep), (None, Some(Duration::from_millis(2500))));
+        assert_eq!(c.policy.min_active, Duration::ZERO);
+    }
+
+    fn with_env(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let lookup = |name: &str| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned());
+        Config::parse_with_env(text, Format::Yaml, PathBuf::from("/base"), &lookup)
+    }
+
+    #[test]
+    fn environment_variables_are_substituted_before_validation() {
+        let text = "host: ${HOST}\nport: ${PORT}\napi_keys: ['${KEY}', '${NUM}']\nmodels:\n  a:\n    port: ${A_PORT:-8001}\n    wake: ./wake.sh --x ${KEY}\n    sleep: echo $$LLMUX_MODEL $${HOME}\n    alive: ${ALIVE}\n    alive_timeout_secs: ${T}\n    env: {N: '${NUM}'}\npolicy:\n  scheduler: ${SCHED}\n  drain_before_switch: ${DRAIN}\n";
+        let vars = [
+            ("HOST", "127.0.0.1"),
+            ("PORT", "3123"),
+            ("KEY", "sk-x"),
+            ("NUM", "0042"),
+            ("ALIVE", "true"),
+            ("T", "0.5"),
+            ("SCHED", "fifo"),
+            ("DRAIN", "false"),
+        ];
+        let c = with_env(text, &vars).expect("valid");
+        assert_eq!((c.host.as_str(), c.port), ("127.0.0.1", 3123));
+        assert_eq!(c.api_keys, ["sk-x", "0042"]);
+        let a = &c.models[0];
+        assert_eq!(
+            (a.port, a.wake.script.as_str(), a.sleep.script.as_str()),
+            (8001, "./wake.sh --x sk-x", "echo $LLMUX_MODEL ${HOME}")
+        );
+        // A hook that is one word that reads as a boolean stays the text.
+        assert_eq!(a.alive.script, "true");
+        assert_eq!(a.alive.timeout, Duration::from_millis(500));
+        assert_eq!(a.env, [("N".to_owned(), "0042".to_owned())]);
+        assert_eq!((c.policy.scheduler, c.policy.drain_before_switch), (Scheduler::Fifo, false));
+        let used: Vec<&str> = c.env_used.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(used, ["HOST", "PORT", "KEY", "NUM", "ALIVE", "T", "SCHED", "DRAIN"]);
+        // Read as its text would be: unquoted numbers and booleans where
+        // text is taken, numbers as model names, an empty env value.
+        let text = "api_keys: [12345, '${KEY}']\nmodels:\n  7:\n    port: 1\n    wake: true\n    sleep: 1.5\n    alive: a\n    env: {E: }\n";
+        let c = with_env(text, &vars).expect("valid");
+        assert_eq!(c.api_keys, ["12345", "sk-x"]);
+        let m = &c.models[0];
+        assert_eq!((m.name.as_str(), m.wake.script.as_str(), m.sleep.script.as_str()), ("7", "true", "1.5"));
+        assert_eq!(m.env, [("E".to_owned(), String::new())]);
+    }
+
+    #[test]
+    fn an_unset_variable_is_an_error_naming_the_key() {
+        let text = "api_keys: ['${LLMUX_API_KEY}']\nmodels:\n  a: {port: 1, wake: w, sleep: s, alive: a}\n";
+        let e = with_env(text, &[]).expect_err("unset").to_string();
+        assert!(e.starts_with("api_keys[0]: environment variable LLMUX_API_KEY is not set"), "{e}");
+        // JSON too.
+        let json = r#"{"models": {"a": {"port": 1, "wake": "${W}", "sleep": "s", "alive": "a"}}}"#;
+        let e = Config::parse_with_env(json, Format::Json, PathBuf::from("."), &|_| None).expect_err("unset");
+        assert!(e.to_string().starts_with("models.a.wake: environment variable W is not set"), "{e}");
+        let c =
+            Config::parse_with_env(json, Format::Json, PathBuf::from("."), &|_| Some("wake-it".into())).expect("set");
+        assert_eq!(c.models[0].wake.script, "wake-it");
+    }
+
+    #[test]
+    fn a_substituted_value_of_the_wrong_type_names_its_key() {
+        let text = "port: ${PORT}\nmodels:\n  a: {port: 1, wake: w, sleep: s, alive: a}\n";
+        let e = with_env(text, &[("PORT", "abc")]).expect_err("not a port").to_string();
+        assert!(e.starts_with("port: ") && e.contains("abc"), "{e}");
+        let text = "models:\n  a: {port: 1, wake: w, sleep: s, alive: a}\npolicy: {scheduler: '${S}'}\n";
+        let e = with_env(text, &[("S", "lifo")]).expect_err("no such scheduler").to_string();
+        assert!(e.starts_with("policy.scheduler: ") && e.contains("lifo"), "{e}");
+        // An error elsewhere still names its key (and its line when the
+        // text fails on it too).
+        let text = "port: ${PORT}\nmodels:\n  a: {port: 1, wake: w, sleep: s, alive: a, prot: 2}\n";
+        let e = with_env(text, &[("PORT", "3000")]).expect_err("typo").to_string();
+        assert!(e.starts_with("models.a: unknown field `prot`"), "{e}");
+        let text = "host: ${H}\nmodels:\n  a: {port: 1, wake: w, sleep: s, alive: a, prot: 2}\n";
+        let e = with_env(text, &[("H", "localhost")]).expect_err("typo").to_string();
+        assert!(e.starts_with("models.a: unknown field `prot`") && e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn env_and_dir_of_a_model() {
+        let text = "models:\n  a:\n    port: 1\n    wake: w\n    sleep: s\n    alive: a\n    dir: hooks/a\n    env: {THREADS: 4, FLAGS: '--jinja -c 4096', ON: true}\n  b: {port: 2, wake: w, sleep: s, alive: a, dir: /opt/b}\n  c: {port: 3, wake: w, sleep: s, alive: a}\n";
+        let c = with_env(text, &[]).expect("valid");
+        let env: Vec<(&str, &str)> = c.models[0].env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(env, [("THREADS", "4"), ("FLAGS", "--jinja -c 4096"), ("ON", "true")]);
+        assert_eq!(c.models[0].dir, Path::new("/base/hooks/a"));
+        assert_eq!(c.models[1].dir, Path::new("/opt/b"));
+        assert_eq!(c.models[2].dir, Path::new("/base"));
+        for (bad, needle) in [
+            ("env: {LLMUX_PORT: 1}", "models.a.env.LLMUX_PORT"),
+            ("env: {'A B': 1}", "models.a.env"),
+            ("env: {'1A': 1}", "models.a.env"),
+            ("env: {A: [1]}", "env"),
+            ("env: [A]", "env"),
+            ("dir: ''", "models.a.dir"),
+        ] {
+            let text = format!("models:\n  a: {{port: 1, wake: w, sleep: s, alive: a, {bad}}}\n");
+            let e = with_env(&text, &[]).expect_err(bad).to_string();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn host_is_an_address_or_a_name() {
+        for (given, kept) in [
+            ("localhost", "localhost"),
+            ("127.0.0.1", "127.0.0.1"),
+            ("'::1'", "::1"),
+            ("'[::1]'", "::1"),
+            ("llm.internal", "llm.internal"),
+        ] {
+            let c = yaml(&format!("{TWO}host: {given}\n")).unwrap_or_else(|e| panic!("{given}: {e}"));
+            assert_eq!(c.host, kept);
+        }
+        assert_eq!(yaml(TWO).expect("valid").host, "0.0.0.0");
+        for bad in ["''", "'a b'", "'http://x'", "'x:80'"] {
+            let e = yaml(&format!("{TWO}host: {bad}\n")).expect_err(bad);
+            assert!(e.to_string().starts_with("host:"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -384,9 +384,12 @@ fn log_reload(shared: &Shared, changes: &Changes) {
         added = ?changes.added,
         removed = ?changes.removed,
         changed = ?changes.changed,
+        settings = ?changes.settings,
         "config reloaded"
     );
     if !changes.restart_needed.is_empty() {
+        // Compared with the config llmux started with: said at every
+        // reload until the restart.
         tracing::warn!(settings = ?changes.restart_needed, "changed settings need a restart to apply");
     }
     shared.events.emit("reloaded", || changes_json(changes));
@@ -397,6 +400,7 @@ fn changes_json(changes: &Changes) -> Value {
         "added": changes.added,
         "removed": changes.removed,
         "changed": changes.changed,
+        "settings": changes.settings,
         "restart_needed": changes.restart_needed,
     })
 }

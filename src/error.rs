@@ -84,7 +84,7 @@ impl Error {
 
     /// The request body did not arrive within `body_read_timeout_secs`.
     pub fn body_timeout(limit: Duration) -> Error {
-        let msg = format!("the request body did not arrive within {}s", limit.as_secs());
+        let msg = format!("the request body did not arrive within {}s", limit.as_secs_f64());
         Error::new(Kind::BodyTimeout, msg)
     }
 

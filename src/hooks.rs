@@ -1,7 +1,8 @@
 //! Running the user's wake, sleep and alive hooks.
 //!
-//! A hook is `sh -c SCRIPT`, run in the config file's directory with
-//! `LLMUX_MODEL` and `LLMUX_PORT` set, in a process group of its own. It is
+//! A hook is `sh -c SCRIPT`, run in its model's `dir` (by default the
+//! config file's directory) with the model's `env` and `LLMUX_MODEL` and
+//! `LLMUX_PORT` set, in a process group of its own. It is
 //! done when it exits: its stdout and stderr are read to the end by
 //! detached tasks (so a background server it started never gets SIGPIPE),
 //! but never waited for. Output goes to the log line by line, tagged with
@@ -86,7 +87,7 @@ impl fmt::Display for Outcome {
                 Some(code) => write!(f, "exited with status {code}"),
                 None => write!(f, "was killed by a signal ({status})"),
             },
-            Outcome::TimedOut(t) => write!(f, "timed out after {}s and was stopped", t.as_secs()),
+            Outcome::TimedOut(t) => write!(f, "timed out after {}s and was stopped", t.as_secs_f64()),
             Outcome::CutByShutdown => f.write_str("was stopped at the end of the shutdown grace"),
             Outcome::SpawnFailed(e) => write!(f, "could not be started: {e}"),
         }
@@ -137,6 +138,7 @@ fn spawn(script: &str, model: &ModelConfig, dir: &Path) -> std::io::Result<(Chil
     cmd.arg("-c")
         .arg(script)
         .current_dir(dir)
+        .envs(model.env.iter().map(|(k, v)| (k, v)))
         .env("LLMUX_MODEL", &model.name)
         .env("LLMUX_PORT", model.port.to_string())
         .stdin(Stdio::null())
@@ -248,10 +250,14 @@ fn log_finished(model: &str, kind: HookKind, run: &HookRun, stopped: Option<Stop
         return log_stopped(model, kind, run, ms, stopped);
     }
     match &run.outcome {
+        // An alive check is a probe: what it found is reported by the
+        // switch task (down, adopted, failed), not each run.
+        Outcome::Success if kind == HookKind::Alive => tracing::debug!(model, hook = %kind, ms, "hook succeeded"),
         Outcome::Success => tracing::info!(model, hook = %kind, ms, "hook succeeded"),
-        // An alive hook that fails is an answer ("down"), not an error.
+        // An alive hook that fails is an answer ("down"), not an error:
+        // the switch task reports what it means.
         Outcome::Failed(_) if kind == HookKind::Alive => {
-            tracing::info!(model, hook = %kind, ms, "alive hook: {}", run.outcome)
+            tracing::debug!(model, hook = %kind, ms, "alive hook: {}", run.outcome)
         }
         Outcome::CutByShutdown => {
             tracing::warn!(model, hook = %kind, ms, "hook cut short by shutdown: its process group was killed")
@@ -458,7 +464,13 @@ impl LineSplitter {
                 // Not the hook's: no `hook` field, no `hook_output` event.
                 tracing::info!(model, started_by = hook, stream, line = text, "background output");
             } else {
-                tracing::info!(model, hook, stream, line = text, "hook output");
+                if self.to.kind == HookKind::Alive {
+                    // A probe's output (curl's "connection refused") is
+                    // its answer's detail, not news: debug only.
+                    tracing::debug!(model, hook, stream, line = text, "hook output");
+                } else {
+                    tracing::info!(model, hook, stream, line = text, "hook output");
+                }
                 self.to.events.emit(
                     "hook_output",
                     || serde_json::json!({ "model": model, "hook": hook, "stream": stream, "line": text }),
@@ -520,6 +532,8 @@ mod tests {
             weight: 1.0,
             max_wait: Duration::from_secs(120),
             stream_wait_feedback: None,
+            env: Vec::new(),
+            dir: std::path::PathBuf::from("."),
         }
     }
 

@@ -65,8 +65,9 @@
 //! Each module imports only from the layers above it in this list (no
 //! import cycle): leaves ([`config`], [`cli`], [`model`], [`clock`],
 //! [`machine`], [`events`], [`shutdown`], [`detect`], [`procfs`],
-//! [`budget`], [`pool`], [`access`]); [`metrics`] primitives and the
-//! recent [`history`]; [`inbox`], [`reaper`],
+//! [`budget`], [`pool`], [`access`], [`substitute`], [`resolved`],
+//! [`check`]); [`metrics`] primitives and the recent [`history`];
+//! [`inbox`], [`reaper`],
 //! [`hooks`], [`error`], [`auth`], [`body`]; the [`catalog`]; [`proxy`],
 //! [`routing`]; [`state`]; [`queue`], [`switcher`]; [`response`];
 //! [`exposition`], [`api`], [`control`]; [`service`]; [`server`].
@@ -80,6 +81,7 @@ pub mod auth;
 pub mod body;
 pub mod budget;
 pub mod catalog;
+pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -99,6 +101,7 @@ pub mod procfs;
 pub mod proxy;
 pub mod queue;
 pub mod reaper;
+pub mod resolved;
 pub mod response;
 pub mod routing;
 pub mod server;
@@ -106,6 +109,7 @@ pub mod service;
 pub mod shutdown;
 pub mod simulate;
 pub mod state;
+pub mod substitute;
 pub mod switcher;
 
 use std::ffi::OsString;
@@ -172,17 +176,32 @@ fn load(options: &cli::Options) -> Result<Config, config::ConfigError> {
     Ok(config)
 }
 
+/// `--check`: the config loads, and its hook files and directories are
+/// there; with `--print`, the resolved config on stdout (the verdict on
+/// stderr then, so the YAML can be piped).
 fn check(options: &cli::Options) -> ExitCode {
-    match load(options) {
-        Ok(config) => {
-            println!("{}: ok ({} models)", options.config.display(), config.models.len());
-            ExitCode::SUCCESS
-        }
+    let config = match load(options) {
+        Ok(config) => config,
         Err(e) => {
             eprintln!("llmux: {e}");
-            ExitCode::from(2)
+            return ExitCode::from(2);
         }
+    };
+    let problems = check::problems(&config);
+    for problem in &problems {
+        eprintln!("llmux: {}: {problem}", options.config.display());
     }
+    if !problems.is_empty() {
+        return ExitCode::from(2);
+    }
+    let ok = format!("{}: ok ({} models)", options.config.display(), config.models.len());
+    if options.print {
+        print!("{}", resolved::to_yaml_masked(&config));
+        eprintln!("{ok}");
+    } else {
+        println!("{ok}");
+    }
+    ExitCode::SUCCESS
 }
 
 /// `llmux simulate`: prints the report, warnings on stderr.
@@ -218,7 +237,7 @@ async fn serve_until_signal(config: Config, file: state::ConfigFile) -> ExitCode
     let server = match Server::bind_from(config, Some(file)).await {
         Ok(server) => server,
         Err(e) => {
-            eprintln!("llmux: cannot listen: {e}");
+            eprintln!("llmux: {e}");
             return ExitCode::FAILURE;
         }
     };

@@ -172,7 +172,7 @@ impl Upstream {
         let result = match self.options.first_byte_timeout {
             None => send.await,
             Some(limit) => tokio::time::timeout(limit, send).await.unwrap_or_else(|_| {
-                Err(Error::backend_timeout(format!("backend sent no response within {}s", limit.as_secs())))
+                Err(Error::backend_timeout(format!("backend sent no response within {}s", limit.as_secs_f64())))
             }),
         };
         Ok(match result? {
@@ -233,7 +233,9 @@ impl Upstream {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(None),
             Ok(Err(e)) => return Err(Error::backend(format!("cannot connect to the backend at {}: {e}", self.addr))),
-            Err(_) => return Err(Error::backend(format!("connecting to the backend took over {}s", limit.as_secs()))),
+            Err(_) => {
+                return Err(Error::backend(format!("connecting to the backend took over {}s", limit.as_secs_f64())))
+            }
         };
         let _ = stream.set_nodelay(true);
         let (sender, driver) = http1::handshake(TokioIo::new(stream)).await.map_err(backend_error)?;

@@ -59,7 +59,7 @@ impl Server {
     /// Binds like [`Server::bind`]; `file` is where `config` came from,
     /// reread by a reload (`SIGHUP`, `POST /llmux/reload`).
     pub async fn bind_from(config: Config, file: Option<ConfigFile>) -> io::Result<Server> {
-        let listener = TcpListener::bind(SocketAddr::new(config.host, config.port)).await?;
+        let listener = listen(&config.host, config.port).await?;
         Ok(Server { listener, shared: Arc::new(Shared::new(config, file)), policy: None })
     }
 
@@ -93,7 +93,7 @@ impl Server {
         drop(listener);
         shared.shutdown.trigger();
         let grace = shared.catalog().config.shutdown_grace;
-        tracing::info!(grace_secs = grace.as_secs(), "shutting down: waiting for in-flight requests");
+        tracing::info!(grace_secs = grace.as_secs_f64(), "shutting down: waiting for in-flight requests");
         let drained = tokio::time::timeout(grace, graceful.shutdown()).await.is_ok();
         if !drained {
             tracing::warn!("shutdown grace ran out: in-flight requests were cut");
@@ -103,12 +103,45 @@ impl Server {
         let stop = crate::hooks::stop_bound(shared.catalog().config.policy.hook_kill_grace);
         let switch_done =
             tokio::time::timeout(grace + stop + Duration::from_secs(5), switch_task_join(switch_task)).await.is_ok();
-        // Close llmux's own backend connections (the model itself stays up
-        // for the next start to adopt).
+        // The models stay up for the next start to adopt, unless the
+        // policy says to put them to sleep.
+        let slept = !shared.catalog().config.policy.sleep_on_shutdown || switcher::sleep_all_at_exit(&shared).await;
+        // Close llmux's own backend connections.
         shared.routing.store(Arc::new(crate::routing::Routing::empty()));
         let hooks_cut = shared.shutdown.cut_count();
         let alive = !shared.is_switch_task_dead();
-        Exit { clean: drained && switch_done && hooks_cut == 0 && alive }
+        Exit { clean: drained && switch_done && hooks_cut == 0 && alive && slept }
+    }
+}
+
+/// Binds `host:port`: a name is resolved, and the first of its addresses
+/// that can be bound is. The error names the address:
+/// `cannot listen on 0.0.0.0:3000: address already in use`.
+async fn listen(host: &str, port: u16) -> io::Result<TcpListener> {
+    let named = || if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: cannot resolve `{host}`: {e}", named())))?
+        .collect();
+    let mut failed = None;
+    for addr in addrs {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => return Ok(listener),
+            Err(e) => failed = Some(io::Error::new(e.kind(), format!("cannot listen on {addr}: {}", why(&e)))),
+        }
+    }
+    Err(failed.unwrap_or_else(|| {
+        io::Error::new(io::ErrorKind::NotFound, format!("cannot listen on {}: `{host}` has no address", named()))
+    }))
+}
+
+/// Why a bind failed, in words.
+fn why(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::AddrInUse => "address already in use".to_owned(),
+        io::ErrorKind::AddrNotAvailable => "no such address on this machine".to_owned(),
+        io::ErrorKind::PermissionDenied => "permission denied (ports below 1024 need privileges)".to_owned(),
+        _ => e.to_string(),
     }
 }
 

@@ -429,7 +429,7 @@ async fn hook(shared: &Shared, model: usize, kind: HookKind) -> HookRun {
         return HookRun { outcome: Outcome::SpawnFailed(e), started: Instant::now(), duration: Duration::ZERO };
     };
     let cfg = &catalog.config;
-    let run = hooks::run(config, kind, &cfg.base_dir, &shared.shutdown, cfg.shutdown_grace, &shared.events).await;
+    let run = hooks::run(config, kind, &config.dir, &shared.shutdown, cfg.shutdown_grace, &shared.events).await;
     run.count_in(&catalog.slot(model).metrics.hooks[kind as usize]);
     match &run.outcome {
         Outcome::Success => {}
@@ -449,6 +449,41 @@ async fn hook(shared: &Shared, model: usize, kind: HookKind) -> HookRun {
         }
     }
     run
+}
+
+/// `policy.sleep_on_shutdown`: once the switch task has ended (requests
+/// drained, hooks done), runs the sleep hook of every configured model
+/// that is not asleep, all at once, each bounded by its own timeout only
+/// (the shutdown grace is over by now). True if every one succeeded.
+pub async fn sleep_all_at_exit(shared: &Arc<Shared>) -> bool {
+    let catalog = shared.catalog.load_full();
+    let mut sleeps = JoinSet::new();
+    for (slot, model, state) in catalog.live() {
+        if state.state() == crate::machine::ModelState::Asleep {
+            continue;
+        }
+        tracing::info!(model = %model.name, "shutting down: putting the model to sleep (policy.sleep_on_shutdown)");
+        let (shared, catalog) = (Arc::clone(shared), Arc::clone(&catalog));
+        sleeps.spawn(async move {
+            let Some(model) = catalog.model(slot) else { return true };
+            // A shutdown that never starts: only the hook's timeout bounds it.
+            let not_stopping = crate::shutdown::Shutdown::default();
+            let grace = catalog.config.shutdown_grace;
+            let run = hooks::run(model, HookKind::Sleep, &model.dir, &not_stopping, grace, &shared.events).await;
+            run.count_in(&catalog.slot(slot).metrics.hooks[HookKind::Sleep as usize]);
+            if run.succeeded() {
+                catalog.slot(slot).set_state(crate::machine::ModelState::Asleep);
+            } else {
+                tracing::warn!(model = %model.name, "shutting down: the sleep hook {}; the model may still be loaded", run.outcome);
+            }
+            run.succeeded()
+        });
+    }
+    let mut all_slept = true;
+    while let Some(slept) = sleeps.join_next().await {
+        all_slept &= slept.unwrap_or(false);
+    }
+    all_slept
 }
 
 /// Closes an incarnation's idle backend connections as they pass the idle
@@ -498,8 +533,16 @@ fn report_to(shared: &Shared, report: &Report) {
         Report::Activated { model, waited } => {
             events.emit("activated", || json!({ "model": name(*model), "ms": millis(*waited) }))
         }
-        Report::Adopted(model) => tracing::info!(model = name(*model), "adopted the running model as active"),
-        Report::NoneAdopted => tracing::info!("no model is running: none is active, waiting for requests"),
+        Report::Down(model) => {
+            let model = name(*model);
+            tracing::info!(model, "model {model} is down");
+        }
+        Report::Adopted(models) => {
+            let names: Vec<String> = models.iter().map(|&m| name(m)).collect();
+            let list = names.join(", ");
+            tracing::info!(models = ?names, "adopted {list}: already running, active without a wake");
+        }
+        Report::NoneAdopted => tracing::info!("no model is running: none is active, llmux waits for requests"),
         Report::Asleep { model, why } => {
             tracing::info!(model = name(*model), why, "model put to sleep");
             events.emit("asleep", || json!({ "model": name(*model), "reason": why }));

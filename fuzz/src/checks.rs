@@ -275,8 +275,8 @@ fn config_problems(c: &Config, base_dir: &Path) -> Vec<String> {
             if hook.script.trim().is_empty() {
                 new(format!("model {:?}: empty {kind} hook", m.name));
             }
-            if hook.timeout < Duration::from_secs(1) {
-                new(format!("model {:?}: {kind} timeout {:?} under 1 s", m.name, hook.timeout));
+            if hook.timeout.is_zero() {
+                new(format!("model {:?}: {kind} timeout is 0", m.name));
             }
             durations.push((format!("models.{}.{kind} timeout", m.name), Some(hook.timeout)));
         }

@@ -259,9 +259,12 @@ pub enum Report {
         /// From its oldest waiter's arrival.
         waited: Duration,
     },
-    /// A model was found running at start-up and adopted.
-    Adopted(ModelId),
-    /// Start-up found no model running.
+    /// Start-up: `model`'s `alive` failed, it is not running.
+    Down(ModelId),
+    /// Start-up ended: these models (at least one), found running, were
+    /// adopted, in config order.
+    Adopted(Vec<ModelId>),
+    /// Start-up ended and adopted no model: none is active.
     NoneAdopted,
     /// `model` was put to sleep.
     Asleep {

@@ -178,7 +178,7 @@ impl Machine {
     }
 
     fn confirm_timeout_reason(&self, target: ModelId) -> String {
-        let secs = self.settings.models.get(target).map_or(0, |s| s.wake_timeout.as_secs());
+        let secs = self.settings.models.get(target).map_or(0.0, |s| s.wake_timeout.as_secs_f64());
         format!(
             "wake hook of model `{}` succeeded but its alive hook did not pass within the wake timeout ({secs}s)",
             self.name(target)

@@ -37,18 +37,18 @@ impl Machine {
         }
         let results = self.starting.take().unwrap_or_default();
         let up = |m: ModelId| results.get(m).copied().flatten();
+        for &m in order.iter().filter(|&&m| up(m) == Some(HookResult::Failed)) {
+            self.report(Report::Down(m));
+        }
         // Every model that is up is adopted while it fits, in config order.
         let mut adopted = Vec::new();
         for &m in order.iter().filter(|&&m| up(m) == Some(HookResult::Success)) {
             if self.fits(m) {
                 self.publish(m, now);
-                self.report(Report::Adopted(m));
                 adopted.push(m);
             }
         }
-        if adopted.is_empty() {
-            self.report(Report::NoneAdopted);
-        }
+        self.report(if adopted.is_empty() { Report::NoneAdopted } else { Report::Adopted(adopted.clone()) });
         for m in order {
             let loaded = matches!(up(m), Some(HookResult::Success | HookResult::Unknown));
             if !adopted.contains(&m) && loaded && !self.shutting_down {

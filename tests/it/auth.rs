@@ -38,3 +38,19 @@ async fn a_valid_key_passes_and_is_stripped_before_forwarding() {
     let models = http::request(Method::GET, &mux.url("/v1/models"), &[("authorization", "Bearer sk-alpha")], "").await;
     assert_eq!(models.status, 200);
 }
+
+/// `api_keys: ["${VAR}"]` takes the key from llmux's environment: that key
+/// passes, the text `${VAR}` itself does not.
+#[tokio::test]
+async fn an_api_key_from_the_environment() {
+    let var = "LLMUX_IT_API_KEY";
+    let mux = mux().model("a").config(&format!("api_keys: [\"${{{var}}}\"]")).env(var, "sk-from-env").start();
+    let send = |key: &'static str| {
+        let url = mux.url(CHAT);
+        async move { http::request(Method::POST, &url, &[("authorization", key)], chat("a")).await }
+    };
+    send("Bearer ${LLMUX_IT_API_KEY}").await.assert_error(401, "invalid_api_key");
+    send("Bearer sk-wrong").await.assert_error(401, "invalid_api_key");
+    let r = send("Bearer sk-from-env").await;
+    assert_eq!((r.status.as_u16(), r.served_by()), (200, "a"), "{}", r.text());
+}

@@ -323,3 +323,166 @@ fn check_accepts_the_example_config_and_the_fuzz_seed_is_its_copy() {
     let seed = std::fs::read_to_string(root.join("fuzz/corpus/config/seed-example.yaml")).expect("seed");
     assert_eq!(seed, std::fs::read_to_string(&path).expect("example"), "copy config.example.yaml to the seed");
 }
+
+/// `host` may be a name: `localhost` is resolved at start and llmux
+/// listens on one of its loopback addresses.
+#[tokio::test]
+async fn host_localhost_is_resolved() {
+    let backend = standin("a");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!(
+        "host: localhost\nport: 0\nmodels:\n{}",
+        model("a", backend.port(), "'touch up-a'", "'rm -f up-a'", "'test -f up-a'")
+    );
+    let path = write(dir.path(), "llmux.yaml", &text);
+    let llmux = start_llmux(&path);
+    let addr: SocketAddr = llmux.addr.parse().expect("a socket address");
+    assert!(addr.ip().is_loopback(), "{addr}");
+    let r = http::post(&format!("http://{addr}/v1/chat/completions"), &chat("a")).await;
+    assert_eq!((r.status.as_u16(), r.served_by()), (200, "a"), "{}", r.text());
+}
+
+/// A port already held: llmux exits non-zero with one line on stderr
+/// naming the address and why.
+#[test]
+fn a_port_in_use_names_the_address() {
+    let held = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = held.local_addr().expect("addr").port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!("host: 127.0.0.1\nport: {port}\nmodels:\n{}", model("a", 9001, "'true'", "'true'", "'false'"));
+    let path = write(dir.path(), "llmux.yaml", &text);
+    let o = llmux(&[OsStr::new("-c"), path.as_os_str()]);
+    assert_eq!(o.status.code(), Some(1), "{:?}", o.status);
+    assert!(!stdout(&o).contains("listening"), "{}", stdout(&o));
+    let expected = format!("llmux: cannot listen on 127.0.0.1:{port}: address already in use");
+    assert!(stderr(&o).lines().any(|l| l == expected), "stderr: {}", stderr(&o));
+    drop(held);
+}
+
+/// `--check` also checks hook scripts given as paths (one word with a
+/// `/`), resolved against the model's `dir`: each that is missing or not
+/// executable is named with its model and hook; inline scripts are not
+/// files and pass.
+#[test]
+fn check_finds_missing_and_non_executable_hook_scripts() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hooks = dir.path().join("hooks");
+    std::fs::create_dir(&hooks).expect("mkdir");
+    for (name, mode) in [("wake.sh", 0o755), ("plain.sh", 0o644)] {
+        std::fs::write(hooks.join(name), "#!/bin/sh\n").expect("write hook");
+        std::fs::set_permissions(hooks.join(name), std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+    let good = format!(
+        "models:\n{}{}    dir: hooks\n",
+        model("a", 9001, "./hooks/wake.sh", "'curl -s http://127.0.0.1:$LLMUX_PORT/x && true'", "sh ./hooks/plain.sh"),
+        model("b", 9002, "./wake.sh", &format!("{}/wake.sh", hooks.display()), "'true'"),
+    );
+    let path = write(dir.path(), "good.yaml", &good);
+    let o = llmux(&[OsStr::new("--check"), OsStr::new("-c"), path.as_os_str()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bad = format!(
+        "models:\n{}{}    dir: hooks\n{}    dir: nowhere\n",
+        model("a", 9001, "./hooks/missing.sh", "./hooks/plain.sh", "./hooks"),
+        model("b", 9002, "./wake.sh", "./plain.sh", "./hooks/wake.sh"),
+        model("c", 9003, "w", "s", "a"),
+    );
+    let path = write(dir.path(), "bad.yaml", &bad);
+    assert_rejected(
+        &path,
+        &[
+            "models.a.wake: ./hooks/missing.sh: ",
+            "missing.sh does not exist",
+            "models.a.sleep: ./hooks/plain.sh: ",
+            "plain.sh is not executable",
+            "models.a.alive: ./hooks: ",
+            "is a directory",
+            "models.b.sleep: ./plain.sh: ",
+            "models.b.alive: ./hooks/wake.sh: ",
+            "models.c.dir: ",
+            "nowhere is not a directory",
+        ],
+    );
+    let o = llmux(&[OsStr::new("--check"), OsStr::new("-c"), path.as_os_str()]);
+    assert!(!stderr(&o).contains("models.b.wake"), "b's wake is hooks/wake.sh: {}", stderr(&o));
+}
+
+/// `--check --print` prints the config as llmux resolved it: `${VAR}`
+/// substituted, defaults filled in, secrets masked; as YAML that reads
+/// back as the same config.
+#[test]
+fn check_print_shows_the_resolved_config_with_secrets_masked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!(
+        "api_keys: [\"${{IT_PRINT_KEY}}\"]\nadmin_api_keys: [adm1n-key]\nport: ${{IT_PRINT_PORT}}\nmodels:\n{}    env: {{HF_TOKEN: hf_secret, THREADS: 4}}\n    alive_timeout_secs: 0.5\n",
+        model("a", 9001, "'run --token hf_secret --model ${IT_PRINT_MODEL}'", "s", "a")
+    );
+    let path = write(dir.path(), "llmux.yaml", &text);
+    let run = |print: bool| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["--check", "-c"]).arg(&path).stdin(Stdio::null());
+        if print {
+            cmd.arg("--print");
+        }
+        cmd.env("IT_PRINT_KEY", "sk-very-secret").env("IT_PRINT_PORT", "3456").env("IT_PRINT_MODEL", "llama-8b");
+        cmd.output().expect("run llmux")
+    };
+    let o = run(true);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    for secret in ["sk-very-secret", "adm1n-key", "hf_secret"] {
+        assert!(!out.contains(secret), "{secret} printed:\n{out}");
+    }
+    let tree: serde_yaml::Value = serde_yaml::from_str(&out).expect("YAML on stdout");
+    assert_eq!(tree["port"], serde_yaml::Value::from(3456));
+    assert_eq!(tree["api_keys"][0], serde_yaml::Value::from("***"));
+    let a = &tree["models"]["a"];
+    assert_eq!(a["wake"], serde_yaml::Value::from("run --token *** --model llama-8b"));
+    assert_eq!(a["env"]["THREADS"], serde_yaml::Value::from("4"));
+    assert_eq!(a["env"]["HF_TOKEN"], serde_yaml::Value::from("***"));
+    assert_eq!(a["alive_timeout_secs"], serde_yaml::Value::from(0.5));
+    // Defaults filled in.
+    assert_eq!(a["wake_timeout_secs"], serde_yaml::Value::from(600));
+    assert_eq!(tree["policy"]["scheduler"], serde_yaml::Value::from("cost_aware"));
+    assert_eq!(tree["limits"]["max_headers"], serde_yaml::Value::from(100));
+    assert_eq!(a["dir"], serde_yaml::Value::from(dir.path().canonicalize().expect("dir").display().to_string()));
+    assert!(stderr(&o).contains("ok (1 models)"), "the verdict goes to stderr: {}", stderr(&o));
+    // It reads back: the printed file passes --check itself.
+    let again = write(dir.path(), "printed.yaml", &out);
+    let o = llmux(&[OsStr::new("--check"), OsStr::new("-c"), again.as_os_str()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Without --print: only the verdict.
+    let o = run(false);
+    assert_eq!(stdout(&o).trim(), format!("{}: ok (1 models)", path.display()));
+}
+
+/// Every example config passes `--check` (its hooks given as paths exist
+/// and are executable), listens on loopback only unless it sets API keys,
+/// and lets a request wait as long as a cold wake may take: no
+/// `request_timeout_secs` shorter than a model's `wake_timeout_secs`.
+#[test]
+fn every_example_config_is_consistent_with_its_hooks() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut configs = vec![root.join("config.example.yaml")];
+    for dir in std::fs::read_dir(root.join("examples")).expect("examples").flatten() {
+        for file in std::fs::read_dir(dir.path()).into_iter().flatten().flatten() {
+            if file.path().extension().is_some_and(|e| e == "yaml" || e == "yml" || e == "json") {
+                configs.push(file.path());
+            }
+        }
+    }
+    assert!(configs.len() >= 8, "{configs:?}");
+    for path in configs {
+        let o = llmux(&[OsStr::new("--check"), OsStr::new("--print"), OsStr::new("-c"), path.as_os_str()]);
+        assert!(o.status.success(), "{}: {}", path.display(), stderr(&o));
+        let c: serde_yaml::Value = serde_yaml::from_str(&stdout(&o)).expect("YAML");
+        let host = c["host"].as_str().expect("host");
+        let keys = c["api_keys"].as_sequence().is_some_and(|k| !k.is_empty());
+        assert!(host == "127.0.0.1" || host == "::1" || host == "localhost" || keys, "{}: host {host}", path.display());
+        let Some(timeout) = c["policy"]["request_timeout_secs"].as_f64() else { continue };
+        for (name, m) in c["models"].as_mapping().expect("models") {
+            let wake = m["wake_timeout_secs"].as_f64().expect("wake timeout");
+            assert!(timeout >= wake, "{}: {name:?} may wake for {wake} s, requests wait {timeout} s", path.display());
+        }
+    }
+}

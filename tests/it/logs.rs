@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::support::backend::free_port;
 use crate::support::http::{self, chat, chat_stream, Reply};
-use crate::support::{mux, Mux, PATIENCE};
+use crate::support::{mux, standin, Mux, PATIENCE};
 
 const CHAT: &str = "/v1/chat/completions";
 
@@ -261,4 +261,84 @@ async fn errors_are_logged_and_access_log_false_logs_nothing() {
 async fn send(mux: &Mux, id: &str, model: &str) -> Reply {
     let headers = [("x-request-id", id), ("content-type", "application/json")];
     http::request(hyper::Method::POST, &mux.url(CHAT), &headers, chat(model)).await
+}
+
+/// llmux in `dir` on `models` (name, backend port, up at start), whose
+/// alive hooks print to stderr as curl does, logging JSON at `info`.
+fn start_at_info(dir: &std::path::Path, models: &[(&str, u16, bool)], extra: &str) -> crate::support::Process {
+    let mut config = format!("host: 127.0.0.1\nport: 0\n{extra}models:\n");
+    for (m, port, up) in models {
+        if *up {
+            std::fs::write(dir.join(format!("up-{m}")), "").expect("up");
+        }
+        config.push_str(&format!(
+            "  {m}:\n    port: {port}\n    wake: touch up-{m}\n    sleep: rm -f up-{m}\n    alive: 'test -f up-{m} || {{ echo ''curl: (7) Failed to connect to 127.0.0.1 port {port}'' >&2; exit 7; }}'\n"
+        ));
+    }
+    let path = dir.join("llmux.yaml");
+    std::fs::write(&path, config).expect("config");
+    let env = [("RUST_LOG".to_owned(), "info".to_owned())];
+    crate::support::start_llmux_with(&path, &env, &["--log-format", "json"])
+}
+
+/// The messages of the info (and louder) lines llmux logged in `dir`, in
+/// order, once start-up has ended (the adoption line is there).
+async fn start_up_messages(dir: &std::path::Path) -> Vec<(String, String)> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let log = std::fs::read_to_string(dir.join("llmux.log")).unwrap_or_default();
+        let lines = json_lines(&log);
+        let ended = |l: &Value| {
+            let m = text(l, "message");
+            m.starts_with("adopted ") || m.starts_with("no model is running")
+        };
+        if lines.iter().any(ended) {
+            let level = |l: &Value| l["level"].as_str().unwrap_or_default().to_owned();
+            return lines.iter().map(|l| (level(l), text(l, "message"))).collect();
+        }
+        assert!(Instant::now() < deadline, "start-up never ended:\n{log}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Start-up at the default level: each model whose `alive` failed is one
+/// info line, "model X is down" (its hook's stderr is not there), then one
+/// line names every model adopted (two here, with a capacity of 2).
+#[tokio::test]
+async fn start_up_says_which_models_are_down_and_which_were_adopted() {
+    let (a, b, c) = (standin("a"), standin("b"), standin("c"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let models = [("a", a.port(), true), ("b", b.port(), false), ("c", c.port(), true)];
+    let _llmux = start_at_info(dir.path(), &models, "capacity: 2\n");
+    let messages = start_up_messages(dir.path()).await;
+    let expected = [
+        ("INFO", "listening"),
+        ("INFO", "model b is down"),
+        ("INFO", "adopted a, c: already running, active without a wake"),
+    ];
+    let got: Vec<(&str, &str)> = messages.iter().map(|(l, m)| (l.as_str(), m.as_str())).collect();
+    assert_eq!(got, expected);
+}
+
+/// With nothing running, one line says none is active and llmux waits.
+#[tokio::test]
+async fn start_up_with_nothing_running_says_so_once() {
+    let (a, b) = (standin("a"), standin("b"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let llmux = start_at_info(dir.path(), &[("a", a.port(), false), ("b", b.port(), false)], "");
+    let messages = start_up_messages(dir.path()).await;
+    let got: Vec<&str> = messages.iter().map(|(_, m)| m.as_str()).collect();
+    assert_eq!(
+        got,
+        [
+            "listening",
+            "model a is down",
+            "model b is down",
+            "no model is running: none is active, llmux waits for requests"
+        ]
+    );
+    assert!(messages.iter().all(|(level, _)| level == "INFO"), "{messages:?}");
+    // The first request wakes its model as usual.
+    let r = http::post(&format!("http://{}{CHAT}", llmux.addr), &chat("b")).await;
+    assert_eq!((r.status.as_u16(), r.served_by()), (200, "b"), "{}", r.text());
 }

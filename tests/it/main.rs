@@ -11,6 +11,7 @@ mod dashboard;
 mod defects;
 mod errors;
 mod fuzz_corpus;
+mod hook_env;
 mod hooks;
 mod idle;
 mod layers;

@@ -93,9 +93,15 @@ impl Real {
         let mut config = format!(
             "host: 127.0.0.1\nport: 0\n{extra}policy:\n  request_timeout_secs: 120\n  scheduler: fifo\nmodels:\n"
         );
+        // Each model's llama-server flags come from its `env`, as in the
+        // example's config. No prompt cache: answers through llmux are
+        // compared with the same request sent to the server directly, and
+        // a cached prompt could make the second one differ in its last bits.
+        // One thread each: two or three servers share the machine's two
+        // cores with the tests, and llama.cpp's threads spin while they wait.
         for (m, port) in models.iter().zip(&ports) {
             config.push_str(&format!(
-                "  {m}:\n    port: {port}\n    wake: sh wrap.sh wake\n    sleep: sh wrap.sh sleep\n    alive: {}/alive.sh\n",
+                "  {m}:\n    port: {port}\n    wake: sh wrap.sh wake\n    sleep: sh wrap.sh sleep\n    alive: {}/alive.sh\n    env: {{LLAMA_SERVER_ARGS: \"--no-cache-prompt -c 2048\", LLAMA_THREADS: 1}}\n",
                 example_hooks.display()
             ));
         }

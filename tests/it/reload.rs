@@ -203,3 +203,54 @@ async fn a_new_listen_port_needs_a_restart_and_connections_survive() {
     served(&mux, "a").await;
     assert_eq!(mux.hooks.events(), ["wake-start a", "wake-end a"]);
 }
+
+/// A restart-only setting changed by one reload is still reported by the
+/// next (it is compared with the config llmux started with), until the
+/// file says what llmux runs with again.
+#[tokio::test]
+async fn a_pending_restart_is_reported_until_it_happens() {
+    let mux = mux().model("a").model("b").start();
+    let models = [("a", port(&mux, "a")), ("b", port(&mux, "b"))];
+    let started = harness_yaml(&models, &Spec::default());
+    let moved = started.replacen("port: 0\n", &format!("port: {}\n", free_port()), 1);
+    mux.write_config(&moved);
+    assert_eq!(listed(&reloaded(&mux).await, "restart_needed"), ["port"]);
+    // A second reload, with something else changed: the port still waits.
+    let extra = [String::from("min_active_secs: 1")];
+    let spec = Spec { policy: &extra, ..Spec::default() };
+    mux.write_config(&harness_yaml(&models, &spec).replacen("port: 0\n", &format!("port: {}\n", free_port()), 1));
+    let answer = reloaded(&mux).await;
+    assert_eq!(listed(&answer, "restart_needed"), ["port"], "{answer}");
+    // The same file again: nothing changed since the last reload, and yet the restart is pending.
+    assert_eq!(listed(&reloaded(&mux).await, "restart_needed"), ["port"]);
+    // Back to the port llmux listens on: nothing pending.
+    mux.write_config(&started);
+    let answer = reloaded(&mux).await;
+    assert!(listed(&answer, "restart_needed").is_empty(), "{answer}");
+    served(&mux, "a").await;
+}
+
+/// A reload names the settings it changed besides the models: the policy's
+/// keys (in the answer, the `reloaded` event and the log line); a
+/// restart-only key is listed under `restart_needed` only.
+#[tokio::test]
+async fn a_reload_names_the_policy_keys_it_changed() {
+    let mux = mux().model("a").model("b").start();
+    let mut events = Events::open(&mux).await;
+    let models = [("a", port(&mux, "a")), ("b", port(&mux, "b"))];
+    let policy = [String::from("min_active_secs: 2.5"), String::from("request_timeout_secs: 30")];
+    let extra = [String::from("access_log: false"), String::from("limits: {max_headers: 50}")];
+    mux.write_config(&harness_yaml(&models, &Spec { policy: &policy, extra: &extra, ..Spec::default() }));
+    let answer = reloaded(&mux).await;
+    let settings = listed(&answer, "settings");
+    assert_eq!(settings, ["access_log", "policy.request_timeout_secs", "policy.min_active_secs"], "{answer}");
+    assert_eq!(listed(&answer, "restart_needed"), ["limits.max_headers"], "{answer}");
+    // The models' effective settings did not change.
+    assert!(listed(&answer, "changed").is_empty(), "{answer}");
+    let seen = events.until(|kind, _| kind == "reloaded").await;
+    assert_eq!(seen.last().expect("reloaded").1["settings"], json!(settings));
+    mux.wait_log("policy.min_active_secs").await;
+    // A reload that changes nothing names nothing.
+    let answer = reloaded(&mux).await;
+    assert!(listed(&answer, "settings").is_empty(), "{answer}");
+}

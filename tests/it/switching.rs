@@ -329,6 +329,48 @@ async fn sigterm_lets_a_stream_finish_and_exits_zero() {
     assert!(!mux.hooks.events().iter().any(|e| e.starts_with("sleep")));
 }
 
+/// `policy.sleep_on_shutdown: true`: after a stream in flight finished,
+/// every model still awake (both residents, with a capacity of 2) is put
+/// to sleep before llmux exits; a model asleep is left alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_with_sleep_on_shutdown_sleeps_every_awake_model_after_draining() {
+    let mut mux =
+        mux().model("a").model("b").model("c").config("capacity: 2").policy("sleep_on_shutdown: true").start();
+    for m in ["a", "b"] {
+        let r = http::post(&mux.url(CHAT), &chat(m)).await;
+        assert_eq!((r.status.as_u16(), r.served_by()), (200, m), "{}", r.text());
+    }
+    let stream = mux.slow_stream("a", 4, 150).await;
+    let stream = tokio::spawn(frames(stream));
+    let signalled = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64();
+    mux.llmux.signal(Signal::SIGTERM);
+    assert!(joined(&stream.await.expect("stream")).contains("[DONE]"), "the stream was cut");
+    let status = tokio::task::block_in_place(|| mux.llmux.wait_exit());
+    assert_eq!(status.code(), Some(0), "{}", mux.log());
+    let events = mux.hooks.events();
+    for m in ["a", "b"] {
+        assert!(events.contains(&format!("sleep-end {m}")), "{m} not slept: {events:?}");
+    }
+    assert!(!events.iter().any(|e| e.ends_with(" c")), "c was asleep: {events:?}");
+    // The sleeps started after the stream's three pauses of 150 ms: once it had drained.
+    let timed = mux.hooks.timed_events();
+    let first_sleep = timed.iter().find(|(_, e)| e.starts_with("sleep-start")).expect("a sleep").0;
+    assert!(first_sleep >= signalled + 0.4, "a sleep started {:.3} s after SIGTERM", first_sleep - signalled);
+}
+
+/// A sleep hook that fails at shutdown makes the exit code say so.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_sleep_on_shutdown_exits_non_zero() {
+    let mut mux = mux().model("a").policy("sleep_on_shutdown: true").start();
+    assert_eq!(http::post(&mux.url(CHAT), &chat("a")).await.status, 200);
+    mux.hooks.set("fail-sleep-a");
+    mux.llmux.signal(Signal::SIGTERM);
+    let status = tokio::task::block_in_place(|| mux.llmux.wait_exit());
+    assert_eq!(status.code(), Some(1));
+    mux.hooks.wait_for("sleep-fail a").await;
+    assert!(mux.log().contains("may still be loaded"), "{}", mux.log());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_answers_queued_requests_with_503_and_kills_a_held_hook_after_the_grace() {
     let mut mux = mux().model("a").config("shutdown_grace_secs: 1").start();

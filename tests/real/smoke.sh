@@ -17,8 +17,8 @@ log="$(mktemp "${TMPDIR:-/tmp}/llmux-smoke.XXXXXX.log")"
 base="http://127.0.0.1:$port"
 
 "$LLAMA_SERVER" -m "$LLMUX_REAL_MODEL" --host 127.0.0.1 --port "$port" \
-    -c 2048 -t 1 -np 1 --alias gemma-a \
-    --no-webui --no-jinja --chat-template gemma --no-cache-prompt \
+    -c 4096 -t "$(nproc)" -np 1 --alias gemma-a \
+    --jinja --no-webui --no-cache-prompt \
     >"$log" 2>&1 &
 pid=$!
 stop() {

@@ -2,10 +2,16 @@
 # llmux wake hook: start llama-server for $LLMUX_MODEL on $LLMUX_PORT and
 # return once /health answers 200. A no-op when it is already healthy.
 #
-# Binary and model: $LLAMA_SERVER and $LLMUX_REAL_MODEL, else the env file
-# written by tests/real/install.sh in ${LLMUX_REAL_CACHE:-$HOME/.cache/llmux-real}.
-# Extra llama-server flags (e.g. "-ngl 99 -t 8"): $LLMUX_LLAMA_ARGS, split on
-# spaces, placed last so they override the defaults below.
+# Per model (set them in the model's `env` in llmux's config):
+#   LLAMA_MODEL        the GGUF (also read as LLMUX_REAL_MODEL)
+#   LLAMA_SERVER_ARGS  extra llama-server flags (e.g. "-c 8192 -ngl 99"),
+#                      split on spaces, placed last so they override the
+#                      defaults below (also read as LLMUX_LLAMA_ARGS)
+#   LLAMA_THREADS      CPU threads (default: nproc)
+#   LLAMA_SERVER       the llama-server binary
+# A binary or model not given comes from the env file written by
+# tests/real/install.sh in ${LLMUX_REAL_CACHE:-$HOME/.cache/llmux-real}.
+# The chat template is the GGUF's own (--jinja).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -15,21 +21,22 @@ if healthy; then
     exit 0
 fi
 
-if [ -z "${LLAMA_SERVER:-}" ] || [ -z "${LLMUX_REAL_MODEL:-}" ]; then
+model="${LLAMA_MODEL:-${LLMUX_REAL_MODEL:-}}"
+if [ -z "${LLAMA_SERVER:-}" ] || [ -z "$model" ]; then
     env_file="${LLMUX_REAL_CACHE:-$HOME/.cache/llmux-real}/env"
     if [ ! -r "$env_file" ]; then
-        say "LLAMA_SERVER/LLMUX_REAL_MODEL unset and no $env_file (run tests/real/install.sh)"
+        say "LLAMA_SERVER/LLAMA_MODEL unset and no $env_file (run tests/real/install.sh)"
         exit 1
     fi
     given_server="${LLAMA_SERVER:-}"
-    given_model="${LLMUX_REAL_MODEL:-}"
     # shellcheck disable=SC1090
     . "$env_file"
     LLAMA_SERVER="${given_server:-$LLAMA_SERVER}"
-    LLMUX_REAL_MODEL="${given_model:-$LLMUX_REAL_MODEL}"
+    model="${model:-$LLMUX_REAL_MODEL}"
 fi
 [ -x "$LLAMA_SERVER" ] || { say "not executable: $LLAMA_SERVER"; exit 1; }
-[ -r "$LLMUX_REAL_MODEL" ] || { say "model not readable: $LLMUX_REAL_MODEL"; exit 1; }
+[ -r "$model" ] || { say "model not readable: $model"; exit 1; }
+threads="${LLAMA_THREADS:-$(nproc 2>/dev/null || echo 4)}"
 
 mkdir -p "$STATE_DIR"
 
@@ -38,7 +45,7 @@ if pid="$(server_pid)"; then
     say "llama-server already running (pid $pid), waiting for it"
 else
     # shellcheck disable=SC2206
-    extra=(${LLMUX_LLAMA_ARGS:-})
+    extra=(${LLAMA_SERVER_ARGS:-${LLMUX_LLAMA_ARGS:-}})
     rm -f "$PID_FILE"
     printf '\n==== %s wake: starting %s on port %s\n' "$(date '+%F %T')" "$LLMUX_MODEL" "$LLMUX_PORT" >>"$LOG_FILE"
     # setsid: the server leaves the hook's process group, so it outlives the
@@ -46,11 +53,11 @@ else
     # its own pid, then execs llama-server under that same pid.
     # shellcheck disable=SC2016
     setsid sh -c 'echo $$ >"$0"; exec "$@"' "$PID_FILE" \
-        "$LLAMA_SERVER" -m "$LLMUX_REAL_MODEL" \
+        "$LLAMA_SERVER" -m "$model" \
         --host 127.0.0.1 --port "$LLMUX_PORT" \
         --alias "$LLMUX_MODEL" \
-        -c 2048 -t 1 -np 1 \
-        --no-webui --no-jinja --chat-template gemma --no-cache-prompt \
+        -c 4096 -t "$threads" -np 1 \
+        --jinja --no-webui \
         "${extra[@]}" \
         </dev/null >>"$LOG_FILE" 2>&1 &
     # Wait for the pid file (written before exec).

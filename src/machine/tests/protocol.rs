@@ -25,7 +25,8 @@ fn startup_checks_every_model_at_once_and_adopts_the_first_up_in_config_order() 
     // b is first in config order among the models that are up; c, also up,
     // is put to sleep; then the request waiting for a starts a switch.
     assert_eq!(h.effects(), [Action::Publish(B), Action::RunHook(C, Sleep), Action::Gate(B)]);
-    assert!(h.reported(&Report::Adopted(B)));
+    assert!(h.reported(&Report::Adopted(vec![B])));
+    assert!(h.reported(&Report::Down(A)) && !h.reported(&Report::Down(C)));
     assert!(h.m.is_loaded(B) && h.m.is_loaded(C) && !h.m.is_loaded(A));
     assert_eq!(h.state(C), ModelState::Sleeping);
 }
@@ -56,6 +57,7 @@ fn startup_with_nothing_up_adopts_none() {
     let actions = h.start(&[]);
     assert!(effects(&actions).is_empty());
     assert!(h.reported(&Report::NoneAdopted));
+    assert!(h.reported(&Report::Down(A)) && h.reported(&Report::Down(B)));
     assert!(!h.m.is_loaded(A) && !h.m.is_loaded(B));
 }
 

@@ -321,6 +321,12 @@ pub fn start_llmux_with_env(config: &Path, env: &[(String, String)]) -> Process 
     Process::start(llmux_command(config, env, &[]))
 }
 
+/// Starts the real `llmux` binary on `config` with extra environment
+/// variables and command-line arguments.
+pub fn start_llmux_with(config: &Path, env: &[(String, String)], args: &[&str]) -> Process {
+    Process::start(llmux_command(config, env, args))
+}
+
 /// The command `start_llmux*` run: `llmux -c CONFIG ARGS`, debug logs to
 /// `llmux.log` next to the config.
 fn llmux_command(config: &Path, env: &[(String, String)], args: &[&str]) -> Command {
