@@ -17,6 +17,8 @@ use std::time::Duration;
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
+use crate::backend::Backend;
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -55,13 +57,13 @@ pub struct Config {
     pub capacity: Option<f64>,
 }
 
-/// One model: its backend port and its three hooks.
+/// One model: its backend and its three hooks.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
     /// The name clients send as `model`.
     pub name: String,
-    /// Backend port on 127.0.0.1.
-    pub port: u16,
+    /// Where its backend listens (`port` on 127.0.0.1, or `url`).
+    pub backend: Backend,
     /// Hook that makes the backend ready to serve.
     pub wake: Hook,
     /// Hook that frees the GPU.
@@ -348,7 +350,8 @@ fn with_body_bytes_in_memory(mut limits: Limits, raw: Option<u64>, max_body_byte
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawModel {
-    port: u16,
+    port: Option<u16>,
+    url: Option<String>,
     wake: String,
     sleep: String,
     alive: String,
@@ -496,10 +499,10 @@ fn validate(raw: RawConfig, base_dir: PathBuf) -> Result<Config, ConfigError> {
     if raw_models.is_empty() {
         return Err(err("models: at least one model must be configured"));
     }
-    let mut ports = HashSet::new();
+    let mut endpoints = HashSet::new();
     let mut models = Vec::with_capacity(raw_models.len());
     for (name, m) in raw_models {
-        models.push(validate_model(name, m, &raw.policy, policy.hook_kill_grace, &mut ports, &models)?);
+        models.push(validate_model(name, m, &raw.policy, policy.hook_kill_grace, &mut endpoints, &models)?);
     }
     let max_body_bytes = raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
     if max_body_bytes == 0 {
@@ -579,19 +582,13 @@ fn validate_model(
     m: RawModel,
     policy: &RawPolicy,
     kill_grace: Duration,
-    ports: &mut HashSet<u16>,
+    endpoints: &mut HashSet<(String, u16)>,
     earlier: &[ModelConfig],
 ) -> Result<ModelConfig, ConfigError> {
     if name.trim().is_empty() || name.chars().any(char::is_control) {
         return Err(err(format!("models.{name:?}: a model name must be non-empty text")));
     }
-    if m.port == 0 {
-        return Err(err(format!("models.{name}.port: must not be 0")));
-    }
-    if !ports.insert(m.port) {
-        let other = earlier.iter().find(|o| o.port == m.port).map_or("", |o| o.name.as_str());
-        return Err(err(format!("models.{name}.port: port {} is already used by model `{other}`", m.port)));
-    }
+    let backend = model_backend(&name, m.port, m.url.as_deref(), endpoints, earlier)?;
     let hook = |kind: &str, script: String, own: Option<u64>, default: Option<u64>, fallback| {
         if script.trim().is_empty() {
             return Err(err(format!("models.{name}.{kind}: the hook must not be empty")));
@@ -614,9 +611,37 @@ fn validate_model(
         pinned: m.pinned,
         weight: model_weight(&name, m.weight)?,
         max_wait: max_wait(&name, m.max_wait_secs.or(policy.max_wait_secs))?,
-        port: m.port,
+        backend,
         name,
     })
+}
+
+/// `models.<name>.port` or `.url`, exactly one; no two models on the same
+/// host and port.
+fn model_backend(
+    name: &str,
+    port: Option<u16>,
+    url: Option<&str>,
+    endpoints: &mut HashSet<(String, u16)>,
+    earlier: &[ModelConfig],
+) -> Result<Backend, ConfigError> {
+    let (key, backend) = match (port, url) {
+        (Some(_), Some(_)) => return Err(err(format!("models.{name}: give `port` or `url`, not both"))),
+        (None, None) => {
+            return Err(err(format!(
+                "models.{name}: needs `port` (a backend on 127.0.0.1) or `url` (http://HOST:PORT)"
+            )))
+        }
+        (Some(0), None) => return Err(err(format!("models.{name}.port: must not be 0"))),
+        (Some(port), None) => ("port", Backend::local(port)),
+        (None, Some(url)) => ("url", Backend::from_url(url).map_err(|e| err(format!("models.{name}.url: {e}")))?),
+    };
+    if !endpoints.insert(backend.endpoint()) {
+        let other = earlier.iter().find(|o| o.backend.endpoint() == backend.endpoint()).map_or("", |o| o.name.as_str());
+        let (host, port) = backend.endpoint();
+        return Err(err(format!("models.{name}.{key}: port {port} on {host} is already used by model `{other}`")));
+    }
+    Ok(backend)
 }
 
 /// `models.<name>.weight`: a finite number above 0; 1 if absent.
@@ -761,6 +786,47 @@ mod tests {
             let msg = yaml(text).expect_err(text).to_string();
             assert!(msg.contains(needle), "{text:?} gave {msg:?}");
         }
+    }
+
+    #[test]
+    fn a_model_has_a_port_or_a_url() {
+        let c = yaml("models:\n  a: {url: 'http://gpu-1:8000/llm', wake: w, sleep: s, alive: a}\n  b: {port: 8000, wake: w, sleep: s, alive: a}\n  c: {url: 'http://gpu-2:8000', wake: w, sleep: s, alive: a}\n")
+            .expect("valid");
+        assert_eq!(c.models[0].backend, Backend::from_url("http://gpu-1:8000/llm").expect("url"));
+        assert_eq!(c.models[1].backend, Backend::local(8000));
+        let cases = [
+            (
+                "a: {port: 1, url: 'http://h:1', wake: w, sleep: s, alive: a}",
+                "models.a: give `port` or `url`, not both",
+            ),
+            ("a: {wake: w, sleep: s, alive: a}", "models.a: needs `port`"),
+            (
+                "a: {url: 'https://h:1', wake: w, sleep: s, alive: a}",
+                "models.a.url: `https://h:1`: https is not supported",
+            ),
+            ("a: {url: 'http://h:0', wake: w, sleep: s, alive: a}", "models.a.url"),
+            ("a: {url: 5, wake: w, sleep: s, alive: a}", "url"),
+        ];
+        for (model, needle) in cases {
+            let msg = yaml(&format!("models:\n  {model}\n")).expect_err(model).to_string();
+            assert!(msg.contains(needle), "{model}: {msg}");
+        }
+    }
+
+    #[test]
+    fn no_two_models_share_a_host_and_port() {
+        let twice = |a: &str, b: &str| {
+            yaml(&format!(
+                "models:\n  a: {{{a}, wake: w, sleep: s, alive: a}}\n  b: {{{b}, wake: w, sleep: s, alive: a}}\n"
+            ))
+        };
+        let e = twice("port: 8001", "url: 'http://127.0.0.1:8001/v'").expect_err("the same endpoint");
+        assert!(e.to_string().contains("models.b.url: port 8001 on 127.0.0.1 is already used by model `a`"), "{e}");
+        let e = twice("url: 'http://GPU:80'", "url: 'http://gpu/other'").expect_err("the same endpoint");
+        assert!(e.to_string().contains("models.b.url: port 80 on gpu"), "{e}");
+        // The same port on other hosts is fine.
+        twice("port: 8001", "url: 'http://127.0.0.2:8001'").expect("another address");
+        twice("url: 'http://gpu-1:8001'", "url: 'http://gpu-2:8001'").expect("another host");
     }
 
     #[test]

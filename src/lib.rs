@@ -19,9 +19,11 @@
 //!    lock, no channel, no allocation. Otherwise (a *miss*) the request
 //!    queues for its model and tells the switch task through the
 //!    [`inbox`].
-//! 4. [`proxy`] forwards it to `127.0.0.1:<port>` over a pooled connection
-//!    of the model's current [`routing::Incarnation`] (the one released
-//!    last, from a lock-free LIFO [`pool`]); the response streams back
+//! 4. [`proxy`] forwards it to the model's [`backend`] (`127.0.0.1:<port>`,
+//!    or its `url`, a host name resolved off the request path by
+//!    [`resolve`]) over a pooled connection of the model's current
+//!    [`routing::Incarnation`] (the one released last, from a lock-free
+//!    LIFO [`pool`]); the response streams back
 //!    frame by frame ([`response`]), its body holding the request's
 //!    [`routing::InFlight`] guard until the last byte or a disconnect.
 //! 5. Any failure is an [`error::Error`], which knows who is at fault and
@@ -60,9 +62,9 @@
 //! # Layers
 //!
 //! Each module imports only from the layers above it in this list (no
-//! import cycle): leaves ([`config`], [`cli`], [`model`], [`clock`],
-//! [`machine`], [`events`], [`shutdown`], [`detect`], [`procfs`],
-//! [`budget`], [`pool`], [`access`]); [`metrics`] primitives; [`inbox`], [`reaper`],
+//! import cycle): leaves ([`config`], [`backend`], [`cli`], [`model`],
+//! [`clock`], [`machine`], [`events`], [`shutdown`], [`detect`],
+//! [`procfs`], [`budget`], [`pool`], [`resolve`], [`access`]); [`metrics`] primitives; [`inbox`], [`reaper`],
 //! [`hooks`], [`error`], [`auth`], [`body`]; the [`catalog`]; [`proxy`],
 //! [`routing`]; [`state`]; [`queue`], [`switcher`]; [`response`];
 //! [`exposition`], [`api`], [`control`]; [`service`]; [`server`].
@@ -73,6 +75,7 @@
 pub mod access;
 pub mod api;
 pub mod auth;
+pub mod backend;
 pub mod body;
 pub mod budget;
 pub mod catalog;
@@ -94,6 +97,7 @@ pub mod procfs;
 pub mod proxy;
 pub mod queue;
 pub mod reaper;
+pub mod resolve;
 pub mod response;
 pub mod routing;
 pub mod server;

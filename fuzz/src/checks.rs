@@ -265,11 +265,11 @@ fn config_problems(c: &Config, base_dir: &Path) -> Vec<String> {
         if !names.insert(m.name.as_str()) {
             new(format!("model name {:?} twice", m.name));
         }
-        if m.port == 0 {
+        if m.backend.port() == 0 {
             new(format!("model {:?} on port 0", m.name));
         }
-        if !ports.insert(m.port) {
-            new(format!("port {} used twice", m.port));
+        if !ports.insert(m.backend.endpoint()) {
+            new(format!("{:?} used twice", m.backend.endpoint()));
         }
         for (kind, hook) in [("wake", &m.wake), ("sleep", &m.sleep), ("alive", &m.alive)] {
             if hook.script.trim().is_empty() {

@@ -20,6 +20,7 @@ mod metrics;
 mod protocol;
 mod real;
 mod reload;
+mod remote;
 mod residents;
 mod routing;
 mod scheduling;
