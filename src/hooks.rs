@@ -146,6 +146,10 @@ fn spawn(script: &str, model: &ModelConfig, dir: &Path) -> std::io::Result<(Chil
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    // llmux's own socket activation and notification socket.
+    for var in crate::systemd::CHILD_UNSET {
+        cmd.env_remove(var);
+    }
     reaper::spawn_hook(&mut cmd)
 }
 

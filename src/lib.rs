@@ -64,12 +64,14 @@
 //! Each module imports only from the layers above it in this list (no
 //! import cycle): leaves ([`config`], [`backend`], [`cli`], [`model`],
 //! [`clock`], [`machine`], [`events`], [`shutdown`], [`detect`],
-//! [`procfs`], [`budget`], [`pool`], [`resolve`], [`access`]); [`metrics`] primitives; [`inbox`], [`reaper`],
+//! [`procfs`], [`budget`], [`pool`], [`resolve`], [`systemd`], [`access`]); [`metrics`] primitives; [`inbox`], [`reaper`],
 //! [`hooks`], [`error`], [`auth`], [`body`]; the [`catalog`]; [`proxy`],
 //! [`routing`]; [`state`]; [`queue`], [`switcher`]; [`response`];
 //! [`exposition`], [`api`], [`control`]; [`service`]; [`server`].
 
-#![forbid(unsafe_code)]
+// `deny`, not `forbid`: one function, `systemd::adopt_fd3`, takes
+// ownership of the socket the service manager passed (see its SAFETY).
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod access;
@@ -106,6 +108,7 @@ pub mod shutdown;
 pub mod simulate;
 pub mod state;
 pub mod switcher;
+pub mod systemd;
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -137,6 +140,14 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
         }
     };
     init_logging(options.log_format);
+    // Before any thread starts: fd 3 is the service manager's socket.
+    let inherited = match systemd::inherited_listener() {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("llmux: socket activation: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     if options.subreaper {
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
             eprintln!("llmux: --subreaper: cannot become a child subreaper: {e}");
@@ -152,7 +163,7 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
         }
     };
     let file = state::ConfigFile { path: options.config.clone(), port: options.port };
-    let exit = runtime.block_on(serve_until_signal(config, file));
+    let exit = runtime.block_on(serve_until_signal(config, file, inherited));
     // Hooks still running are killed as their tasks are dropped here.
     drop(runtime);
     exit
@@ -211,10 +222,19 @@ fn init_logging(format: cli::LogFormat) {
     };
 }
 
-async fn serve_until_signal(config: Config, file: state::ConfigFile) -> ExitCode {
+async fn serve_until_signal(
+    config: Config,
+    file: state::ConfigFile,
+    inherited: Option<std::net::TcpListener>,
+) -> ExitCode {
     // Only when orphans are given to llmux (PID 1, or --subreaper).
     let _reaper = reaper::start().map(AbortOnDrop);
-    let server = match Server::bind_from(config, Some(file)).await {
+    let activated = inherited.is_some();
+    let bound = match inherited {
+        Some(listener) => Server::from_listener(listener, config, Some(file)),
+        None => Server::bind_from(config, Some(file)).await,
+    };
+    let server = match bound {
         Ok(server) => server,
         Err(e) => {
             eprintln!("llmux: cannot listen: {e}");
@@ -230,20 +250,44 @@ async fn serve_until_signal(config: Config, file: state::ConfigFile) -> ExitCode
             let mut out = std::io::stdout();
             let _ = writeln!(out, "listening on {addr}");
             let _ = out.flush();
-            tracing::info!(%addr, "listening");
+            if activated {
+                tracing::info!(%addr, "listening on the socket passed by the service manager (host and port unused)");
+            } else {
+                tracing::info!(%addr, "listening");
+            }
         }
         Err(e) => tracing::warn!("cannot read the bound address: {e}"),
     }
     if let Some(hup) = signals.hup {
         tokio::spawn(reload_on_sighup(std::sync::Arc::clone(server.shared()), hup));
     }
-    let exit = server.serve(shutdown_signal(signals.term, signals.int)).await;
+    let notifier = systemd::Notifier::from_env().map(std::sync::Arc::new);
+    if let Some(notifier) = &notifier {
+        tokio::spawn(notify_ready(std::sync::Arc::clone(server.shared()), std::sync::Arc::clone(notifier)));
+    }
+    let stopping = async {
+        shutdown_signal(signals.term, signals.int).await;
+        if let Some(notifier) = &notifier {
+            notifier.notify("STOPPING=1");
+        }
+    };
+    let exit = server.serve(stopping).await;
     if exit.clean {
         tracing::info!("shut down cleanly");
         ExitCode::SUCCESS
     } else {
         tracing::warn!("shut down with requests or hooks cut short");
         ExitCode::FAILURE
+    }
+}
+
+/// Tells the service manager `READY=1` once start-up adoption is done (the
+/// socket was listening before the switch task started).
+async fn notify_ready(shared: std::sync::Arc<state::Shared>, notifier: std::sync::Arc<systemd::Notifier>) {
+    shared.started.wait().await;
+    if !shared.shutdown.is_started() {
+        notifier.notify("READY=1");
+        tracing::info!("start-up done: told the service manager READY=1");
     }
 }
 

@@ -221,6 +221,10 @@ impl Executor {
             }
         }
         self.shared.capacity_used.store(self.machine.used().to_bits(), Relaxed);
+        if !self.machine.is_starting() {
+            // Start-up adoption is done (this runs after `Event::Start`).
+            self.shared.started.set();
+        }
     }
 
     fn execute(&mut self, action: Action) {

@@ -28,3 +28,4 @@ mod sim_vs_real;
 mod simulate;
 mod soak;
 mod switching;
+mod systemd;

@@ -40,8 +40,14 @@ pub struct Process {
 
 impl Process {
     /// Starts `cmd` and waits for its `listening on ADDR` stdout line.
-    pub fn start(mut cmd: Command) -> Process {
-        cmd.stdout(Stdio::piped()).stdin(Stdio::null());
+    pub fn start(cmd: Command) -> Process {
+        Process::start_with_stdin(cmd, Stdio::null())
+    }
+
+    /// [`Process::start`] with `stdin` as the child's standard input (a
+    /// socket to hand over, say).
+    pub fn start_with_stdin(mut cmd: Command, stdin: Stdio) -> Process {
+        cmd.stdout(Stdio::piped()).stdin(stdin);
         let mut child = cmd.spawn().expect("spawn");
         let stdout = child.stdout.take().expect("stdout");
         let mut reader = BufReader::new(stdout);
@@ -362,7 +368,7 @@ pub fn start_llmux_with_env(config: &Path, env: &[(String, String)]) -> Process 
 
 /// The command `start_llmux*` run: `llmux -c CONFIG ARGS`, debug logs to
 /// `llmux.log` next to the config.
-fn llmux_command(config: &Path, env: &[(String, String)], args: &[&str]) -> Command {
+pub fn llmux_command(config: &Path, env: &[(String, String)], args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_llmux"));
     cmd.arg("-c").arg(config).args(args).env("RUST_LOG", "llmux=debug");
     cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
