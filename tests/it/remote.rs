@@ -5,6 +5,7 @@
 //! died, and `https://` refused at load.
 
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hyper::Method;
@@ -180,4 +181,78 @@ fn an_https_url_is_a_config_error_that_says_so() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("models.a.url: `https://gpu-1:8443`: https is not supported"), "{stderr}");
+}
+
+/// A fake Docker Engine API on a unix socket: answers every request 204
+/// (`GET .../json`: a running container) and records its request line.
+async fn fake_docker_api(path: &std::path::Path) -> Arc<parking_lot::Mutex<Vec<String>>> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::UnixListener::bind(path).expect("bind the fake Docker socket");
+    let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let log = Arc::clone(&log);
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(stream);
+                let mut line = String::new();
+                if reader.read_line(&mut line).await.is_err() {
+                    return;
+                }
+                let request = line.trim_end().to_owned();
+                loop {
+                    let mut header = String::new();
+                    match reader.read_line(&mut header).await {
+                        Ok(n) if n > 2 => continue,
+                        _ => break,
+                    }
+                }
+                let answer = if request.starts_with("GET ") {
+                    let body = r#"{"State":{"Running":true}}"#;
+                    format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len())
+                } else {
+                    "HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n".to_owned()
+                };
+                log.lock().push(request);
+                let _ = reader.get_mut().write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    seen
+}
+
+/// Runs `hook` from `examples/containers` (as llmux would, in the
+/// config's directory) with `env`; its exit status.
+async fn run_example_hook(hook: &str, env: &[(&str, &str)]) -> std::process::ExitStatus {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/containers");
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.arg("-c").arg(hook).current_dir(dir).envs(env.iter().copied()).stdin(Stdio::null());
+    tokio::time::timeout(PATIENCE, cmd.status()).await.expect("the hook hung").expect("run the hook")
+}
+
+#[tokio::test]
+async fn the_container_examples_hooks_drive_the_docker_api() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("docker.sock");
+    let seen = fake_docker_api(&socket).await;
+    let backend = crate::support::standin("embed");
+    let upstream = format!("http://{}", backend.addr);
+    let env = [("DOCKER_SOCKET", socket.to_str().expect("utf-8")), ("LLMUX_UPSTREAM", upstream.as_str())];
+
+    let start = run_example_hook("CONTAINER=llmux-embed ./hooks/container-start.sh", &env).await;
+    assert!(start.success(), "{start:?}");
+    let stop = run_example_hook("CONTAINER=llmux-embed ./hooks/container-stop.sh", &env).await;
+    assert!(stop.success(), "{stop:?}");
+    assert_eq!(
+        *seen.lock(),
+        ["POST /containers/llmux-embed/start HTTP/1.1", "POST /containers/llmux-embed/stop?t=30 HTTP/1.1"]
+    );
+    assert!(run_example_hook("./hooks/http-alive.sh", &env).await.success());
+    let gone = format!("http://127.0.0.1:{}", crate::support::backend::free_port());
+    let down = run_example_hook("./hooks/http-alive.sh", &[("LLMUX_UPSTREAM", gone.as_str())]).await;
+    assert!(!down.success(), "alive passed for a backend that is not there");
+    // The example's config is valid as shipped.
+    let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/containers/config.yaml");
+    let out = Command::new(env!("CARGO_BIN_EXE_llmux")).arg("--check").arg("-c").arg(&config).output().expect("check");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
