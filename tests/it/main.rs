@@ -23,6 +23,7 @@ mod reload;
 mod remote;
 mod residents;
 mod routing;
+mod scale_out;
 mod scheduling;
 mod sim_vs_real;
 mod simulate;
