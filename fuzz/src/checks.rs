@@ -271,6 +271,16 @@ fn config_problems(c: &Config, base_dir: &Path) -> Vec<String> {
         if !ports.insert(m.backend.endpoint()) {
             new(format!("{:?} used twice", m.backend.endpoint()));
         }
+        let b = &m.backend;
+        if hyper::header::HeaderValue::from_str(b.authority()).is_err() {
+            new(format!("model {:?}: Host {:?} is not a header value", m.name, b.authority()));
+        }
+        if b.base_path().ends_with('/') || !(b.base_path().is_empty() || b.base_path().starts_with('/')) {
+            new(format!("model {:?}: base path {:?}", m.name, b.base_path()));
+        }
+        if llmux::backend::Backend::from_url(&b.url()).as_ref() != Ok(b) {
+            new(format!("model {:?}: its URL {} does not read back as the same backend", m.name, b.url()));
+        }
         for (kind, hook) in [("wake", &m.wake), ("sleep", &m.sleep), ("alive", &m.alive)] {
             if hook.script.trim().is_empty() {
                 new(format!("model {:?}: empty {kind} hook", m.name));

@@ -99,9 +99,15 @@ async fn requests_seen(mux: &Mux, model: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn haproxy_routes_by_model_to_two_nodes_and_fails_the_shared_model_over() {
     if !haproxy_installed() {
-        assert!(std::env::var_os("LLMUX_REQUIRE_HAPROXY").is_none(), "LLMUX_REQUIRE_HAPROXY is set but haproxy is not installed");
+        assert!(
+            std::env::var_os("LLMUX_REQUIRE_HAPROXY").is_none(),
+            "LLMUX_REQUIRE_HAPROXY is set but haproxy is not installed"
+        );
         // Past the test harness's capture: a line on the terminal.
-        let _ = writeln!(std::io::stderr().lock(), "scale-out test skipped: haproxy is not installed (apt-get install haproxy)");
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "scale-out test skipped: haproxy is not installed (apt-get install haproxy)"
+        );
         return;
     }
     let (a, b) = nodes().await;
@@ -111,8 +117,12 @@ async fn haproxy_routes_by_model_to_two_nodes_and_fails_the_shared_model_over() 
     // The merged model list, answered by HAProxy itself.
     let list = http::get(&url("/v1/models")).await;
     assert_eq!(list.status, 200, "{}", list.text());
-    let ids: Vec<String> =
-        list.json()["data"].as_array().expect("data").iter().map(|m| m["id"].as_str().unwrap_or("").to_owned()).collect();
+    let ids: Vec<String> = list.json()["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|m| m["id"].as_str().unwrap_or("").to_owned())
+        .collect();
     assert_eq!(ids, ["llama-70b", "qwen-7b", "coder-32b", "mistral-7b"]);
 
     // Each model reaches the node that serves it.
@@ -188,7 +198,8 @@ fn the_scale_out_example_is_consistent() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/scale-out");
     let models_of = |node: &str| -> Vec<String> {
         let path = dir.join(format!("{node}.yaml"));
-        let out = Command::new(env!("CARGO_BIN_EXE_llmux")).arg("--check").arg("-c").arg(&path).output().expect("check");
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_llmux")).arg("--check").arg("-c").arg(&path).output().expect("check");
         assert!(out.status.success(), "{node}: {}", String::from_utf8_lossy(&out.stderr));
         let config = llmux::Config::load(&path).expect("load");
         config.models.iter().map(|m| m.name.clone()).collect()
