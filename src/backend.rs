@@ -89,10 +89,11 @@ impl Backend {
         let host = parse_host(authority.host()).ok_or_else(|| format!("`{url}`: no host"))?;
         // What follows the host: `:PORT`, or nothing.
         let port_text = authority.as_str().get(authority.host().len()..).and_then(|p| p.strip_prefix(':'));
-        let (port, port_given) = match port_text.map(str::parse::<u16>) {
-            Some(Ok(0)) => return Err(format!("`{url}`: the port must not be 0")),
-            Some(Ok(port)) => (port, true),
-            Some(Err(_)) => return Err(format!("`{url}`: the port must be a number from 1 to 65535")),
+        let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+        let (port, port_given) = match port_text.map(|p| (digits(p), p.parse::<u16>())) {
+            Some((true, Ok(0))) => return Err(format!("`{url}`: the port must not be 0")),
+            Some((true, Ok(port))) => (port, true),
+            Some(_) => return Err(format!("`{url}`: the port must be a number from 1 to 65535")),
             None => (80, false),
         };
         Ok(Backend {
@@ -193,6 +194,7 @@ mod tests {
             ("http://gpu:0", "must not be 0"),
             ("http://gpu:99999", "1 to 65535"),
             ("http://gpu:", "1 to 65535"),
+            ("http://gpu:+80", "1 to 65535"),
             ("http://user:pw@gpu:8000", "credentials"),
             ("http://gpu:8000/v1?x=1", "query"),
             ("http://gpu:8000/#top", "fragment"),
