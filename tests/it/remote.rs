@@ -114,7 +114,13 @@ async fn a_host_name_is_resolved_and_sent_as_the_host_header() {
 #[tokio::test]
 async fn a_name_that_does_not_resolve_is_a_502_that_names_it() {
     // `.invalid` never resolves (RFC 2606); the model's alive hook passes.
-    let mux = mux().model("a").remote("a", "127.0.0.1", "no-such-backend.invalid", "").up_at_start("a").start();
+    // A long connect timeout: a slow resolver still ends in "cannot resolve".
+    let mux = mux()
+        .model("a")
+        .remote("a", "127.0.0.1", "no-such-backend.invalid", "")
+        .up_at_start("a")
+        .config("limits: {upstream_connect_timeout_secs: 30}")
+        .start();
     mux.wait_state("a", "active").await;
     let r = http::post(&mux.url(CHAT), &chat("a")).await;
     r.assert_error(502, "backend_error");
