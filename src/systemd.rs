@@ -18,7 +18,7 @@
 //! Taking ownership of an inherited file descriptor is the one thing in
 //! llmux that needs `unsafe` (`OwnedFd::from_raw_fd`: no safe API can vouch
 //! that a number is an open descriptor nobody else owns). It is confined to
-//! [`adopt_fd3`], whose `SAFETY` comment states the contract that makes it
+//! `adopt_fd3`, whose `SAFETY` comment states the contract that makes it
 //! sound; the crate denies `unsafe_code` everywhere else.
 
 use std::net::TcpListener;
