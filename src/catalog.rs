@@ -309,13 +309,13 @@ mod tests {
         assert_eq!((second.lookup("a"), second.lookup("b"), second.lookup("c")), (None, Some(1), Some(2)));
         assert!(Arc::ptr_eq(&first.slots[1], &second.slots[1]), "b keeps its slot");
         assert!(second.is_removed(0));
-        assert_eq!(second.hooks_of(0).map(|m| m.port), Some(1), "a removed model keeps its hooks");
+        assert_eq!(second.hooks_of(0).map(|m| m.backend.port()), Some(1), "a removed model keeps its hooks");
         let names: Vec<&str> = second.live().map(|(_, m, _)| m.name.as_str()).collect();
         assert_eq!(names, ["b", "c"]);
         let (third, changes) = second.reload(config(&[("a", 5), ("c", 4)]));
         assert_eq!((changes.added, changes.removed), (vec!["a".to_owned()], vec!["b".to_owned()]));
         assert_eq!(third.lookup("a"), Some(0), "a returning model gets its old slot back");
-        assert_eq!(third.model(0).map(|m| m.port), Some(5));
+        assert_eq!(third.model(0).map(|m| m.backend.port()), Some(5));
         assert_eq!(third.slots.len(), 3);
     }
 

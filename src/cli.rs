@@ -109,6 +109,10 @@ OPTIONS:
 ENVIRONMENT:
     RUST_LOG             Log filter (default: info), e.g. RUST_LOG=llmux=debug
                          (debug adds one line per request)
+    LISTEN_FDS           systemd socket activation (with LISTEN_PID): serve the
+                         socket at fd 3 instead of binding host:port
+    NOTIFY_SOCKET        systemd Type=notify: READY=1 once start-up adoption is
+                         done, STOPPING=1 at shutdown
 
 SIGNALS:
     SIGHUP               Reread the config file (as POST /llmux/reload)

@@ -8,12 +8,15 @@
 //! Models keep the order they have in the file: `/v1/models` lists them in
 //! that order and adoption at start-up prefers the first.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
+
+use crate::backend::Backend;
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -57,13 +60,13 @@ pub struct Config {
     pub env_used: Vec<crate::substitute::Used>,
 }
 
-/// One model: its backend port and its three hooks.
+/// One model: its backend and its three hooks.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
     /// The name clients send as `model`.
     pub name: String,
-    /// Backend port on 127.0.0.1.
-    pub port: u16,
+    /// Where its backend listens (`port` on 127.0.0.1, or `url`).
+    pub backend: Backend,
     /// Hook that makes the backend ready to serve.
     pub wake: Hook,
     /// Hook that frees the GPU.
@@ -392,7 +395,8 @@ fn with_body_bytes_in_memory(mut limits: Limits, raw: Option<u64>, max_body_byte
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawModel {
-    port: u16,
+    port: Option<u16>,
+    url: Option<String>,
     wake: String,
     sleep: String,
     alive: String,
@@ -697,9 +701,10 @@ fn validate(raw: RawConfig, base_dir: PathBuf) -> Result<Config, ConfigError> {
     if raw_models.is_empty() {
         return Err(err("models: at least one model must be configured"));
     }
+    let mut endpoints = HashSet::new();
     let mut models = Vec::with_capacity(raw_models.len());
     for (name, m) in raw_models {
-        let model = validate_model(name, m, &policy, &base_dir, &models)?;
+        let model = validate_model(name, m, &policy, &base_dir, &mut endpoints, &models)?;
         models.push(model);
     }
     let max_body_bytes = raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
@@ -792,17 +797,13 @@ fn validate_model(
     m: RawModel,
     policy: &Policy,
     base_dir: &Path,
+    endpoints: &mut HashSet<(String, u16)>,
     earlier: &[ModelConfig],
 ) -> Result<ModelConfig, ConfigError> {
     if name.trim().is_empty() || name.chars().any(char::is_control) {
         return Err(err(format!("models.{name:?}: a model name must be non-empty text")));
     }
-    if m.port == 0 {
-        return Err(err(format!("models.{name}.port: must not be 0")));
-    }
-    if let Some(other) = earlier.iter().find(|o| o.port == m.port) {
-        return Err(err(format!("models.{name}.port: port {} is already used by model `{}`", m.port, other.name)));
-    }
+    let backend = model_backend(&name, m.port, m.url.as_deref(), endpoints, earlier)?;
     let key = |k: &str| format!("models.{name}.{k}");
     let d = &policy.model_defaults;
     let hook = |kind: &str, script: String, own: Secs, default: Duration| {
@@ -831,7 +832,7 @@ fn validate_model(
             .then_some(d.stream_wait_feedback_every),
         env: model_env(&name, m.env)?,
         dir: model_dir(&name, m.dir, base_dir)?,
-        port: m.port,
+        backend,
         name,
     })
 }
@@ -848,7 +849,7 @@ fn feedback_interval(secs: Option<f64>) -> Result<Duration, ConfigError> {
 }
 
 /// `models.<name>.env`: names a shell can use, values without NUL bytes;
-/// `LLMUX_MODEL` and `LLMUX_PORT` are llmux's to set.
+/// `LLMUX_MODEL`, `LLMUX_PORT` and `LLMUX_UPSTREAM` are llmux's to set.
 fn model_env(name: &str, env: RawEnv) -> Result<Vec<(String, String)>, ConfigError> {
     for (var, value) in &env.0 {
         let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
@@ -857,7 +858,7 @@ fn model_env(name: &str, env: RawEnv) -> Result<Vec<(String, String)>, ConfigErr
                 "models.{name}.env: `{var}` is not a variable name (letters, digits and _, not starting with a digit)"
             )));
         }
-        if var == "LLMUX_MODEL" || var == "LLMUX_PORT" {
+        if var == "LLMUX_MODEL" || var == "LLMUX_PORT" || var == "LLMUX_UPSTREAM" {
             return Err(err(format!("models.{name}.env.{var}: set by llmux for every hook")));
         }
         if value.contains('\0') {
@@ -877,6 +878,34 @@ fn model_dir(name: &str, dir: Option<String>, base_dir: &Path) -> Result<PathBuf
         }
         Some(d) => Ok(base_dir.join(d)),
     }
+}
+
+/// `models.<name>.port` or `.url`, exactly one; no two models on the same
+/// host and port.
+fn model_backend(
+    name: &str,
+    port: Option<u16>,
+    url: Option<&str>,
+    endpoints: &mut HashSet<(String, u16)>,
+    earlier: &[ModelConfig],
+) -> Result<Backend, ConfigError> {
+    let (key, backend) = match (port, url) {
+        (Some(_), Some(_)) => return Err(err(format!("models.{name}: give `port` or `url`, not both"))),
+        (None, None) => {
+            return Err(err(format!(
+                "models.{name}: needs `port` (a backend on 127.0.0.1) or `url` (http://HOST:PORT)"
+            )))
+        }
+        (Some(0), None) => return Err(err(format!("models.{name}.port: must not be 0"))),
+        (Some(port), None) => ("port", Backend::local(port)),
+        (None, Some(url)) => ("url", Backend::from_url(url).map_err(|e| err(format!("models.{name}.url: {e}")))?),
+    };
+    if !endpoints.insert(backend.endpoint()) {
+        let other = earlier.iter().find(|o| o.backend.endpoint() == backend.endpoint()).map_or("", |o| o.name.as_str());
+        let (host, port) = backend.endpoint();
+        return Err(err(format!("models.{name}.{key}: port {port} on {host} is already used by model `{other}`")));
+    }
+    Ok(backend)
 }
 
 /// `models.<name>.weight`: a finite number above 0; 1 if absent.
@@ -1042,6 +1071,47 @@ mod tests {
     }
 
     #[test]
+    fn a_model_has_a_port_or_a_url() {
+        let c = yaml("models:\n  a: {url: 'http://gpu-1:8000/llm', wake: w, sleep: s, alive: a}\n  b: {port: 8000, wake: w, sleep: s, alive: a}\n  c: {url: 'http://gpu-2:8000', wake: w, sleep: s, alive: a}\n")
+            .expect("valid");
+        assert_eq!(c.models[0].backend, Backend::from_url("http://gpu-1:8000/llm").expect("url"));
+        assert_eq!(c.models[1].backend, Backend::local(8000));
+        let cases = [
+            (
+                "a: {port: 1, url: 'http://h:1', wake: w, sleep: s, alive: a}",
+                "models.a: give `port` or `url`, not both",
+            ),
+            ("a: {wake: w, sleep: s, alive: a}", "models.a: needs `port`"),
+            (
+                "a: {url: 'https://h:1', wake: w, sleep: s, alive: a}",
+                "models.a.url: `https://h:1`: https is not supported",
+            ),
+            ("a: {url: 'http://h:0', wake: w, sleep: s, alive: a}", "models.a.url"),
+            ("a: {url: 5, wake: w, sleep: s, alive: a}", "url"),
+        ];
+        for (model, needle) in cases {
+            let msg = yaml(&format!("models:\n  {model}\n")).expect_err(model).to_string();
+            assert!(msg.contains(needle), "{model}: {msg}");
+        }
+    }
+
+    #[test]
+    fn no_two_models_share_a_host_and_port() {
+        let twice = |a: &str, b: &str| {
+            yaml(&format!(
+                "models:\n  a: {{{a}, wake: w, sleep: s, alive: a}}\n  b: {{{b}, wake: w, sleep: s, alive: a}}\n"
+            ))
+        };
+        let e = twice("port: 8001", "url: 'http://127.0.0.1:8001/v'").expect_err("the same endpoint");
+        assert!(e.to_string().contains("models.b.url: port 8001 on 127.0.0.1 is already used by model `a`"), "{e}");
+        let e = twice("url: 'http://GPU:80'", "url: 'http://gpu/other'").expect_err("the same endpoint");
+        assert!(e.to_string().contains("models.b.url: port 80 on gpu"), "{e}");
+        // The same port on other hosts is fine.
+        twice("port: 8001", "url: 'http://127.0.0.2:8001'").expect("another address");
+        twice("url: 'http://gpu-1:8001'", "url: 'http://gpu-2:8001'").expect("another host");
+    }
+
+    #[test]
     fn max_body_bytes_in_memory_is_at_least_max_body_bytes() {
         let e = yaml(&format!("{TWO}max_body_bytes: 1000\nlimits: {{max_body_bytes_in_memory: 999}}\n"))
             .expect_err("too small");
@@ -1201,7 +1271,7 @@ mod tests {
         assert_eq!(c.api_keys, ["sk-x", "0042"]);
         let a = &c.models[0];
         assert_eq!(
-            (a.port, a.wake.script.as_str(), a.sleep.script.as_str()),
+            (a.backend.port(), a.wake.script.as_str(), a.sleep.script.as_str()),
             (8001, "./wake.sh --x sk-x", "echo $LLMUX_MODEL ${HOME}")
         );
         // A hook that is one word that reads as a boolean stays the text.

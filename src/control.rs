@@ -202,7 +202,8 @@ fn models_status(shared: &Shared, catalog: &Catalog) -> Vec<Value> {
                 "oldest_wait_ms": queue.since.map(|s| millis(s.elapsed())),
                 "in_flight": routing.resident(i).map_or(0, |r| r.in_flight()),
                 "state_secs": slot.time_in_state().as_secs_f64(),
-                "port": m.port,
+                "port": m.backend.given_port(),
+                "upstream": m.backend.url(),
                 "size": m.size,
                 "pinned": m.pinned,
             })

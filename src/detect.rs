@@ -7,9 +7,12 @@
 //! readiness: a client that sends part of the preface and stalls costs
 //! nothing until its next bytes come, and a client that closes is seen at
 //! once (EOF) and dropped. Detection is bounded by the header read timeout
-//! and ends when the server starts shutting down: a connection still being
-//! detected has not joined hyper's graceful shutdown yet, so it must stop
-//! by itself.
+//! and ends soon after the server starts shutting down: a connection still
+//! being detected has not joined hyper's graceful shutdown yet, so it must
+//! stop by itself. It is given [`AT_SHUTDOWN`] more first: a client that
+//! connected just before the shutdown has its first bytes on the way, and
+//! a connection llmux accepted is answered, not closed unread (what makes
+//! a restart under socket activation lose no request).
 
 use std::future::Future;
 use std::io::{self, IoSlice};
@@ -19,6 +22,12 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+
+/// How long a connection still being detected when shutdown starts has
+/// for its first bytes: enough for a client that connected just before
+/// (its bytes follow the handshake within a round trip), short enough not
+/// to hold the shutdown up for idle connections.
+pub const AT_SHUTDOWN: Duration = Duration::from_millis(250);
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 pub const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -52,16 +61,21 @@ where
     T: AsyncRead + Unpin,
 {
     let read = tokio::time::timeout(timeout, read_preface(io));
+    tokio::pin!(read);
     // The read first: when the first bytes are already there, neither the
     // timer nor the shutdown signal is registered.
-    tokio::select! {
+    let read = tokio::select! {
         biased;
-        read = read => match read {
-            Ok(Some((protocol, io))) => Detected::Ready(protocol, io),
-            Ok(None) => Detected::Closed,
-            Err(_) => Detected::TimedOut,
+        read = &mut read => read,
+        () = shutdown => match tokio::time::timeout(AT_SHUTDOWN, read).await {
+            Ok(read) => read,
+            Err(_) => return Detected::Shutdown,
         },
-        () = shutdown => Detected::Shutdown,
+    };
+    match read {
+        Ok(Some((protocol, io))) => Detected::Ready(protocol, io),
+        Ok(None) => Detected::Closed,
+        Err(_) => Detected::TimedOut,
     }
 }
 
@@ -266,6 +280,19 @@ mod tests {
         shutdown.notify_waiters();
         assert!(matches!(detecting.await, Detected::Shutdown));
         drop(client);
+    }
+
+    #[tokio::test]
+    async fn first_bytes_arriving_just_after_the_shutdown_are_still_served() {
+        let (mut client, server) = duplex(64);
+        let shutdown = tokio::sync::Notify::new();
+        let detecting = detect(server, LONG, shutdown.notified());
+        tokio::pin!(detecting);
+        assert!(poll_once(detecting.as_mut()).await.is_none(), "decided on nothing");
+        shutdown.notify_waiters();
+        assert!(poll_once(detecting.as_mut()).await.is_none(), "gave up at once");
+        client.write_all(b"POST / HTTP/1.1\r\n").await.expect("write");
+        assert!(matches!(detecting.await, Detected::Ready(Protocol::Http1, _)));
     }
 
     /// Polls `f` once: its output if it was ready.

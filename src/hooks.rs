@@ -1,8 +1,9 @@
 //! Running the user's wake, sleep and alive hooks.
 //!
 //! A hook is `sh -c SCRIPT`, run in its model's `dir` (by default the
-//! config file's directory) with the model's `env` and `LLMUX_MODEL` and
-//! `LLMUX_PORT` set, in a process group of its own. It is
+//! config file's directory) with the model's `env` and `LLMUX_MODEL`,
+//! `LLMUX_PORT` and `LLMUX_UPSTREAM` set, in a process group of its own.
+//! It is
 //! done when it exits: its stdout and stderr are read to the end by
 //! detached tasks (so a background server it started never gets SIGPIPE),
 //! but never waited for. Output goes to the log line by line, tagged with
@@ -140,12 +141,17 @@ fn spawn(script: &str, model: &ModelConfig, dir: &Path) -> std::io::Result<(Chil
         .current_dir(dir)
         .envs(model.env.iter().map(|(k, v)| (k, v)))
         .env("LLMUX_MODEL", &model.name)
-        .env("LLMUX_PORT", model.port.to_string())
+        .env("LLMUX_PORT", model.backend.given_port().map_or_else(String::new, |p| p.to_string()))
+        .env("LLMUX_UPSTREAM", model.backend.url())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    // llmux's own socket activation and notification socket.
+    for var in crate::systemd::CHILD_UNSET {
+        cmd.env_remove(var);
+    }
     reaper::spawn_hook(&mut cmd)
 }
 
@@ -521,7 +527,7 @@ mod tests {
         };
         ModelConfig {
             name: "m".into(),
-            port: 4242,
+            backend: crate::backend::Backend::local(4242),
             wake: hook(wake),
             sleep: hook("true"),
             alive: hook("true"),
@@ -552,7 +558,9 @@ mod tests {
 
     #[tokio::test]
     async fn exit_codes_decide() {
-        assert!(run_wake("test \"$LLMUX_MODEL:$LLMUX_PORT\" = m:4242", 5000).await.succeeded());
+        assert!(run_wake("test \"$LLMUX_MODEL:$LLMUX_PORT:$LLMUX_UPSTREAM\" = m:4242:http://127.0.0.1:4242", 5000)
+            .await
+            .succeeded());
         let failed = run_wake("exit 3", 5000).await;
         assert!(matches!(failed.outcome, Outcome::Failed(s) if s.code() == Some(3)));
     }

@@ -22,9 +22,11 @@
 //!    for a stream is answered at once with an SSE body that comments
 //!    while it waits and then carries the backend's stream
 //!    ([`response::waiting`]).
-//! 4. [`proxy`] forwards it to `127.0.0.1:<port>` over a pooled connection
-//!    of the model's current [`routing::Incarnation`] (the one released
-//!    last, from a lock-free LIFO [`pool`]); the response streams back
+//! 4. [`proxy`] forwards it to the model's [`backend`] (`127.0.0.1:<port>`,
+//!    or its `url`, a host name resolved off the request path by
+//!    [`resolve`]) over a pooled connection of the model's current
+//!    [`routing::Incarnation`] (the one released last, from a lock-free
+//!    LIFO [`pool`]); the response streams back
 //!    frame by frame ([`response`]), its body holding the request's
 //!    [`routing::InFlight`] guard until the last byte or a disconnect.
 //! 5. Any failure is an [`error::Error`], which knows who is at fault and
@@ -63,21 +65,24 @@
 //! # Layers
 //!
 //! Each module imports only from the layers above it in this list (no
-//! import cycle): leaves ([`config`], [`cli`], [`model`], [`clock`],
-//! [`machine`], [`events`], [`shutdown`], [`detect`], [`procfs`],
-//! [`budget`], [`pool`], [`access`], [`substitute`], [`resolved`],
-//! [`check`]); [`metrics`] primitives and the recent [`history`];
-//! [`inbox`], [`reaper`],
+//! import cycle): leaves ([`config`], [`backend`], [`cli`], [`model`],
+//! [`clock`], [`machine`], [`events`], [`shutdown`], [`detect`],
+//! [`procfs`], [`budget`], [`pool`], [`resolve`], [`systemd`], [`access`],
+//! [`substitute`], [`resolved`], [`check`]); [`metrics`] primitives and
+//! the recent [`history`]; [`inbox`], [`reaper`],
 //! [`hooks`], [`error`], [`auth`], [`body`]; the [`catalog`]; [`proxy`],
 //! [`routing`]; [`state`]; [`queue`], [`switcher`]; [`response`];
 //! [`exposition`], [`api`], [`control`]; [`service`]; [`server`].
 
-#![forbid(unsafe_code)]
+// `deny`, not `forbid`: one function, `systemd::adopt_fd3`, takes
+// ownership of the socket the service manager passed (see its SAFETY).
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod access;
 pub mod api;
 pub mod auth;
+pub mod backend;
 pub mod body;
 pub mod budget;
 pub mod catalog;
@@ -101,6 +106,7 @@ pub mod procfs;
 pub mod proxy;
 pub mod queue;
 pub mod reaper;
+pub mod resolve;
 pub mod resolved;
 pub mod response;
 pub mod routing;
@@ -111,6 +117,7 @@ pub mod simulate;
 pub mod state;
 pub mod substitute;
 pub mod switcher;
+pub mod systemd;
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -142,6 +149,14 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
         }
     };
     init_logging(options.log_format);
+    // Before any thread starts: fd 3 is the service manager's socket.
+    let inherited = match systemd::inherited_listener() {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("llmux: socket activation: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     if options.subreaper {
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
             eprintln!("llmux: --subreaper: cannot become a child subreaper: {e}");
@@ -157,7 +172,7 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
         }
     };
     let file = state::ConfigFile { path: options.config.clone(), port: options.port };
-    let exit = runtime.block_on(serve_until_signal(config, file));
+    let exit = runtime.block_on(serve_until_signal(config, file, inherited));
     // Hooks still running are killed as their tasks are dropped here.
     drop(runtime);
     exit
@@ -231,10 +246,19 @@ fn init_logging(format: cli::LogFormat) {
     };
 }
 
-async fn serve_until_signal(config: Config, file: state::ConfigFile) -> ExitCode {
+async fn serve_until_signal(
+    config: Config,
+    file: state::ConfigFile,
+    inherited: Option<std::net::TcpListener>,
+) -> ExitCode {
     // Only when orphans are given to llmux (PID 1, or --subreaper).
     let _reaper = reaper::start().map(AbortOnDrop);
-    let server = match Server::bind_from(config, Some(file)).await {
+    let activated = inherited.is_some();
+    let bound = match inherited {
+        Some(listener) => Server::from_listener(listener, config, Some(file)),
+        None => Server::bind_from(config, Some(file)).await,
+    };
+    let server = match bound {
         Ok(server) => server,
         Err(e) => {
             eprintln!("llmux: {e}");
@@ -250,20 +274,44 @@ async fn serve_until_signal(config: Config, file: state::ConfigFile) -> ExitCode
             let mut out = std::io::stdout();
             let _ = writeln!(out, "listening on {addr}");
             let _ = out.flush();
-            tracing::info!(%addr, "listening");
+            if activated {
+                tracing::info!(%addr, "listening on the socket passed by the service manager (host and port unused)");
+            } else {
+                tracing::info!(%addr, "listening");
+            }
         }
         Err(e) => tracing::warn!("cannot read the bound address: {e}"),
     }
     if let Some(hup) = signals.hup {
         tokio::spawn(reload_on_sighup(std::sync::Arc::clone(server.shared()), hup));
     }
-    let exit = server.serve(shutdown_signal(signals.term, signals.int)).await;
+    let notifier = systemd::Notifier::from_env().map(std::sync::Arc::new);
+    if let Some(notifier) = &notifier {
+        tokio::spawn(notify_ready(std::sync::Arc::clone(server.shared()), std::sync::Arc::clone(notifier)));
+    }
+    let stopping = async {
+        shutdown_signal(signals.term, signals.int).await;
+        if let Some(notifier) = &notifier {
+            notifier.notify("STOPPING=1");
+        }
+    };
+    let exit = server.serve(stopping).await;
     if exit.clean {
         tracing::info!("shut down cleanly");
         ExitCode::SUCCESS
     } else {
         tracing::warn!("shut down with requests or hooks cut short");
         ExitCode::FAILURE
+    }
+}
+
+/// Tells the service manager `READY=1` once start-up adoption is done (the
+/// socket was listening before the switch task started).
+async fn notify_ready(shared: std::sync::Arc<state::Shared>, notifier: std::sync::Arc<systemd::Notifier>) {
+    shared.started.wait().await;
+    if !shared.shutdown.is_started() {
+        notifier.notify("READY=1");
+        tracing::info!("start-up done: told the service manager READY=1");
     }
 }
 

@@ -10,7 +10,7 @@
 //! # Design, without `unsafe`
 //!
 //! A lock-free stack of values needs raw pointers (a Treiber stack of
-//! boxed nodes, and memory reclamation), which `#![forbid(unsafe_code)]`
+//! boxed nodes, and memory reclamation), which `#![deny(unsafe_code)]`
 //! rules out. So the pool is a Treiber stack of *slot indices* instead:
 //!
 //! - `cells`: one single-item cell per slot, a `crossbeam` `ArrayQueue`

@@ -1,7 +1,10 @@
-//! Forwarding a request to a backend on 127.0.0.1 and preparing headers.
+//! Forwarding a request to a backend and preparing headers.
 //!
 //! Each [`Upstream`] owns the keep-alive HTTP/1.1 connections to one
-//! backend port: hyper's client connections (`client::conn::http1`) in a
+//! backend (a port on 127.0.0.1, or a model's `url`: an address, or a name
+//! resolved off the request path by [`crate::resolve`]; a base path, if
+//! any, prefixed to each request's path; `Host` the backend's authority):
+//! hyper's client connections (`client::conn::http1`) in a
 //! lock-free LIFO pool ([`crate::pool`]: the connection used last, the one
 //! least likely closed by the backend, is reused first). It is created
 //! when its model is published, so no
@@ -17,10 +20,16 @@
 //! default is 4). A request that finds
 //! a pooled connection dead before any byte was written is retried once on
 //! a new connection.
+//!
+//! A connection the backend refuses (nothing listens), or cannot reach (no
+//! route to its host, its name does not resolve), is [`Forwarded::Refused`]:
+//! the caller has the switch task check the model. The connect timeout
+//! covers the name's lookup as well.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -30,9 +39,11 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, Uri, Version};
 use hyper_util::rt::TokioIo;
 
+use crate::backend::{Backend, Host};
 use crate::body::{OutgoingBody, RequestBody};
 use crate::error::Error;
 use crate::pool::LifoPool;
+use crate::resolve::{Addresses, Resolver};
 
 /// `X-Request-Id`.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -55,9 +66,11 @@ pub enum Forwarded {
     /// The backend answered: its response head, and the connection to
     /// release when the body ends.
     Answered(Response<Incoming>, Connection),
-    /// The backend refused the connection before anything was sent; here
-    /// is the request head back, to send again once the model is re-woken.
-    Refused(hyper::http::request::Parts),
+    /// The backend refused the connection (or could not be reached, or
+    /// its name did not resolve) before anything was sent; here is the
+    /// request head back, to send again once the model is re-woken, and
+    /// what happened.
+    Refused(hyper::http::request::Parts, String),
 }
 
 /// hyper's connection future: reads and writes the socket.
@@ -121,10 +134,13 @@ fn poll_driver(driver: &mut Pin<Box<Driver>>, closed: &mut bool, cx: &mut Contex
     *closed
 }
 
-/// The keep-alive connections to one backend port.
+/// The keep-alive connections to one backend.
 pub struct Upstream {
-    addr: SocketAddr,
+    target: Target,
+    /// The `Host` header: the backend's authority.
     host: HeaderValue,
+    /// Prefixed to each request's path (a `url`'s base path), if any.
+    base_path: Option<Box<str>>,
     /// Idle connections and when they were released, the latest on top.
     idle: LifoPool<(Connection, Instant)>,
     options: UpstreamOptions,
@@ -148,12 +164,39 @@ impl UpstreamOptions {
     }
 }
 
+/// Where an upstream connects.
+enum Target {
+    /// An address, connected to as it is.
+    Addr(SocketAddr),
+    /// A host name, resolved off the request path.
+    Name(Arc<Resolver>),
+}
+
 impl Upstream {
     /// A new, empty pool for the backend on `127.0.0.1:port`.
     pub fn new(port: u16, options: UpstreamOptions) -> Upstream {
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let host = HeaderValue::from_str(&addr.to_string()).unwrap_or(HeaderValue::from_static("127.0.0.1"));
-        Upstream { addr, host, idle: LifoPool::new(MAX_IDLE), options }
+        Upstream::to(&Backend::local(port), options)
+    }
+
+    /// A new, empty pool for `backend`. A host name is not looked up
+    /// until [`Upstream::prefetch`] or the first connection.
+    pub fn to(backend: &Backend, options: UpstreamOptions) -> Upstream {
+        let target = match backend.host() {
+            Host::Ip(ip) => Target::Addr(SocketAddr::new(*ip, backend.port())),
+            Host::Name(name) => Target::Name(Arc::new(Resolver::new(name, backend.port()))),
+        };
+        let host = HeaderValue::from_str(backend.authority()).unwrap_or(HeaderValue::from_static("localhost"));
+        let base_path = Some(backend.base_path()).filter(|b| !b.is_empty()).map(Box::from);
+        Upstream { target, host, base_path, idle: LifoPool::new(MAX_IDLE), options }
+    }
+
+    /// Looks the backend's host name up in the background (the switch
+    /// task calls this when it publishes the model), so the first request
+    /// finds its addresses; nothing for an address.
+    pub fn prefetch(&self) {
+        if let Target::Name(resolver) = &self.target {
+            tokio::spawn(resolver.refresh());
+        }
     }
 
     /// Sends `head` and `body` to the backend; returns its response head and
@@ -165,6 +208,15 @@ impl Upstream {
         if head.uri.authority().is_some() {
             head.uri = origin_form(&head.uri);
         }
+        // The client's target, to hand back with a refused request (sent
+        // again later, it is prefixed again).
+        let unprefixed = match &self.base_path {
+            Some(base) => {
+                let target = with_base_path(base, &head.uri)?;
+                Some(std::mem::replace(&mut head.uri, target))
+            }
+            None => None,
+        };
         head.version = Version::HTTP_11;
         head.headers.insert(header::HOST, self.host.clone());
         let request = Request::from_parts(head, body.outgoing());
@@ -180,7 +232,12 @@ impl Upstream {
                 strip_hop_by_hop(response.headers_mut());
                 Forwarded::Answered(response, conn)
             }
-            refused => refused,
+            Forwarded::Refused(mut head, why) => {
+                if let Some(uri) = unprefixed {
+                    head.uri = uri;
+                }
+                Forwarded::Refused(head, why)
+            }
         })
     }
 
@@ -190,16 +247,17 @@ impl Upstream {
         let (mut conn, reused) = match self.take_idle().await {
             Some(conn) => (conn, true),
             None => match self.connect().await? {
-                Some(conn) => (conn, false),
-                None => return Ok(Forwarded::Refused(request.into_parts().0)),
+                Ok(conn) => (conn, false),
+                Err(why) => return Ok(Forwarded::Refused(request.into_parts().0, why)),
             },
         };
         match conn.send(request).await {
             Ok(response) => Ok(Forwarded::Answered(response, conn)),
             Err(mut e) => match e.take_message() {
                 Some(request) if reused => {
-                    let Some(mut fresh) = self.connect().await? else {
-                        return Ok(Forwarded::Refused(request.into_parts().0));
+                    let mut fresh = match self.connect().await? {
+                        Ok(fresh) => fresh,
+                        Err(why) => return Ok(Forwarded::Refused(request.into_parts().0, why)),
                     };
                     let response = fresh.send(request).await.map_err(|e| backend_error(e.into_error()))?;
                     Ok(Forwarded::Answered(response, fresh))
@@ -225,21 +283,67 @@ impl Upstream {
         None
     }
 
-    /// A new connection (TCP_NODELAY); `None` if the backend refused it
-    /// (nothing listens on its port).
-    async fn connect(&self) -> Result<Option<Connection>, Error> {
+    /// A new connection (TCP_NODELAY); `Err(why)` if the backend refused
+    /// it (nothing listens on its port), could not be reached, or its name
+    /// did not resolve. The connect timeout covers the lookup too.
+    async fn connect(&self) -> Result<Result<Connection, String>, Error> {
         let limit = self.options.connect_timeout;
-        let stream = match tokio::time::timeout(limit, tokio::net::TcpStream::connect(self.addr)).await {
+        let stream = match tokio::time::timeout(limit, self.open()).await {
             Ok(Ok(stream)) => stream,
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(None),
-            Ok(Err(e)) => return Err(Error::backend(format!("cannot connect to the backend at {}: {e}", self.addr))),
+            Ok(Err(Opening::Refused(why))) => return Ok(Err(why)),
+            Ok(Err(Opening::Failed(e))) => {
+                return Err(Error::backend(format!("cannot connect to the backend at {}: {e}", self.authority())))
+            }
             Err(_) => {
-                return Err(Error::backend(format!("connecting to the backend took over {}s", limit.as_secs_f64())))
+                if let Target::Name(resolver) = &self.target {
+                    resolver.retry(None);
+                }
+                return Err(Error::backend(format!(
+                    "connecting to the backend at {} took over {}s",
+                    self.authority(),
+                    limit.as_secs()
+                )));
             }
         };
         let _ = stream.set_nodelay(true);
         let (sender, driver) = http1::handshake(TokioIo::new(stream)).await.map_err(backend_error)?;
-        Ok(Some(Connection { sender, driver: Box::pin(driver), closed: false }))
+        Ok(Ok(Connection { sender, driver: Box::pin(driver), closed: false }))
+    }
+
+    /// Opens a TCP connection to the backend: its address, or the
+    /// addresses its name resolves to (tried in order); after a failed
+    /// connection to those, the name is looked up again.
+    async fn open(&self) -> Result<tokio::net::TcpStream, Opening> {
+        match &self.target {
+            Target::Addr(addr) => tokio::net::TcpStream::connect(*addr).await.map_err(|e| self.opening(e)),
+            Target::Name(resolver) => {
+                let addrs: Addresses = resolver.addresses().await.map_err(Opening::Refused)?;
+                tokio::net::TcpStream::connect(addrs.as_slice()).await.map_err(|e| {
+                    resolver.retry(Some(&addrs));
+                    self.opening(e)
+                })
+            }
+        }
+    }
+
+    /// What a failed connect means: refused and unreachable go to the
+    /// switch task's check; anything else is a 502.
+    fn opening(&self, e: std::io::Error) -> Opening {
+        use std::io::ErrorKind::{ConnectionRefused, HostUnreachable, NetworkUnreachable};
+        match e.kind() {
+            ConnectionRefused => {
+                Opening::Refused(format!("the backend at {} refused the connection", self.authority()))
+            }
+            HostUnreachable | NetworkUnreachable => {
+                Opening::Refused(format!("the backend at {} cannot be reached: {e}", self.authority()))
+            }
+            _ => Opening::Failed(e),
+        }
+    }
+
+    /// The backend's authority, for messages.
+    fn authority(&self) -> &str {
+        self.host.to_str().unwrap_or("?")
     }
 
     /// Closes pooled connections idle past the idle timeout; run
@@ -259,6 +363,23 @@ impl Upstream {
         // A full pool drops the connection, which closes it.
         let _ = self.idle.push((conn, Instant::now()));
     }
+}
+
+/// Why a connection could not be opened.
+enum Opening {
+    /// Refused, unreachable, or the name did not resolve: the switch task
+    /// checks the model.
+    Refused(String),
+    /// Any other error: a 502.
+    Failed(std::io::Error),
+}
+
+/// `base` (a `url`'s base path) before the request's origin-form target:
+/// `/llm` and `/v1/models?x` give `/llm/v1/models?x`.
+fn with_base_path(base: &str, uri: &Uri) -> Result<Uri, Error> {
+    let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    Uri::try_from(format!("{base}{target}"))
+        .map_err(|e| Error::backend(format!("cannot put the base path `{base}` before `{target}`: {e}")))
 }
 
 fn backend_error(e: hyper::Error) -> Error {

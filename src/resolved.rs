@@ -186,7 +186,7 @@ fn limits(l: &Limits) -> Value {
 fn model(m: &ModelConfig) -> Value {
     let env = m.env.iter().map(|(k, v)| (Value::from(k.as_str()), Value::from(v.as_str()))).collect();
     map([
-        ("port", Value::from(m.port)),
+        backend(&m.backend),
         ("dir", Value::from(m.dir.display().to_string())),
         ("env", Value::Mapping(env)),
         ("wake", Value::from(m.wake.script.as_str())),
@@ -203,6 +203,15 @@ fn model(m: &ModelConfig) -> Value {
         ("max_wait_secs", secs(m.max_wait)),
         ("stream_wait_feedback", Value::from(m.stream_wait_feedback.is_some())),
     ])
+}
+
+/// `port` for a backend on 127.0.0.1 given by its port, else `url`.
+fn backend(b: &crate::backend::Backend) -> (&'static str, Value) {
+    if *b == crate::backend::Backend::local(b.port()) {
+        ("port", Value::from(b.port()))
+    } else {
+        ("url", Value::from(b.url()))
+    }
 }
 
 fn map<const N: usize>(entries: [(&str, Value); N]) -> Value {

@@ -13,7 +13,7 @@ use hyper::header::HeaderValue;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::server::graceful::{GracefulConnection, GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -60,6 +60,18 @@ impl Server {
     /// reread by a reload (`SIGHUP`, `POST /llmux/reload`).
     pub async fn bind_from(config: Config, file: Option<ConfigFile>) -> io::Result<Server> {
         let listener = listen(&config.host, config.port).await?;
+        Ok(Server { listener, shared: Arc::new(Shared::new(config, file)), policy: None })
+    }
+
+    /// Serves `listener` (a socket passed by the service manager, see
+    /// [`crate::systemd`]) instead of binding the configured address. It
+    /// must be non-blocking; call inside the runtime.
+    pub fn from_listener(
+        listener: std::net::TcpListener,
+        config: Config,
+        file: Option<ConfigFile>,
+    ) -> io::Result<Server> {
+        let listener = TcpListener::from_std(listener)?;
         Ok(Server { listener, shared: Arc::new(Shared::new(config, file)), policy: None })
     }
 
@@ -237,15 +249,39 @@ impl Conn {
             Detected::Closed | Detected::Shutdown => return,
         };
         let service = service_for(Arc::clone(&shared), addr);
+        // Held until the connection ends: the graceful shutdown waits for it.
+        let _watching = watcher;
+        let shutdown = shared.shutdown.started();
         let result = match protocol {
-            Protocol::Http1 => watcher.watch(builders.http1.serve_connection(io, service)).await,
-            Protocol::Http2 => watcher.watch(builders.http2.serve_connection(io, service)).await,
+            Protocol::Http1 => until_shutdown(builders.http1.serve_connection(io, service), shutdown).await,
+            Protocol::Http2 => until_shutdown(builders.http2.serve_connection(io, service), shutdown).await,
         };
         if let Err(e) = result {
             tracing::debug!("connection ended with an error: {e}");
         }
         drop(permit);
     }
+}
+
+/// Serves `conn`; once `shutdown` resolves, tells it to finish gracefully
+/// (the request in progress is answered, then the connection closes), but
+/// only after it has been polled once. hyper closes a connection told to
+/// shut down before it read a byte, and the bytes detection already read
+/// reach it on its first poll: a request accepted just before a shutdown
+/// is answered, not dropped.
+async fn until_shutdown<C: GracefulConnection>(conn: C, shutdown: impl Future<Output = ()>) -> C::Output {
+    tokio::pin!(conn);
+    tokio::pin!(shutdown);
+    let mut told = false;
+    std::future::poll_fn(|cx| loop {
+        let out = conn.as_mut().poll(cx);
+        if out.is_ready() || told || shutdown.as_mut().poll(cx).is_pending() {
+            return out;
+        }
+        told = true;
+        conn.as_mut().graceful_shutdown();
+    })
+    .await
 }
 
 /// Counts an open client connection for as long as it lives.
@@ -327,4 +363,38 @@ where
 
 fn ip_header(addr: SocketAddr) -> HeaderValue {
     HeaderValue::from_str(&addr.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::Rewind;
+    use bytes::Bytes;
+    use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt};
+
+    /// A request whose first bytes detection read (they sit in the
+    /// `Rewind`), on a connection the shutdown reaches before hyper polled
+    /// it: answered, then closed (hyper alone would close it unread).
+    #[tokio::test]
+    async fn a_request_read_by_detection_is_answered_after_the_shutdown_started() {
+        let (mut client, server) = duplex(4096);
+        let request = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
+        let io = TokioIo::new(Rewind::new(server, Bytes::from_static(&request[..10])));
+        client.write_all(&request[10..]).await.expect("write");
+        let service = service_fn(|_req| async {
+            Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(Bytes::from("hi"))))
+        });
+        let conn = http1::Builder::new().serve_connection(io, service);
+        let served = until_shutdown(conn, std::future::ready(()));
+        let ((), result) = tokio::join!(
+            async {
+                let mut answer = Vec::new();
+                client.read_to_end(&mut answer).await.expect("read");
+                let answer = String::from_utf8_lossy(&answer);
+                assert!(answer.starts_with("HTTP/1.1 200 OK") && answer.ends_with("hi"), "{answer:?}");
+            },
+            served
+        );
+        result.expect("served");
+    }
 }

@@ -382,18 +382,16 @@ async fn serve_model(
     let in_flight = admit(shared, model, admitted, &body, started, access).await?;
     let (response, conn, in_flight) = match in_flight.incarnation().upstream.forward(head, body.clone()).await? {
         Forwarded::Answered(response, conn) => (response, conn, in_flight),
-        Forwarded::Refused(head) => {
+        Forwarded::Refused(head, why) => {
             // The backend died since it was woken: if `alive` agrees, wait
             // for the model to be woken again instead of failing.
             if !switcher::backend_refused(shared, in_flight).await {
-                return Err(Error::backend("the backend refused the connection (its alive hook still passes)"));
+                return Err(Error::backend(format!("{why} (its alive hook still passes)")));
             }
             let in_flight = admit(shared, model, None, &body, started, access).await?;
             match in_flight.incarnation().upstream.forward(head, body).await? {
                 Forwarded::Answered(response, conn) => (response, conn, in_flight),
-                Forwarded::Refused(_) => {
-                    return Err(Error::backend("the backend refused the connection after a re-wake"))
-                }
+                Forwarded::Refused(_, why) => return Err(Error::backend(format!("{why}, after a re-wake"))),
             }
         }
     };

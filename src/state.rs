@@ -21,7 +21,7 @@ use crate::inbox::Inbox;
 use crate::machine::SwitchRecord;
 use crate::metrics::ProcessMetrics;
 use crate::routing::Routing;
-use crate::shutdown::Shutdown;
+use crate::shutdown::{Latch, Shutdown};
 
 /// Everything llmux shares between tasks.
 pub struct Shared {
@@ -41,6 +41,10 @@ pub struct Shared {
     /// Set once at shutdown; awaited by queued requests, the switch task
     /// and running hooks.
     pub shutdown: Shutdown,
+    /// Set by the switch task once start-up adoption is done (every
+    /// model's `alive` answered); awaited by the readiness notification
+    /// (`READY=1`, see [`crate::systemd`] and `lib.rs`).
+    pub started: Latch,
     /// Measured switch cost (drain + sleep + wake) per (from, to) slot: a
     /// copy of the machine's, written by the switch task after each switch,
     /// read by `/llmux/status`.
@@ -139,6 +143,7 @@ impl Shared {
             inbox: Inbox::default(),
             switch_task_dead: AtomicBool::new(false),
             shutdown: Shutdown::default(),
+            started: Latch::default(),
             switch_costs: Mutex::new(BTreeMap::new()),
             last_switch: Mutex::new(None),
             last_evicted: Mutex::new(Vec::new()),

@@ -222,6 +222,10 @@ impl Executor {
             }
         }
         self.shared.capacity_used.store(self.machine.used().to_bits(), Relaxed);
+        if !self.machine.is_starting() {
+            // Start-up adoption is done (this runs after `Event::Start`).
+            self.shared.started.set();
+        }
     }
 
     fn execute(&mut self, action: Action) {
@@ -313,8 +317,9 @@ impl Executor {
         tracing::warn!(model = %name, cut = n, "drain timed out: cutting in-flight requests");
     }
 
-    /// A fresh incarnation of `model`, connecting to the port the
-    /// configuration in force gives it.
+    /// A fresh incarnation of `model`, connecting to the backend the
+    /// configuration in force gives it (a host name is looked up now, in
+    /// the background).
     fn publish(&mut self, model: ModelId) {
         self.stop_watching(model);
         let catalog = self.shared.catalog();
@@ -324,9 +329,12 @@ impl Executor {
             connect_timeout: cfg.limits.upstream_connect_timeout,
             first_byte_timeout: cfg.limits.upstream_first_byte_timeout,
         };
-        let (port, idle_sleep) = catalog.hooks_of(model).map_or((0, None), |m| (m.port, m.idle_sleep));
+        let upstream =
+            catalog.hooks_of(model).map_or_else(|| Upstream::new(0, options), |m| Upstream::to(&m.backend, options));
+        upstream.prefetch();
+        let idle_sleep = catalog.hooks_of(model).and_then(|m| m.idle_sleep);
         let slot = Arc::clone(catalog.slot(model));
-        let mut incarnation = Incarnation::new(model, Arc::clone(&slot), Upstream::new(port, options));
+        let mut incarnation = Incarnation::new(model, Arc::clone(&slot), upstream);
         if idle_sleep.is_some() {
             incarnation = incarnation.with_idle_tracking();
         }

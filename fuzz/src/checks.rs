@@ -265,11 +265,21 @@ fn config_problems(c: &Config, base_dir: &Path) -> Vec<String> {
         if !names.insert(m.name.as_str()) {
             new(format!("model name {:?} twice", m.name));
         }
-        if m.port == 0 {
+        if m.backend.port() == 0 {
             new(format!("model {:?} on port 0", m.name));
         }
-        if !ports.insert(m.port) {
-            new(format!("port {} used twice", m.port));
+        if !ports.insert(m.backend.endpoint()) {
+            new(format!("{:?} used twice", m.backend.endpoint()));
+        }
+        let b = &m.backend;
+        if hyper::header::HeaderValue::from_str(b.authority()).is_err() {
+            new(format!("model {:?}: Host {:?} is not a header value", m.name, b.authority()));
+        }
+        if b.base_path().ends_with('/') || !(b.base_path().is_empty() || b.base_path().starts_with('/')) {
+            new(format!("model {:?}: base path {:?}", m.name, b.base_path()));
+        }
+        if llmux::backend::Backend::from_url(&b.url()).as_ref() != Ok(b) {
+            new(format!("model {:?}: its URL {} does not read back as the same backend", m.name, b.url()));
         }
         for (kind, hook) in [("wake", &m.wake), ("sleep", &m.sleep), ("alive", &m.alive)] {
             if hook.script.trim().is_empty() {

@@ -848,6 +848,12 @@ impl Machine {
         self.models.iter().map(|m| (m.served.mean(), m.max_in_flight.max(1))).collect()
     }
 
+    /// True from [`Event::Start`] until every model's start-up `alive` has
+    /// answered and the running models were adopted.
+    pub fn is_starting(&self) -> bool {
+        self.starting.is_some()
+    }
+
     /// How many model slots the machine knows (a reload adds some).
     pub fn slots(&self) -> usize {
         self.models.len()

@@ -41,8 +41,14 @@ pub struct Process {
 
 impl Process {
     /// Starts `cmd` and waits for its `listening on ADDR` stdout line.
-    pub fn start(mut cmd: Command) -> Process {
-        cmd.stdout(Stdio::piped()).stdin(Stdio::null());
+    pub fn start(cmd: Command) -> Process {
+        Process::start_with_stdin(cmd, Stdio::null())
+    }
+
+    /// [`Process::start`] with `stdin` as the child's standard input (a
+    /// socket to hand over, say).
+    pub fn start_with_stdin(mut cmd: Command, stdin: Stdio) -> Process {
+        cmd.stdout(Stdio::piped()).stdin(stdin);
         let mut child = cmd.spawn().expect("spawn");
         let stdout = child.stdout.take().expect("stdout");
         let mut reader = BufReader::new(stdout);
@@ -117,6 +123,13 @@ pub fn standin_on(model: &str, port: u16) -> Process {
     Process::start(cmd)
 }
 
+/// A stand-in backend serving `model` on `host:port` (port 0: any free).
+pub fn standin_at(model: &str, host: &str, port: u16) -> Process {
+    let mut cmd = Command::new(locate::standin_bin());
+    cmd.args(["--host", host, "--port", &port.to_string(), "--model", model]).stderr(Stdio::null());
+    Process::start(cmd)
+}
+
 /// The hook scripts every harness model uses. `$D` is the hook directory.
 ///
 /// Control files: `fail-<hook>-<model>` makes that hook exit 1;
@@ -130,6 +143,8 @@ pub fn standin_on(model: &str, port: u16) -> Process {
 ///
 /// Each `hooks.log` line is also written to `hooks.times` after the time it
 /// was taken (`date +%s.%N`), for checks that replay the log in time order.
+/// Each wake and sleep writes the hook's `LLMUX_PORT` and `LLMUX_UPSTREAM`
+/// to `hooks.env` (`wake a port=8001 upstream=http://127.0.0.1:8001`).
 pub const HOOK: &str = r#"#!/bin/sh
 # usage: hook.sh wake|sleep|alive   (run by llmux in this directory)
 kind="$1"; m="$LLMUX_MODEL"
@@ -140,6 +155,7 @@ if [ "$kind" = alive ]; then
   [ -f "awake-$m" ] || [ -f "up-$m" ]; exit $?
 fi
 log "$kind-start"
+echo "$kind $m port=$LLMUX_PORT upstream=$LLMUX_UPSTREAM" >> hooks.env
 echo "running $kind for $m"
 while [ -f "hold-$kind-$m" ]; do sleep 0.01; done
 if [ -f "delay-$kind-$m" ]; then sleep "$(cat "delay-$kind-$m")"; fi
@@ -161,6 +177,9 @@ pub struct Builder {
     model_lines: Vec<(String, String)>,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// Models reached by `url`: (model, host its stand-in binds, the URL's
+    /// host, base path).
+    remote: Vec<(String, String, String, String)>,
 }
 
 impl Builder {
@@ -173,6 +192,14 @@ impl Builder {
     /// Adds a `policy:` line, e.g. `min_active_secs: 2`.
     pub fn policy(mut self, line: &str) -> Builder {
         self.policy.push(line.to_owned());
+        self
+    }
+
+    /// Puts `model`'s stand-in on `bind` (e.g. `127.0.0.2`) and gives the
+    /// model `url: http://HOST:PORT{base}` instead of a `port`, where HOST
+    /// is `url_host` (`bind` itself, or a name such as `localhost`).
+    pub fn remote(mut self, model: &str, bind: &str, url_host: &str, base: &str) -> Builder {
+        self.remote.push((model.to_owned(), bind.to_owned(), url_host.to_owned(), base.to_owned()));
         self
     }
 
@@ -222,7 +249,14 @@ impl Builder {
         for m in &self.up_at_start {
             std::fs::write(dir.join(format!("up-{m}")), "").expect("write up");
         }
-        let backends: Vec<Process> = self.models.iter().map(|m| standin(m)).collect();
+        let backends: Vec<Process> = self
+            .models
+            .iter()
+            .map(|m| match self.remote.iter().find(|r| r.0 == *m) {
+                Some((_, bind, _, _)) => standin_at(m, bind, 0),
+                None => standin(m),
+            })
+            .collect();
         let config = if self.format_json { self.json_config(&backends) } else { self.yaml_config(&backends) };
         let ext = if self.format_json { "json" } else { "yaml" };
         let config_path = dir.join(format!("llmux.{ext}"));
@@ -234,7 +268,15 @@ impl Builder {
 
     fn yaml_config(&self, backends: &[Process]) -> String {
         let models: Vec<(&str, u16)> = self.models.iter().zip(backends).map(|(m, b)| (m.as_str(), b.port())).collect();
-        let spec = Spec { model_lines: &self.model_lines, policy: &self.policy, extra: &self.extra };
+        let urls: Vec<(String, String)> = self
+            .remote
+            .iter()
+            .map(|(m, _, host, base)| {
+                let i = self.models.iter().position(|n| n == m).expect("a remote model is a model");
+                (m.clone(), format!("http://{host}:{}{base}", backends[i].port()))
+            })
+            .collect();
+        let spec = Spec { model_lines: &self.model_lines, policy: &self.policy, extra: &self.extra, urls: &urls };
         harness_yaml(&models, &spec)
     }
 
@@ -268,6 +310,8 @@ pub struct Spec<'a> {
     pub policy: &'a [String],
     /// Top-level lines.
     pub extra: &'a [String],
+    /// Models given a `url` instead of their `port`: (model, url).
+    pub urls: &'a [(String, String)],
 }
 
 /// The harness's YAML config for `models` (name, backend port): every
@@ -276,7 +320,11 @@ pub struct Spec<'a> {
 pub fn harness_yaml(models: &[(&str, u16)], spec: &Spec) -> String {
     let mut c = String::from("host: 127.0.0.1\nport: 0\nmodels:\n");
     for (m, port) in models {
-        let _ = writeln!(c, "  {m}:\n    port: {port}");
+        match spec.urls.iter().find(|(model, _)| model == m) {
+            Some((_, url)) => writeln!(c, "  {m}:\n    url: {url}"),
+            None => writeln!(c, "  {m}:\n    port: {port}"),
+        }
+        .expect("write to a string");
         for hook in ["wake", "sleep", "alive"] {
             let _ = writeln!(c, "    {hook}: sh hook.sh {hook}");
         }
@@ -329,7 +377,7 @@ pub fn start_llmux_with(config: &Path, env: &[(String, String)], args: &[&str]) 
 
 /// The command `start_llmux*` run: `llmux -c CONFIG ARGS`, debug logs to
 /// `llmux.log` next to the config.
-fn llmux_command(config: &Path, env: &[(String, String)], args: &[&str]) -> Command {
+pub fn llmux_command(config: &Path, env: &[(String, String)], args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_llmux"));
     cmd.arg("-c").arg(config).args(args).env("RUST_LOG", "llmux=debug");
     cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
@@ -370,6 +418,7 @@ pub fn mux() -> Builder {
         model_lines: Vec::new(),
         args: Vec::new(),
         env: Vec::new(),
+        remote: Vec::new(),
     }
 }
 
