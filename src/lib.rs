@@ -240,10 +240,18 @@ fn init_logging(format: cli::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match format {
+    let installed = match format {
         cli::LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init(),
         cli::LogFormat::Json => builder.json().try_init(),
     };
+    // The access line is formatted by llmux in the same shape (cheaper by
+    // an order of magnitude: see `access::line`).
+    if installed.is_ok() {
+        access::line::set_format(match format {
+            cli::LogFormat::Text => access::line::Format::Text,
+            cli::LogFormat::Json => access::line::Format::Json,
+        });
+    }
 }
 
 async fn serve_until_signal(

@@ -2,6 +2,11 @@
 //! `llmux::access`, written when the request finishes (its response body
 //! is dropped, or it failed before one existed).
 //!
+//! Once the process's log is set up ([`line::set_format`]), the line is
+//! formatted by [`line`] in the subscriber's own text or JSON shape and
+//! written straight to stderr; before (tests, benches with a subscriber of
+//! their own) it is a `tracing` event.
+//!
 //! A request carries an [`Access`] record only while the log is on (config
 //! `access_log`, and the `llmux::access` target enabled at info): checked
 //! once per request with [`enabled`], before anything is copied. Off, the
@@ -28,6 +33,8 @@
 //! | `bytes_in` | number | request body bytes |
 //! | `bytes_out` | number | response body bytes handed to the connection |
 //! | `switch` | bool | the request queued for its model (waited for a switch) |
+
+pub mod line;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -110,6 +117,26 @@ impl Access {
     }
 
     fn write(&self, line: &Line<'_>) {
+        if let Some(format) = self::line::format() {
+            let now = SystemTime::now();
+            let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+            let fields = self::line::Fields {
+                request_id: self.request_id.to_str().unwrap_or("-"),
+                model: line.model,
+                method: self.method.as_str(),
+                path: self.uri.path(),
+                status: line.status,
+                now,
+                arrival: since.saturating_sub(line.duration),
+                queue: self.queue,
+                first_byte: line.first_byte,
+                duration: line.duration,
+                bytes_in: self.bytes_in,
+                bytes_out: line.bytes_out,
+                switch: self.switch,
+            };
+            return self::line::write(format, &fields);
+        }
         let duration_s = line.duration.as_secs_f64();
         let queue_s = self.queue.as_secs_f64();
         tracing::info!(
