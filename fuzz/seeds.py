@@ -464,6 +464,8 @@ def main():
     with open(os.path.join(os.path.dirname(ROOT), "..", "config.example.yaml")) as f:
         example = f.read()
     write("extract_model", extract_seeds(image_url))
+    # The rewrite runs on every body the scan accepts: the same bodies.
+    write("rewrite_model", extract_seeds(image_url))
     write("config", config_seeds(example))
     write("request", request_seeds(image_url))
 

@@ -29,7 +29,8 @@ pub struct Catalog {
     pub slots: Vec<Arc<ModelSlot>>,
     /// Slot index to position in `config.models`; `None`: removed.
     configs: Vec<Option<usize>>,
-    /// Configured model name to slot index.
+    /// Every name a client may send (model names and aliases) to slot
+    /// index.
     index: HashMap<Box<str>, usize>,
     /// The last configuration of each removed model: its hooks still put
     /// it to sleep if it was active when it was removed.
@@ -58,11 +59,15 @@ impl Catalog {
 
     fn build(config: Config, slots: Vec<Arc<ModelSlot>>, mut retired: HashMap<usize, ModelConfig>) -> Catalog {
         let mut configs = vec![None; slots.len()];
-        let mut index = HashMap::with_capacity(config.models.len());
+        let names = config.models.iter().map(|m| 1 + m.aliases.len()).sum();
+        let mut index = HashMap::with_capacity(names);
         for (position, m) in config.models.iter().enumerate() {
             if let Some(slot) = slots.iter().position(|s| *s.name == *m.name) {
                 configs[slot] = Some(position);
                 index.insert(m.name.as_str().into(), slot);
+                for alias in &m.aliases {
+                    index.insert(alias.as_str().into(), slot);
+                }
                 retired.remove(&slot);
             }
         }
@@ -74,7 +79,7 @@ impl Catalog {
         let mut slots = self.slots.clone();
         let mut changes = Changes { restart_needed: self.config.restart_needed(&config), ..Changes::default() };
         for m in &config.models {
-            match self.lookup(&m.name).and_then(|i| self.model(i)) {
+            match self.model_slot(&m.name).and_then(|i| self.model(i)) {
                 Some(old) if old != m => changes.changed.push(m.name.clone()),
                 Some(_) => {}
                 None => {
@@ -88,17 +93,23 @@ impl Catalog {
         let mut retired = self.retired.clone();
         for m in self.config.models.iter().filter(|m| config.model_index(&m.name).is_none()) {
             changes.removed.push(m.name.clone());
-            if let Some(slot) = self.lookup(&m.name) {
+            if let Some(slot) = self.model_slot(&m.name) {
                 retired.insert(slot, m.clone());
             }
         }
         (Catalog::build(config, slots, retired), changes)
     }
 
-    /// The slot of the configured model called `name`.
+    /// The slot of the configured model called `name`, or of which `name`
+    /// is an alias: one hash lookup, no allocation.
     #[inline]
     pub fn lookup(&self, name: &str) -> Option<usize> {
         self.index.get(name).copied()
+    }
+
+    /// The slot of the configured model called `name` (not an alias).
+    pub fn model_slot(&self, name: &str) -> Option<usize> {
+        self.lookup(name).filter(|&slot| *self.slots[slot].name == *name)
     }
 
     /// The configuration of slot `slot`, if the model is configured.
@@ -125,7 +136,7 @@ impl Catalog {
     /// The configured models in config order: (slot, config, state).
     pub fn live(&self) -> impl Iterator<Item = (usize, &ModelConfig, &Arc<ModelSlot>)> {
         self.config.models.iter().filter_map(|m| {
-            let slot = self.lookup(&m.name)?;
+            let slot = self.model_slot(&m.name)?;
             Some((slot, m, &self.slots[slot]))
         })
     }
@@ -299,6 +310,31 @@ mod tests {
         assert_eq!(third.lookup("a"), Some(0), "a returning model gets its old slot back");
         assert_eq!(third.model(0).map(|m| m.port), Some(5));
         assert_eq!(third.slots.len(), 3);
+    }
+
+    fn config_with_aliases(models: &[(&str, u16, &[&str])]) -> Config {
+        let mut text = String::from("models:\n");
+        for (name, port, aliases) in models {
+            let aliases = aliases.join(", ");
+            text.push_str(&format!("  {name}: {{port: {port}, wake: w, sleep: s, alive: a, aliases: [{aliases}]}}\n"));
+        }
+        Config::parse(&text, crate::config::Format::Yaml, ".".into()).expect("a test config")
+    }
+
+    #[test]
+    fn aliases_name_their_models_slot() {
+        let first = Catalog::new(config_with_aliases(&[("a", 1, &["x", "y"]), ("b", 2, &[])]));
+        assert_eq!((first.lookup("a"), first.lookup("x"), first.lookup("y")), (Some(0), Some(0), Some(0)));
+        assert_eq!((first.model_slot("x"), first.model_slot("a")), (None, Some(0)));
+        // A reload that turns an alias into a model of its own adds it
+        // (it does not take the old owner's slot), and the old owner keeps
+        // its slot.
+        let (second, changes) = first.reload(config_with_aliases(&[("a", 1, &["y"]), ("x", 3, &[])]));
+        assert_eq!(changes.added, ["x"]);
+        assert_eq!(changes.removed, ["b"]);
+        assert_eq!(changes.changed, ["a"], "a lost an alias");
+        assert_eq!((second.lookup("a"), second.lookup("y"), second.lookup("x")), (Some(0), Some(0), Some(2)));
+        assert_eq!(second.name(2), "x");
     }
 
     #[test]

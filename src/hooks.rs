@@ -519,6 +519,9 @@ mod tests {
             pinned: false,
             weight: 1.0,
             max_wait: Duration::from_secs(120),
+            aliases: Vec::new(),
+            upstream_model: None,
+            max_in_flight: None,
         }
     }
 

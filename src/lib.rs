@@ -64,7 +64,7 @@
 //! [`machine`], [`events`], [`shutdown`], [`detect`], [`procfs`],
 //! [`budget`], [`pool`], [`access`]); [`metrics`] primitives; [`inbox`], [`reaper`],
 //! [`hooks`], [`error`], [`auth`], [`body`]; the [`catalog`]; [`proxy`],
-//! [`routing`]; [`state`]; [`queue`], [`switcher`]; [`response`];
+//! [`routing`], [`target`]; [`state`]; [`queue`], [`switcher`]; [`response`];
 //! [`exposition`], [`api`], [`control`]; [`service`]; [`server`].
 
 #![forbid(unsafe_code)]
@@ -102,6 +102,7 @@ pub mod shutdown;
 pub mod simulate;
 pub mod state;
 pub mod switcher;
+pub mod target;
 
 use std::ffi::OsString;
 use std::io::Write;

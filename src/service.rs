@@ -19,13 +19,13 @@ use crate::body::{read_request_body, RequestBody};
 use crate::budget::Reservation;
 use crate::control;
 use crate::error::{Error, Fault};
-use crate::model;
 use crate::proxy::{prepare_request_headers, Forwarded, X_REQUEST_ID};
 use crate::queue;
 use crate::response::ResponseBody;
 use crate::routing::InFlight;
 use crate::state::Shared;
 use crate::switcher;
+use crate::target::{self, NameAt};
 
 /// What a request handler knows about its connection.
 #[derive(Clone)]
@@ -170,8 +170,8 @@ async fn proxy(
     if let Some(access) = access.as_mut() {
         access.bytes_in = body.len() as u64;
     }
-    let model = match target_of(shared, &body, local, &head)? {
-        Target::Model(model) => model,
+    let (model, body) = match target_of(shared, &body, local, &head)? {
+        Target::Model(model, at) => (model, target::forwarded_body(&shared.catalog(), model, body, &at)),
         Target::Local(local) => return local.answer(shared, head.uri.path()),
     };
     if let Some(access) = access.as_mut() {
@@ -234,9 +234,10 @@ async fn read_body(
     Ok((head, body, memory))
 }
 
-/// Where a request goes: a model, or an endpoint llmux answers itself.
+/// Where a request goes: a model (and where its name is in the body), or
+/// an endpoint llmux answers itself.
 enum Target {
-    Model(usize),
+    Model(usize, NameAt),
     Local(Local),
 }
 
@@ -252,11 +253,8 @@ fn target_of(
         return local.map(Target::Local).ok_or_else(|| Error::unknown_route(&head.method, head.uri.path()));
     }
     let catalog = shared.catalog();
-    let found = model::with_model_in_parts(body.chunks(), |name| {
-        catalog.lookup(name).ok_or_else(|| Error::unknown_model(name))
-    });
-    match (found, local) {
-        (Ok(model), _) => model.map(Target::Model),
+    match (target::json_model(&catalog, body), local) {
+        (Ok(model), _) => model.map(|(model, at)| Target::Model(model, at)),
         (Err(_), Some(local)) => Ok(Target::Local(local)),
         (Err(e), None) => Err(Error::invalid_body(e.to_string())),
     }

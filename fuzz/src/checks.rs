@@ -12,6 +12,8 @@
 //! - [`check_config`]: `Config::parse` never accepts an invalid config.
 //! - [`check_request`]: raw bytes as one HTTP/1.1 connection to llmux's
 //!   service, in memory, with a recording upstream behind it.
+//! - [`check_rewrite`]: `upstream_model`'s splice changes the model's value
+//!   and no other byte.
 //!
 //! # Bugs found
 //!
@@ -53,6 +55,8 @@ pub enum Target {
     Config,
     /// `request`.
     Request,
+    /// `rewrite_model`.
+    RewriteModel,
 }
 
 // ---------------------------------------------------------------------------
@@ -82,6 +86,57 @@ pub fn check_extract(data: &[u8]) {
     let _ = llmux::model::extract(br#"{"model":"between"}"#);
     let again = llmux::model::with_model(data, str::to_owned);
     assert_eq!(again, ours, "a second scan of the same body differs: {:?}", lossy(data, 2000));
+}
+
+// ---------------------------------------------------------------------------
+// rewrite_model
+// ---------------------------------------------------------------------------
+
+/// Names `upstream_model` may put in place of the client's: plain, with
+/// JSON escapes needed, longer and shorter than most.
+const UPSTREAM_NAMES: [&str; 4] =
+    ["m", "org/Model-7B \"q\" \\ é\n\u{1}", "", "a-much-longer-upstream-model-name-than-the-client-sent"];
+
+/// `upstream_model`'s rewrite of a body, differentially: for every body
+/// llmux routes (one top-level string `model`), held in one to three parts
+/// split where `data` says, the span the scan gives is the raw value
+/// between its quotes (it decodes to the model), and the spliced body has
+/// exactly the bytes outside the span unchanged, and parses (serde_json)
+/// to the original JSON with only `model` changed.
+pub fn check_rewrite(data: &[u8]) {
+    let cut = |k: usize| data.len() * k / 3 + usize::from(data.first().copied().unwrap_or(0) % 3 == 0);
+    let (a, b) = (cut(1).min(data.len()), cut(2).min(data.len()));
+    let parts = [&data[..a], &data[a..b], &data[b..]];
+    let Ok((name, start)) = llmux::model::with_model_at_in_parts(&parts, |name, at| (name.to_owned(), at)) else {
+        return;
+    };
+    let span = llmux::model::value_span(&parts, start)
+        .unwrap_or_else(|| panic!("no end to the value at {start} in {:?}", lossy(data, 2000)));
+    assert!(
+        start >= 1 && data[start - 1] == b'"' && data.get(span.end) == Some(&b'"'),
+        "span {span:?} is not between quotes: {:?}",
+        lossy(data, 2000)
+    );
+    let decoded: String = serde_json::from_slice(&data[start - 1..=span.end])
+        .unwrap_or_else(|e| panic!("span {span:?} is not a JSON string ({e}): {:?}", lossy(data, 2000)));
+    assert_eq!(decoded, name, "the span decodes to another name");
+    let upstream = UPSTREAM_NAMES[data.len() % UPSTREAM_NAMES.len()];
+    let quoted = serde_json::to_string(upstream).expect("a string");
+    let replacement = &quoted.as_bytes()[1..quoted.len() - 1];
+    let out = llmux::model::splice(&parts, span.clone(), replacement);
+    assert_eq!(out.len(), data.len() - span.len() + replacement.len());
+    assert_eq!(&out[..start], &data[..start], "bytes before the value changed");
+    assert_eq!(&out[start..start + replacement.len()], replacement);
+    assert_eq!(&out[start + replacement.len()..], &data[span.end..], "bytes after the value changed");
+    // serde_json's verdict on the original (it may misjudge edge floats,
+    // see check_extract): where it parses, the rewrite parses to the same
+    // with only `model` changed.
+    if let Ok(mut want) = serde_json::from_slice::<Value>(data) {
+        want["model"] = Value::from(upstream);
+        let got: Value = serde_json::from_slice(&out)
+            .unwrap_or_else(|e| panic!("the rewrite is not JSON ({e}): {:?}", lossy(&out, 2000)));
+        assert_eq!(got, want, "the rewrite changed more than `model`: {:?}", lossy(&out, 2000));
+    }
 }
 
 /// The model serde_json finds under llmux's rules, or `None` if it finds
@@ -1023,6 +1078,7 @@ pub fn generated_cases(target: Target) -> Vec<(String, Vec<u8>)> {
         Target::ExtractModel => generated_bodies(),
         Target::Config => generated_configs(),
         Target::Request => generated_requests(),
+        Target::RewriteModel => generated_bodies(),
     }
 }
 

@@ -52,3 +52,8 @@ fn config_corpus() {
 fn request_corpus() {
     replay(Target::Request, "request", checks::check_request);
 }
+
+#[test]
+fn rewrite_model_corpus() {
+    replay(Target::RewriteModel, "rewrite_model", checks::check_rewrite);
+}
