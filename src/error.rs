@@ -71,6 +71,17 @@ impl Error {
         Error::new(Kind::UnknownModel, format!("The model `{name}` does not exist"))
     }
 
+    /// An empty body where the API needs one (`POST /v1/chat/completions`).
+    pub fn body_required(method: &hyper::Method, path: &str) -> Error {
+        let msg = format!("request body required: {method} {path} takes a body naming a `model`");
+        Error::new(Kind::InvalidBody, msg)
+    }
+
+    /// True for a body that names no usable model (400 `invalid_body`).
+    pub fn is_invalid_body(&self) -> bool {
+        self.kind == Kind::InvalidBody
+    }
+
     /// A request without a body model on a path llmux does not serve.
     pub fn unknown_route(method: &hyper::Method, path: &str) -> Error {
         Error::new(Kind::UnknownRoute, format!("unknown route: {method} {path}"))

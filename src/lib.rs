@@ -89,6 +89,7 @@ pub mod inbox;
 pub mod machine;
 pub mod metrics;
 pub mod model;
+pub mod multipart;
 pub mod pool;
 pub mod procfs;
 pub mod proxy;

@@ -241,8 +241,8 @@ enum Target {
     Local(Local),
 }
 
-/// The model the body names, or the local endpoint (`local`) when it
-/// names none.
+/// The model the body names (its JSON `model`, or a form's `model`
+/// field), or the local endpoint (`local`) when it names none.
 fn target_of(
     shared: &Shared,
     body: &RequestBody,
@@ -250,14 +250,54 @@ fn target_of(
     head: &hyper::http::request::Parts,
 ) -> Result<Target, Error> {
     if body.is_empty() {
-        return local.map(Target::Local).ok_or_else(|| Error::unknown_route(&head.method, head.uri.path()));
+        return match local {
+            Some(local) => Ok(Target::Local(local)),
+            None if takes_a_body(&head.method, head.uri.path()) => {
+                Err(Error::body_required(&head.method, head.uri.path()))
+            }
+            None => Err(Error::unknown_route(&head.method, head.uri.path())),
+        };
     }
     let catalog = shared.catalog();
-    match (target::json_model(&catalog, body), local) {
-        (Ok(model), _) => model.map(|(model, at)| Target::Model(model, at)),
-        (Err(_), Some(local)) => Ok(Target::Local(local)),
-        (Err(e), None) => Err(Error::invalid_body(e.to_string())),
+    let content_type = head.headers.get(header::CONTENT_TYPE).map(HeaderValue::as_bytes);
+    let found = match target::form_model(&catalog, content_type, body) {
+        Some(found) => found,
+        None => match target::json_model(&catalog, body) {
+            Ok(found) => found,
+            Err(e) => target::sniffed_form_model(&catalog, body, content_type, &e)
+                .unwrap_or_else(|| Err(Error::invalid_body(e.to_string()))),
+        },
+    };
+    match (found, local) {
+        (Ok((model, at)), _) => Ok(Target::Model(model, at)),
+        // A body without a model on a local endpoint: it answers.
+        (Err(e), Some(local)) if e.is_invalid_body() => Ok(Target::Local(local)),
+        (Err(e), _) => Err(e),
     }
+}
+
+/// The API paths that take a request body naming a model: an empty body
+/// there is a client's mistake, not an unknown route.
+const BODY_PATHS: [&str; 14] = [
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/audio/transcriptions",
+    "/v1/audio/translations",
+    "/v1/audio/speech",
+    "/v1/images/generations",
+    "/v1/images/edits",
+    "/v1/images/variations",
+    "/v1/moderations",
+    "/v1/rerank",
+    "/v1/score",
+    "/v1/messages",
+];
+
+/// True for a `POST` to one of [`BODY_PATHS`].
+fn takes_a_body(method: &Method, path: &str) -> bool {
+    *method == Method::POST && BODY_PATHS.contains(&path)
 }
 
 /// Admits a request for `model` (queueing if it is not active) and

@@ -57,3 +57,8 @@ fn request_corpus() {
 fn rewrite_model_corpus() {
     replay(Target::RewriteModel, "rewrite_model", checks::check_rewrite);
 }
+
+#[test]
+fn multipart_corpus() {
+    replay(Target::Multipart, "multipart", checks::check_multipart);
+}

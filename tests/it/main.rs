@@ -17,6 +17,7 @@ mod limits;
 mod logs;
 mod memory;
 mod metrics;
+mod multipart;
 mod names;
 mod protocol;
 mod real;

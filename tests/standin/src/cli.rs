@@ -28,6 +28,11 @@ ENDPOINTS:
     POST /v1/chat/completions  (\"stream\": true for SSE)
     POST /v1/completions
     POST /v1/embeddings
+    POST /v1/audio/transcriptions, /v1/audio/translations
+                               a multipart/form-data upload: answers
+                               {\"model\",\"fields\":[{\"name\",\"filename\",\"size\",\"value\"}],
+                               \"body_len\",\"body_fnv64\"} (404 if its model field is
+                               not this backend's model)
     GET  /standin/stats        {\"requests\",\"cancelled\",\"in_flight\",\"connections\"}
     GET  /standin/requests     the last 256 requests
 
