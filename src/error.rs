@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use hyper::StatusCode;
 
-use crate::metrics::Limit;
+use crate::metrics::{Limit, Rejection};
 
 /// Who caused an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +139,23 @@ impl Error {
             Kind::QueueFull(false) => Some(Limit::MaxQueuedBodyBytes),
             Kind::Overloaded => Some(Limit::MaxBodyBytesInMemory),
             Kind::InvalidApiKey | Kind::Forbidden => Some(Limit::ApiKey),
+            _ => None,
+        }
+    }
+
+    /// Why the request was turned away before a model's queue, for
+    /// `llmux_requests_rejected_total`; `None` for every other error.
+    pub fn rejection(&self) -> Option<Rejection> {
+        match self.kind {
+            Kind::InvalidApiKey => Some(Rejection::Unauthorized),
+            Kind::Forbidden => Some(Rejection::Forbidden),
+            Kind::InvalidBody => Some(Rejection::BadBody),
+            Kind::UnknownModel => Some(Rejection::UnknownModel),
+            Kind::UnknownRoute => Some(Rejection::UnknownRoute),
+            Kind::BodyTooLarge => Some(Rejection::BodyTooLarge),
+            Kind::BodyTimeout => Some(Rejection::BodyReadTimeout),
+            Kind::Overloaded => Some(Rejection::Overloaded),
+            Kind::UpgradeUnsupported => Some(Rejection::Upgrade),
             _ => None,
         }
     }

@@ -53,6 +53,9 @@ pub async fn handle(
             if let Some(limit) = e.limit() {
                 shared.metrics.reject(limit);
             }
+            if let Some(reason) = e.rejection() {
+                shared.metrics.reject_request(reason);
+            }
             log_error(&e, &request_id);
             e.into_response()
         }
