@@ -413,7 +413,8 @@ async fn hook(shared: &Shared, model: usize, kind: HookKind) -> HookRun {
     let catalog = shared.catalog.load_full();
     let Some(config) = catalog.hooks_of(model) else {
         let e = std::io::Error::new(std::io::ErrorKind::NotFound, "the model has no configuration");
-        return HookRun { outcome: Outcome::SpawnFailed(e), started: Instant::now(), duration: Duration::ZERO };
+        let (started, duration, stderr) = (Instant::now(), Duration::ZERO, Vec::new());
+        return HookRun { outcome: Outcome::SpawnFailed(e), started, duration, stderr };
     };
     let cfg = &catalog.config;
     let run = hooks::run(config, kind, &cfg.base_dir, &shared.shutdown, cfg.shutdown_grace, &shared.events).await;
@@ -428,6 +429,7 @@ async fn hook(shared: &Shared, model: usize, kind: HookKind) -> HookRun {
                 model: config.name.as_str().into(),
                 hook: kind.as_str(),
                 error: format!("{kind} hook {failed}"),
+                stderr: run.stderr.clone(),
                 at_micros: crate::metrics::now_micros(),
             });
         }

@@ -124,7 +124,8 @@ pub fn standin_on(model: &str, port: u16) -> Process {
 /// `hang-<hook>-<model>` makes it sleep far past any timeout (the sleep's
 /// pid goes to `hang-pid-<hook>-<model>`); `bg-<hook>-<model>` leaves a
 /// background child holding the hook's stdout until the file is removed;
-/// `spam-<hook>-<model>` prints 50 MB of output.
+/// `spam-<hook>-<model>` prints 50 MB of output; `stderr-<hook>-<model>`
+/// prints 100 numbered lines to stderr, then a CUDA out-of-memory line.
 ///
 /// Each `hooks.log` line is also written to `hooks.times` after the time it
 /// was taken (`date +%s.%N`), for checks that replay the log in time order.
@@ -143,6 +144,10 @@ while [ -f "hold-$kind-$m" ]; do sleep 0.01; done
 if [ -f "hang-$kind-$m" ]; then sleep 300 & echo $! > "hang-pid-$kind-$m"; wait; fi
 if [ -f "spam-$kind-$m" ]; then head -c 50000000 /dev/zero | tr '\0' 'x' | fold -w 100; fi
 if [ -f "bg-$kind-$m" ]; then (while [ -f "bg-$kind-$m" ]; do sleep 0.05; done; echo bg done) & fi
+if [ -f "stderr-$kind-$m" ]; then
+  i=1; while [ $i -le 100 ]; do echo "loading shard $i" >&2; i=$((i+1)); done
+  echo "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB" >&2
+fi
 if [ -f "fail-$kind-$m" ]; then log "$kind-fail"; exit 1; fi
 if [ "$kind" = wake ]; then touch "awake-$m"; else rm -f "awake-$m" "up-$m"; fi
 log "$kind-end"
