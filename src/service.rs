@@ -173,9 +173,14 @@ async fn proxy(
     if let Some(access) = access.as_mut() {
         access.bytes_in = body.len() as u64;
     }
-    let (model, body) = match target_of(shared, &body, local, &head)? {
-        Target::Model(model, at) => (model, target::forwarded_body(&shared.catalog(), model, body, &at)),
-        Target::Local(local) => return local.answer(shared, head.uri.path()),
+    let (model, body) = match upstream_route(shared, &head.method, &mut head.uri)? {
+        // `/upstream/{model}/...`: the path names the model; the body is
+        // the backend's business.
+        Some(model) => (model, body),
+        None => match target_of(shared, &body, local, &head)? {
+            Target::Model(model, at) => (model, target::forwarded_body(&shared.catalog(), model, body, &at)),
+            Target::Local(local) => return local.answer(shared, head.uri.path()),
+        },
     };
     if let Some(access) = access.as_mut() {
         access.model = Some(model);
@@ -235,6 +240,30 @@ async fn read_body(
     let read = read_request_body(body, content_length, limit, &mut memory, memory_bound);
     let body = tokio::time::timeout(read_limit, read).await.map_err(|_| Error::body_timeout(read_limit))??;
     Ok((head, body, memory))
+}
+
+/// The prefix of the paths that reach a model's backend directly.
+const UPSTREAM_PREFIX: &str = "/upstream/";
+
+/// For `/upstream/{model}/{rest}` (the name percent-encoded if it holds a
+/// `/`), the model, with `uri` turned into `/{rest}` and the query; `None`
+/// for any other path.
+fn upstream_route(shared: &Shared, method: &Method, uri: &mut hyper::Uri) -> Result<Option<usize>, Error> {
+    let Some(after) = uri.path().strip_prefix(UPSTREAM_PREFIX) else {
+        return Ok(None);
+    };
+    let (name, rest) = after.split_once('/').unwrap_or((after, ""));
+    let name = crate::api::percent_decode(name);
+    if name.is_empty() {
+        return Err(Error::unknown_route(method, uri.path()));
+    }
+    let model = shared.catalog().lookup(&name).ok_or_else(|| Error::unknown_model(&name))?;
+    let target = match uri.query() {
+        Some(query) => format!("/{rest}?{query}"),
+        None => format!("/{rest}"),
+    };
+    *uri = hyper::Uri::try_from(target).map_err(|_| Error::unknown_route(method, uri.path()))?;
+    Ok(Some(model))
 }
 
 /// Where a request goes: a model (and where its name is in the body), or

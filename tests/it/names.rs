@@ -91,3 +91,33 @@ async fn without_upstream_model_an_alias_is_forwarded_as_sent() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["body_fnv64"], fnv1a64(body.as_bytes()));
 }
+
+/// `/upstream/{model}/...` reaches the model's backend at `/...` (query
+/// kept, any method), waking it like any request; an alias works too, an
+/// unknown name is 404, and `api_keys` apply (the key is not forwarded).
+#[tokio::test]
+async fn upstream_paths_reach_the_backend_directly_and_wake_it() {
+    let mux = mux().model("a").model("b").model_line("b", "aliases: [b-alias]").config("api_keys: [k]").start();
+    let key = [("authorization", "Bearer k")];
+    let r = http::request(hyper::Method::GET, &mux.url("/upstream/b/health"), &key, Vec::new()).await;
+    assert_eq!((r.status.as_u16(), r.served_by()), (200, "b"), "{}", r.text());
+    assert_eq!(r.json(), serde_json::json!({"status": "ok"}));
+    assert_eq!(mux.hooks.events(), ["wake-start b", "wake-end b"]);
+    let echo_headers = [("authorization", "Bearer k"), ("x-standin-echo", "1")];
+    let r =
+        http::request(hyper::Method::PUT, &mux.url("/upstream/b-alias/slots/0?action=save"), &echo_headers, "{}").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let echo = r.json();
+    assert_eq!(
+        (echo["method"].as_str(), echo["path"].as_str(), echo["query"].as_str()),
+        (Some("PUT"), Some("/slots/0"), Some("action=save"))
+    );
+    assert!(echoed(&echo, "authorization").is_empty(), "the client's key reached the backend");
+    let r = http::request(hyper::Method::GET, &mux.url("/upstream/b"), &echo_headers, Vec::new()).await;
+    assert_eq!(r.json()["path"], "/");
+    http::request(hyper::Method::GET, &mux.url("/upstream/zz/health"), &key, Vec::new())
+        .await
+        .assert_error(404, "model_not_found");
+    http::get(&mux.url("/upstream/b/health")).await.assert_error(401, "invalid_api_key");
+    assert_eq!(mux.hooks.events(), ["wake-start b", "wake-end b"], "nothing else woke");
+}
