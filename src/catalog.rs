@@ -6,7 +6,7 @@
 //! routing snapshot, the machine, metrics).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -158,6 +158,11 @@ pub struct ModelSlot {
     /// Requests waiting for this model and when the oldest arrived.
     /// Written by queued requests (cold path), read by the switch task.
     pub queue: Mutex<QueueState>,
+    /// How many requests wait for this model, as an atomic: read on the
+    /// hot path of a model with `max_in_flight` (a newcomer does not pass
+    /// them). Written with `queue` by [`ModelSlot::queue_joined`] and
+    /// [`ModelSlot::queue_left`].
+    queued: AtomicUsize,
     /// Raised (`notify_waiters`) by the switch task when this model is
     /// published, when its wake fails, or when a drain of it is abandoned.
     pub ready: Notify,
@@ -186,6 +191,7 @@ impl ModelSlot {
             state: AtomicU8::new(ModelState::Asleep as u8),
             state_since: AtomicU64::new(crate::metrics::now_micros()),
             queue: Mutex::new(QueueState::default()),
+            queued: AtomicUsize::new(0),
             ready: Notify::new(),
             backoff: Mutex::new(Backoff::default()),
             metrics: ModelMetrics::default(),
@@ -233,6 +239,22 @@ impl ModelSlot {
     /// Requests waiting for this model.
     pub fn waiting(&self) -> usize {
         self.queue.lock().waiting
+    }
+
+    /// Requests waiting for this model (one atomic load).
+    #[inline]
+    pub fn queued(&self) -> usize {
+        self.queued.load(SeqCst)
+    }
+
+    /// Counts a request that joined this model's queue.
+    pub fn queue_joined(&self) {
+        self.queued.fetch_add(1, SeqCst);
+    }
+
+    /// Counts a request that left this model's queue.
+    pub fn queue_left(&self) {
+        self.queued.fetch_sub(1, SeqCst);
     }
 }
 

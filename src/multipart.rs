@@ -60,10 +60,8 @@ pub fn form_data_boundary(content_type: &[u8]) -> Option<Result<&[u8], Multipart
             Some(found) => found,
             None => return Some(Err(MultipartError("malformed parameter in Content-Type".into()))),
         };
-        if name.eq_ignore_ascii_case(b"boundary") {
-            if boundary.replace(value).is_some() {
-                return Some(Err(MultipartError("Content-Type names two boundaries".into())));
-            }
+        if name.eq_ignore_ascii_case(b"boundary") && boundary.replace(value).is_some() {
+            return Some(Err(MultipartError("Content-Type names two boundaries".into())));
         }
         params = rest;
     }

@@ -323,11 +323,15 @@ impl Executor {
             connect_timeout: cfg.limits.upstream_connect_timeout,
             first_byte_timeout: cfg.limits.upstream_first_byte_timeout,
         };
-        let (port, idle_sleep) = catalog.hooks_of(model).map_or((0, None), |m| (m.port, m.idle_sleep));
+        let config = catalog.hooks_of(model);
+        let (port, idle_sleep) = config.map_or((0, None), |m| (m.port, m.idle_sleep));
         let slot = Arc::clone(catalog.slot(model));
         let mut incarnation = Incarnation::new(model, Arc::clone(&slot), Upstream::new(port, options));
         if idle_sleep.is_some() {
             incarnation = incarnation.with_idle_tracking();
+        }
+        if let Some(limit) = config.and_then(|m| m.max_in_flight) {
+            incarnation = incarnation.with_max_in_flight(limit);
         }
         let incarnation = Arc::new(incarnation);
         tokio::spawn(reap_idle_connections(Arc::downgrade(&incarnation)));

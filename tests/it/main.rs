@@ -12,6 +12,7 @@ mod errors;
 mod fuzz_corpus;
 mod hooks;
 mod idle;
+mod in_flight;
 mod layers;
 mod limits;
 mod logs;

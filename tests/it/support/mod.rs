@@ -163,9 +163,17 @@ pub struct Builder {
     model_lines: Vec<(String, String)>,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    backend_args: Vec<(String, Vec<String>)>,
 }
 
 impl Builder {
+    /// Starts `model`'s stand-in with extra arguments, e.g.
+    /// `["--concurrency", "2"]`.
+    pub fn backend_args(mut self, model: &str, args: &[&str]) -> Builder {
+        self.backend_args.push((model.to_owned(), args.iter().map(|a| (*a).to_owned()).collect()));
+        self
+    }
+
     /// Adds a model (and a stand-in backend for it).
     pub fn model(mut self, name: &str) -> Builder {
         self.models.push(name.to_owned());
@@ -224,7 +232,14 @@ impl Builder {
         for m in &self.up_at_start {
             std::fs::write(dir.join(format!("up-{m}")), "").expect("write up");
         }
-        let backends: Vec<Process> = self.models.iter().map(|m| standin(m)).collect();
+        let backends: Vec<Process> = self
+            .models
+            .iter()
+            .map(|m| match self.backend_args.iter().find(|(model, _)| model == m) {
+                Some((_, args)) => standin_with(m, &args.iter().map(String::as_str).collect::<Vec<_>>()),
+                None => standin(m),
+            })
+            .collect();
         let config = if self.format_json { self.json_config(&backends) } else { self.yaml_config(&backends) };
         let ext = if self.format_json { "json" } else { "yaml" };
         let config_path = dir.join(format!("llmux.{ext}"));
@@ -366,6 +381,7 @@ pub fn mux() -> Builder {
         model_lines: Vec::new(),
         args: Vec::new(),
         env: Vec::new(),
+        backend_args: Vec::new(),
     }
 }
 

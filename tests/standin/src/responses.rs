@@ -259,6 +259,7 @@ pub fn stats_json(state: &State) -> Vec<u8> {
         "requests": state.requests.load(SeqCst),
         "cancelled": state.cancelled.load(SeqCst),
         "in_flight": state.in_flight.load(SeqCst),
+        "max_held": state.max_held.load(SeqCst),
         "connections": state.connections.load(SeqCst),
     }))
 }

@@ -27,12 +27,13 @@ pub async fn handle(state: &State, conn: &mut Conn, req: &Request) -> After {
     let info = BodyInfo::parse(&req.body);
     // Held until the answer is done: the slot (`--concurrency`) covers the
     // whole service time, delay and streaming included.
-    let (_slot, _in_flight) = if path == "/health" {
-        (None, None)
+    let (_held, _slot, _in_flight) = if path == "/health" {
+        (None, None, None)
     } else {
         rsp.counted = true;
+        let held = state.hold();
         let slot = state.slot().await;
-        (slot, Some(state.begin(record(req, path, info.as_ref()))))
+        (Some(held), slot, Some(state.begin(record(req, path, info.as_ref()))))
     };
     let faults = match Faults::parse(req, info.as_ref()) {
         Ok(f) => f,
