@@ -489,6 +489,9 @@ def multipart_seeds():
         "non-utf8-model.txt": ct + f"--{b}\r\nContent-Disposition: form-data; name=model\r\n\r\n".encode() + b"\xff\xfe" + f"\r\n--{b}--".encode(),
         "not-multipart-type.txt": b"application/json\n" + form("b", [("model", "m")]),
         "empty.txt": b"",
+        # Found by fuzzing, fixed: llmux took a boundary from a Content-Type
+        # ending in a CR (trimmed as white space), which multer refuses.
+        "fixed-content-type-cr.txt": f"multipart/form-data; boundary={b}\r\n".encode() + form(b, [("model", "m")]),
     }
 
 

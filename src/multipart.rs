@@ -51,11 +51,11 @@ pub fn form_data_boundary(content_type: &[u8]) -> Option<Result<&[u8], Multipart
         Some(i) => (&content_type[..i], &content_type[i + 1..]),
         None => (content_type, &[][..]),
     };
-    if !media.trim_ascii().eq_ignore_ascii_case(b"multipart/form-data") {
+    if !trim_ows(media).eq_ignore_ascii_case(b"multipart/form-data") {
         return None;
     }
     let mut boundary = None;
-    while !params.trim_ascii().is_empty() {
+    while !trim_ows(params).is_empty() {
         let (name, value, rest) = match param(params) {
             Some(found) => found,
             None => return Some(Err(MultipartError("malformed parameter in Content-Type".into()))),
@@ -78,7 +78,7 @@ pub fn form_data_boundary(content_type: &[u8]) -> Option<Result<&[u8], Multipart
 /// space; the value a token or a quoted string without escapes), and what
 /// follows it past its `;`.
 fn param(s: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
-    let s = s.trim_ascii_start();
+    let s = trim_ows(s);
     let eq = s.iter().position(|&b| b == b'=')?;
     let name = &s[..eq];
     if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
@@ -92,19 +92,27 @@ fn param(s: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
         }
         (&quoted[..end], &quoted[end + 1..])
     } else {
-        let end = rest.iter().position(|&b| b == b';' || b.is_ascii_whitespace()).unwrap_or(rest.len());
+        let end = rest.iter().position(|&b| b == b';' || b == b' ' || b == b'\t').unwrap_or(rest.len());
         let value = &rest[..end];
         if !value.iter().all(|&b| b.is_ascii_alphanumeric() || b"'+_-.".contains(&b)) {
             return None;
         }
         (value, &rest[end..])
     };
-    let rest = rest.trim_ascii_start();
+    let rest = trim_ows(rest);
     match rest.split_first() {
         None => Some((name, value, rest)),
         Some((b';', after)) => Some((name, value, after)),
         Some(_) => None,
     }
+}
+
+/// `s` without the spaces and tabs around it (HTTP's optional white
+/// space; a CR or LF is no part of a header value).
+fn trim_ows(s: &[u8]) -> &[u8] {
+    let start = s.iter().position(|&b| b != b' ' && b != b'\t').unwrap_or(s.len());
+    let end = s.iter().rposition(|&b| b != b' ' && b != b'\t').map_or(start, |i| i + 1);
+    &s[start..end.max(start)]
 }
 
 /// A token character (RFC 9110).
@@ -456,6 +464,7 @@ mod tests {
             b"multipart/form-data; boundary=\"trailing \"",
             b"multipart/form-data; boundary=a/b",
             b"multipart/form-data; boundary",
+            b"multipart/form-data; boundary=abc\r",
         ] {
             assert!(matches!(form_data_boundary(bad), Some(Err(_))), "{}", String::from_utf8_lossy(bad));
         }
