@@ -25,7 +25,7 @@ use crate::response::ResponseBody;
 use crate::routing::InFlight;
 use crate::state::Shared;
 use crate::switcher;
-use crate::target::{self, NameAt};
+use crate::target;
 
 /// What a request handler knows about its connection.
 #[derive(Clone)]
@@ -177,8 +177,8 @@ async fn proxy(
         // `/upstream/{model}/...`: the path names the model; the body is
         // the backend's business.
         Some(model) => (model, body),
-        None => match target_of(shared, &body, local, &head)? {
-            Target::Model(model, at) => (model, target::forwarded_body(&shared.catalog(), model, body, &at)),
+        None => match target_of(shared, body, local, &head)? {
+            Target::Model(model, body) => (model, body),
             Target::Local(local) => return local.answer(shared, head.uri.path()),
         },
     };
@@ -266,18 +266,19 @@ fn upstream_route(shared: &Shared, method: &Method, uri: &mut hyper::Uri) -> Res
     Ok(Some(model))
 }
 
-/// Where a request goes: a model (and where its name is in the body), or
-/// an endpoint llmux answers itself.
+/// Where a request goes: a model (and the body to forward), or an
+/// endpoint llmux answers itself.
 enum Target {
-    Model(usize, NameAt),
+    Model(usize, RequestBody),
     Local(Local),
 }
 
 /// The model the body names (its JSON `model`, or a form's `model`
-/// field), or the local endpoint (`local`) when it names none.
+/// field) with the body to forward it (see [`target::forwarded_body`]),
+/// or the local endpoint (`local`) when it names none. One catalog load.
 fn target_of(
     shared: &Shared,
-    body: &RequestBody,
+    body: RequestBody,
     local: Option<Local>,
     head: &hyper::http::request::Parts,
 ) -> Result<Target, Error> {
@@ -292,16 +293,16 @@ fn target_of(
     }
     let catalog = shared.catalog();
     let content_type = head.headers.get(header::CONTENT_TYPE).map(HeaderValue::as_bytes);
-    let found = match target::form_model(&catalog, content_type, body) {
+    let found = match target::form_model(&catalog, content_type, &body) {
         Some(found) => found,
-        None => match target::json_model(&catalog, body) {
+        None => match target::json_model(&catalog, &body) {
             Ok(found) => found,
-            Err(e) => target::sniffed_form_model(&catalog, body, content_type, &e)
+            Err(e) => target::sniffed_form_model(&catalog, &body, content_type, &e)
                 .unwrap_or_else(|| Err(Error::invalid_body(e.to_string()))),
         },
     };
     match (found, local) {
-        (Ok((model, at)), _) => Ok(Target::Model(model, at)),
+        (Ok((model, at)), _) => Ok(Target::Model(model, target::forwarded_body(&catalog, model, body, &at))),
         // A body without a model on a local endpoint: it answers.
         (Err(e), Some(local)) if e.is_invalid_body() => Ok(Target::Local(local)),
         (Err(e), _) => Err(e),
