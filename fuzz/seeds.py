@@ -492,6 +492,8 @@ def multipart_seeds():
         # Found by fuzzing, fixed: llmux took a boundary from a Content-Type
         # ending in a CR (trimmed as white space), which multer refuses.
         "fixed-content-type-cr.txt": f"multipart/form-data; boundary={b}\r\n".encode() + form(b, [("model", "m")]),
+        # ... and one with a tab after the `;`, which multer's `mime` refuses.
+        "fixed-content-type-tab.txt": f"multipart/form-data;\t boundary={b}\n".encode() + form(b, [("model", "m")]),
     }
 
 

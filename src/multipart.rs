@@ -45,25 +45,33 @@ const MAX_HEADER_NAME: usize = (1 << 16) - 1;
 pub const MAX_BOUNDARY: usize = 70;
 
 /// The boundary of a `multipart/form-data` `Content-Type`; `None` if the
-/// type is another.
+/// type is another (or is written with white space around it).
+///
+/// Strict, as the `mime` crate multer uses is: parameters are `;`, any
+/// spaces, `name=value`, with no white space around `=` or after a bare
+/// value; a value is a token or a quoted string without escapes. What
+/// clients send (`multipart/form-data; boundary=----abc`) passes.
 pub fn form_data_boundary(content_type: &[u8]) -> Option<Result<&[u8], MultipartError>> {
     let (media, mut params) = match content_type.iter().position(|&b| b == b';') {
-        Some(i) => (&content_type[..i], &content_type[i + 1..]),
-        None => (content_type, &[][..]),
+        Some(i) => (&content_type[..i], Some(&content_type[i + 1..])),
+        None => (content_type, None),
     };
-    if !trim_ows(media).eq_ignore_ascii_case(b"multipart/form-data") {
+    if !media.eq_ignore_ascii_case(b"multipart/form-data") {
         return None;
     }
     let mut boundary = None;
-    while !trim_ows(params).is_empty() {
-        let (name, value, rest) = match param(params) {
-            Some(found) => found,
-            None => return Some(Err(MultipartError("malformed parameter in Content-Type".into()))),
+    while let Some(rest) = params {
+        let rest = skip_spaces(rest);
+        if rest.is_empty() {
+            break;
+        }
+        let Some((name, value, next)) = param(rest) else {
+            return Some(Err(MultipartError("malformed parameter in Content-Type".into())));
         };
         if name.eq_ignore_ascii_case(b"boundary") && boundary.replace(value).is_some() {
             return Some(Err(MultipartError("Content-Type names two boundaries".into())));
         }
-        params = rest;
+        params = next;
     }
     Some(match boundary {
         None => Err(MultipartError("multipart/form-data without a boundary in Content-Type".into())),
@@ -74,45 +82,45 @@ pub fn form_data_boundary(content_type: &[u8]) -> Option<Result<&[u8], Multipart
     })
 }
 
-/// One `name=value` parameter at the start of `s` (after optional white
-/// space; the value a token or a quoted string without escapes), and what
-/// follows it past its `;`.
-fn param(s: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
-    let s = trim_ows(s);
+/// A `Content-Type` parameter: its name, its value, and what follows its
+/// `;` (`None` at the end).
+type Param<'a> = (&'a [u8], &'a [u8], Option<&'a [u8]>);
+
+/// The `name=value` parameter at the start of `s`.
+fn param(s: &[u8]) -> Option<Param<'_>> {
     let eq = s.iter().position(|&b| b == b'=')?;
     let name = &s[..eq];
     if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
         return None;
     }
     let rest = &s[eq + 1..];
-    let (value, rest) = if let Some(quoted) = rest.strip_prefix(b"\"") {
-        let end = quoted.iter().position(|&b| b == b'"' || b == b'\\')?;
-        if quoted[end] != b'"' {
-            return None;
+    let (value, after) = match rest.strip_prefix(b"\"") {
+        Some(quoted) => {
+            let end = quoted.iter().position(|&b| b == b'"')?;
+            if !quoted[..end].iter().all(|&b| b > 31 && b != 127 && b != b'\\') {
+                return None;
+            }
+            (&quoted[..end], skip_spaces(&quoted[end + 1..]))
         }
-        (&quoted[..end], &quoted[end + 1..])
-    } else {
-        let end = rest.iter().position(|&b| b == b';' || b == b' ' || b == b'\t').unwrap_or(rest.len());
-        let value = &rest[..end];
-        if !value.iter().all(|&b| b.is_ascii_alphanumeric() || b"'+_-.".contains(&b)) {
-            return None;
+        None => {
+            let end = rest.iter().position(|&b| b == b';').unwrap_or(rest.len());
+            if end == 0 || !rest[..end].iter().all(|&b| is_tchar(b)) {
+                return None;
+            }
+            (&rest[..end], &rest[end..])
         }
-        (value, &rest[end..])
     };
-    let rest = trim_ows(rest);
-    match rest.split_first() {
-        None => Some((name, value, rest)),
-        Some((b';', after)) => Some((name, value, after)),
+    match after.split_first() {
+        None => Some((name, value, None)),
+        Some((b';', next)) => Some((name, value, Some(next))),
         Some(_) => None,
     }
 }
 
-/// `s` without the spaces and tabs around it (HTTP's optional white
-/// space; a CR or LF is no part of a header value).
-fn trim_ows(s: &[u8]) -> &[u8] {
-    let start = s.iter().position(|&b| b != b' ' && b != b'\t').unwrap_or(s.len());
-    let end = s.iter().rposition(|&b| b != b' ' && b != b'\t').map_or(start, |i| i + 1);
-    &s[start..end.max(start)]
+/// `s` after its leading spaces.
+fn skip_spaces(s: &[u8]) -> &[u8] {
+    let start = s.iter().position(|&b| b != b' ').unwrap_or(s.len());
+    &s[start..]
 }
 
 /// A token character (RFC 9110).
@@ -465,6 +473,10 @@ mod tests {
             b"multipart/form-data; boundary=a/b",
             b"multipart/form-data; boundary",
             b"multipart/form-data; boundary=abc\r",
+            b"multipart/form-data;\t boundary=abc",
+            b"multipart/form-data; boundary =abc",
+            b"multipart/form-data; boundary=abc ",
+            b"multipart/form-data; boundary=abc; ;",
         ] {
             assert!(matches!(form_data_boundary(bad), Some(Err(_))), "{}", String::from_utf8_lossy(bad));
         }
