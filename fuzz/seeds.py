@@ -494,6 +494,9 @@ def multipart_seeds():
         "fixed-content-type-cr.txt": f"multipart/form-data; boundary={b}\r\n".encode() + form(b, [("model", "m")]),
         # ... and one with a tab after the `;`, which multer's `mime` refuses.
         "fixed-content-type-tab.txt": f"multipart/form-data;\t boundary={b}\n".encode() + form(b, [("model", "m")]),
+        # ... and one with a byte over 0x7f in a quoted parameter.
+        "fixed-content-type-non-ascii.txt": f"multipart/form-data; boundary={b}; charset=\"".encode() + b"\xe9\"\n"
+            + form(b, [("model", "m")]),
     }
 
 

@@ -49,7 +49,8 @@ pub const MAX_BOUNDARY: usize = 70;
 ///
 /// Strict, as the `mime` crate multer uses is: parameters are `;`, any
 /// spaces, `name=value`, with no white space around `=` or after a bare
-/// value; a value is a token or a quoted string without escapes. What
+/// value; a value is a token or a quoted string of visible ASCII without
+/// escapes. What
 /// clients send (`multipart/form-data; boundary=----abc`) passes.
 pub fn form_data_boundary(content_type: &[u8]) -> Option<Result<&[u8], MultipartError>> {
     let (media, mut params) = match content_type.iter().position(|&b| b == b';') {
@@ -97,7 +98,7 @@ fn param(s: &[u8]) -> Option<Param<'_>> {
     let (value, after) = match rest.strip_prefix(b"\"") {
         Some(quoted) => {
             let end = quoted.iter().position(|&b| b == b'"')?;
-            if !quoted[..end].iter().all(|&b| b > 31 && b != 127 && b != b'\\') {
+            if !quoted[..end].iter().all(|&b| (b' '..=b'~').contains(&b) && b != b'\\') {
                 return None;
             }
             (&quoted[..end], skip_spaces(&quoted[end + 1..]))
@@ -474,6 +475,7 @@ mod tests {
             b"multipart/form-data; boundary",
             b"multipart/form-data; boundary=abc\r",
             b"multipart/form-data;\t boundary=abc",
+            b"multipart/form-data; boundary=abc; charset=\"\xe9\"",
             b"multipart/form-data; boundary =abc",
             b"multipart/form-data; boundary=abc ",
             b"multipart/form-data; boundary=abc; ;",

@@ -58,6 +58,10 @@ pub fn sniffed_form_model(
         return None;
     }
     Some(named_in_form(catalog, body, boundary).map_err(|e| {
+        if !e.is_invalid_body() {
+            // A form naming an unknown model: 404 as for JSON.
+            return e;
+        }
         let sent = content_type.map_or(Cow::Borrowed("none"), String::from_utf8_lossy);
         Error::invalid_body(format!(
             "the request body looks like multipart/form-data, not JSON ({why}), but its Content-Type is {sent}: \

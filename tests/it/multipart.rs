@@ -158,4 +158,13 @@ async fn a_form_sent_as_json_is_routed_or_named_for_what_it_is() {
     r.assert_error(400, "invalid_body");
     let message = r.json()["error"]["message"].as_str().unwrap_or("").to_owned();
     assert!(message.contains("looks like multipart/form-data") && message.contains("application/json"), "{message}");
+    // One naming an unknown model is 404, as a JSON body would be.
+    let r = http::request(
+        Method::POST,
+        &mux.url(TRANSCRIBE),
+        &[("content-type", "application/json")],
+        form(&[("model", "zz")], b"audio"),
+    )
+    .await;
+    r.assert_error(404, "model_not_found");
 }
