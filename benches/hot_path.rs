@@ -33,6 +33,13 @@ fn residents(n: usize) -> ArcSwap<Routing> {
     ArcSwap::from_pointee(Routing::with_residents(incarnations))
 }
 
+/// A snapshot whose one resident has `max_in_flight: limit`.
+fn limited(limit: usize) -> ArcSwap<Routing> {
+    let upstream = Upstream::new(9, UpstreamOptions::with_idle_timeout(Duration::from_secs(4)));
+    let inc = Incarnation::new(0, Arc::new(ModelSlot::new("m0")), upstream).with_max_in_flight(limit);
+    ArcSwap::from_pointee(Routing::with_active(Arc::new(inc)))
+}
+
 /// The routing step plus what a request counts in its model's metrics:
 /// its arrival, its status and first-byte time, its duration.
 fn admit_counted(r: &ArcSwap<Routing>) {
@@ -115,6 +122,21 @@ fn assert_no_allocations() {
     let (after, _) = counting::allocations();
     println!("hot_path: allocations in 100000 admissions over 8 residents: {}", after - before);
     assert_eq!(after, before, "the hot path allocated with 8 residents");
+    // With `max_in_flight: 2`: the first two are admitted, a third at once
+    // is turned away (it would queue), each release frees a place.
+    let two = limited(2);
+    drop(try_admit(&two, 0));
+    let (before, _) = counting::allocations();
+    for _ in 0..100_000 {
+        let first = black_box(try_admit(&two, 0));
+        let second = black_box(try_admit(&two, 0));
+        assert!(first.is_some() && second.is_some(), "the first two were not admitted");
+        assert!(black_box(try_admit(&two, 0)).is_none(), "a third was admitted past max_in_flight");
+        drop((first, second));
+    }
+    let (after, _) = counting::allocations();
+    println!("hot_path: allocations in 300000 admissions with max_in_flight: 2 (a third refused): {}", after - before);
+    assert_eq!(after, before, "the hot path allocated with max_in_flight");
 }
 
 fn hot_path(c: &mut Criterion) {
@@ -124,6 +146,12 @@ fn hot_path(c: &mut Criterion) {
     let mut group = c.benchmark_group("hot_path");
     group.bench_function("arcswap_admit_release/1_thread", |b| b.iter(|| drop(black_box(try_admit(&r, 0)))));
     group.bench_function("arcswap_admit_release_with_metrics/1_thread", |b| b.iter(|| admit_counted(&r)));
+    // With a `max_in_flight` (never reached here): one more load and a
+    // `notify_one` with nobody waiting at release.
+    let two = limited(2);
+    group.bench_function("arcswap_admit_release_max_in_flight/1_thread", |b| {
+        b.iter(|| drop(black_box(try_admit(&two, 0))))
+    });
     // The same admission with 8 residents, for the first and the last slot:
     // indexed by slot, the cost does not grow with the number of residents.
     let eight = residents(8);

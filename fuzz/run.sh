@@ -24,9 +24,9 @@ cd "$(dirname "$0")"
 # Runs per target at RUNS_SCALE=1: about 40 s each on this project's
 # 2-core machines, with AddressSanitizer and overflow checks (measured:
 # extract_model ~15k/s, config ~10k/s, request ~3k/s).
-declare -A RUNS=([extract_model]=500000 [config]=400000 [request]=100000)
-declare -A DICT=([extract_model]=json [config]=yaml [request]=http)
-ALL=(extract_model config request)
+declare -A RUNS=([extract_model]=500000 [config]=400000 [request]=100000 [rewrite_model]=400000 [multipart]=200000)
+declare -A DICT=([extract_model]=json [config]=yaml [request]=http [rewrite_model]=json [multipart]=multipart)
+ALL=(extract_model config request rewrite_model multipart)
 scale=${RUNS_SCALE:-1}
 sanitizer=${FUZZ_SANITIZER:-address}
 targets=("$@")

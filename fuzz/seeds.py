@@ -447,6 +447,59 @@ def request_seeds(image_url):
     }
 
 
+def form(boundary, fields, file=None, crlf="\r\n"):
+    """A multipart/form-data body as openai-python sends it: file first."""
+    out = b""
+    if file is not None:
+        out += (f"--{boundary}{crlf}Content-Disposition: form-data; name=\"file\"; filename=\"speech.wav\"{crlf}"
+                f"Content-Type: audio/wav{crlf}{crlf}").encode() + file + crlf.encode()
+    for name, value in fields:
+        out += f"--{boundary}{crlf}Content-Disposition: form-data; name=\"{name}\"{crlf}{crlf}{value}{crlf}".encode()
+    return out + f"--{boundary}--{crlf}".encode()
+
+
+def multipart_seeds():
+    """First line: a Content-Type (or a bare boundary); then the body."""
+    b = "----WebKitFormBoundary7MA4YWxkTrZu0gW"
+    ct = f"multipart/form-data; boundary={b}\n".encode()
+    wav = b"RIFF$\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00\x01\x00" + bytes(range(256)) + b"\r\n-\r\n--x"
+    fields = [("model", "whisper-1"), ("language", "en"), ("response_format", "json")]
+    return {
+        "openai-transcription.txt": ct + form(b, fields, wav),
+        "model-first.txt": ct + form(b, [("model", "whisper-1")], wav),
+        "no-file.txt": ct + form(b, [("model", "m")]),
+        "empty-model.txt": ct + form(b, [("model", "")]),
+        "no-model.txt": ct + form(b, [("language", "en")], wav),
+        "two-models.txt": ct + form(b, [("model", "a"), ("model", "b")]),
+        "quoted-boundary.txt": b'multipart/form-data; boundary="a b:c"; charset=utf-8\n' + form("a b:c", [("model", "m")]),
+        "bare-boundary.txt": b"xYz\n" + form("xYz", [("model", "m")]),
+        "lf-only.txt": ct + form(b, [("model", "m")], crlf="\n"),
+        "preamble-epilogue.txt": ct + b"preamble\r\n" + form(b, [("model", "m")]) + b"epilogue --" + b.encode(),
+        "padding-after-boundary.txt": ct + f"--{b} \t\r\nContent-Disposition: form-data; name=model\r\n\r\nm\r\n--{b}--".encode(),
+        "lowercase-header-lf.txt": ct + f"--{b}\r\ncontent-disposition: form-data; name=\"model\"\nX: y\r\n\r\nm\r\n--{b}--".encode(),
+        "two-dispositions.txt": ct + f"--{b}\r\nContent-Disposition: form-data; name=model\r\nContent-Disposition: form-data; name=x\r\n\r\nm\r\n--{b}--".encode(),
+        "escaped-name.txt": ct + f'--{b}\r\nContent-Disposition: form-data; name="mo\\"del"\r\n\r\nm\r\n--{b}--'.encode(),
+        "filename-before-name.txt": ct + f'--{b}\r\nContent-Disposition: form-data; filename="model"; name=model\r\n\r\nm\r\n--{b}--'.encode(),
+        "no-headers.txt": ct + f"--{b}\r\n\r\nvalue\r\n\r\n--{b}\r\nContent-Disposition: form-data; name=model\r\n\r\nm\r\n--{b}--".encode(),
+        "unclosed.txt": ct + f"--{b}\r\nContent-Disposition: form-data; name=model\r\n\r\nm".encode(),
+        "bad-header.txt": ct + f"--{b}\r\nBad Header: x\r\n\r\nm\r\n--{b}--".encode(),
+        "boundary-in-value.txt": ct + f"--{b}\r\nContent-Disposition: form-data; name=model\r\n\r\nm--{b}\r\n--{b}--".encode(),
+        "33-headers.txt": ct + f"--{b}\r\n".encode() + b"".join(f"X-{i}: v\r\n".encode() for i in range(33))
+            + f"Content-Disposition: form-data; name=model\r\n\r\nm\r\n--{b}--".encode(),
+        "non-utf8-model.txt": ct + f"--{b}\r\nContent-Disposition: form-data; name=model\r\n\r\n".encode() + b"\xff\xfe" + f"\r\n--{b}--".encode(),
+        "not-multipart-type.txt": b"application/json\n" + form("b", [("model", "m")]),
+        "empty.txt": b"",
+        # Found by fuzzing, fixed: llmux took a boundary from a Content-Type
+        # ending in a CR (trimmed as white space), which multer refuses.
+        "fixed-content-type-cr.txt": f"multipart/form-data; boundary={b}\r\n".encode() + form(b, [("model", "m")]),
+        # ... and one with a tab after the `;`, which multer's `mime` refuses.
+        "fixed-content-type-tab.txt": f"multipart/form-data;\t boundary={b}\n".encode() + form(b, [("model", "m")]),
+        # ... and one with a byte over 0x7f in a quoted parameter.
+        "fixed-content-type-non-ascii.txt": f"multipart/form-data; boundary={b}; charset=\"".encode() + b"\xe9\"\n"
+            + form(b, [("model", "m")]),
+    }
+
+
 def write(target, seeds):
     folder = os.path.join(ROOT, target)
     os.makedirs(folder, exist_ok=True)
@@ -464,8 +517,11 @@ def main():
     with open(os.path.join(os.path.dirname(ROOT), "..", "config.example.yaml")) as f:
         example = f.read()
     write("extract_model", extract_seeds(image_url))
+    # The rewrite runs on every body the scan accepts: the same bodies.
+    write("rewrite_model", extract_seeds(image_url))
     write("config", config_seeds(example))
     write("request", request_seeds(image_url))
+    write("multipart", multipart_seeds())
 
 
 if __name__ == "__main__":

@@ -32,9 +32,18 @@ pub fn health(shared: &Shared) -> Response<ResponseBody> {
     response
 }
 
-/// `GET /v1/models`: OpenAI's list shape, in config order.
+/// `GET /v1/models`: OpenAI's list shape, in config order, each model
+/// followed by its aliases unless `list_aliases` is off.
 pub fn list_models(shared: &Shared) -> Response<ResponseBody> {
-    let data: Vec<Value> = shared.catalog().live().map(|(_, m, _)| model_object(&m.name)).collect();
+    let catalog = shared.catalog();
+    let aliases = catalog.config.list_aliases;
+    let data: Vec<Value> = catalog
+        .live()
+        .flat_map(|(_, m, _)| {
+            let listed = if aliases { m.aliases.as_slice() } else { &[] };
+            std::iter::once(&m.name).chain(listed).map(|name| model_object(name))
+        })
+        .collect();
     json_response(&json!({ "object": "list", "data": data }))
 }
 

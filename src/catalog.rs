@@ -6,7 +6,7 @@
 //! routing snapshot, the machine, metrics).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,8 @@ pub struct Catalog {
     pub slots: Vec<Arc<ModelSlot>>,
     /// Slot index to position in `config.models`; `None`: removed.
     configs: Vec<Option<usize>>,
-    /// Configured model name to slot index.
+    /// Every name a client may send (model names and aliases) to slot
+    /// index.
     index: HashMap<Box<str>, usize>,
     /// The last configuration of each removed model: its hooks still put
     /// it to sleep if it was active when it was removed.
@@ -71,11 +72,15 @@ impl Catalog {
         started: Arc<Config>,
     ) -> Catalog {
         let mut configs = vec![None; slots.len()];
-        let mut index = HashMap::with_capacity(config.models.len());
+        let names = config.models.iter().map(|m| 1 + m.aliases.len()).sum();
+        let mut index = HashMap::with_capacity(names);
         for (position, m) in config.models.iter().enumerate() {
             if let Some(slot) = slots.iter().position(|s| *s.name == *m.name) {
                 configs[slot] = Some(position);
                 index.insert(m.name.as_str().into(), slot);
+                for alias in &m.aliases {
+                    index.insert(alias.as_str().into(), slot);
+                }
                 retired.remove(&slot);
             }
         }
@@ -92,7 +97,7 @@ impl Catalog {
             .collect();
         let mut changes = Changes { restart_needed, settings, ..Changes::default() };
         for m in &config.models {
-            match self.lookup(&m.name).and_then(|i| self.model(i)) {
+            match self.model_slot(&m.name).and_then(|i| self.model(i)) {
                 Some(old) if old != m => changes.changed.push(m.name.clone()),
                 Some(_) => {}
                 None => {
@@ -106,17 +111,23 @@ impl Catalog {
         let mut retired = self.retired.clone();
         for m in self.config.models.iter().filter(|m| config.model_index(&m.name).is_none()) {
             changes.removed.push(m.name.clone());
-            if let Some(slot) = self.lookup(&m.name) {
+            if let Some(slot) = self.model_slot(&m.name) {
                 retired.insert(slot, m.clone());
             }
         }
         (Catalog::build(config, slots, retired, Arc::clone(&self.started)), changes)
     }
 
-    /// The slot of the configured model called `name`.
+    /// The slot of the configured model called `name`, or of which `name`
+    /// is an alias: one hash lookup, no allocation.
     #[inline]
     pub fn lookup(&self, name: &str) -> Option<usize> {
         self.index.get(name).copied()
+    }
+
+    /// The slot of the configured model called `name` (not an alias).
+    pub fn model_slot(&self, name: &str) -> Option<usize> {
+        self.lookup(name).filter(|&slot| *self.slots[slot].name == *name)
     }
 
     /// The configuration of slot `slot`, if the model is configured.
@@ -143,7 +154,7 @@ impl Catalog {
     /// The configured models in config order: (slot, config, state).
     pub fn live(&self) -> impl Iterator<Item = (usize, &ModelConfig, &Arc<ModelSlot>)> {
         self.config.models.iter().filter_map(|m| {
-            let slot = self.lookup(&m.name)?;
+            let slot = self.model_slot(&m.name)?;
             Some((slot, m, &self.slots[slot]))
         })
     }
@@ -165,6 +176,11 @@ pub struct ModelSlot {
     /// Requests waiting for this model and when the oldest arrived.
     /// Written by queued requests (cold path), read by the switch task.
     pub queue: Mutex<QueueState>,
+    /// How many requests wait for this model, as an atomic: read on the
+    /// hot path of a model with `max_in_flight` (a newcomer does not pass
+    /// them). Written with `queue` by [`ModelSlot::queue_joined`] and
+    /// [`ModelSlot::queue_left`].
+    queued: AtomicUsize,
     /// Raised (`notify_waiters`) by the switch task when this model is
     /// published, when its wake fails, or when a drain of it is abandoned.
     pub ready: Notify,
@@ -193,6 +209,7 @@ impl ModelSlot {
             state: AtomicU8::new(ModelState::Asleep as u8),
             state_since: AtomicU64::new(crate::metrics::now_micros()),
             queue: Mutex::new(QueueState::default()),
+            queued: AtomicUsize::new(0),
             ready: Notify::new(),
             backoff: Mutex::new(Backoff::default()),
             metrics: ModelMetrics::default(),
@@ -240,6 +257,22 @@ impl ModelSlot {
     /// Requests waiting for this model.
     pub fn waiting(&self) -> usize {
         self.queue.lock().waiting
+    }
+
+    /// Requests waiting for this model (one atomic load).
+    #[inline]
+    pub fn queued(&self) -> usize {
+        self.queued.load(SeqCst)
+    }
+
+    /// Counts a request that joined this model's queue.
+    pub fn queue_joined(&self) {
+        self.queued.fetch_add(1, SeqCst);
+    }
+
+    /// Counts a request that left this model's queue.
+    pub fn queue_left(&self) {
+        self.queued.fetch_sub(1, SeqCst);
     }
 }
 
@@ -317,6 +350,31 @@ mod tests {
         assert_eq!(third.lookup("a"), Some(0), "a returning model gets its old slot back");
         assert_eq!(third.model(0).map(|m| m.backend.port()), Some(5));
         assert_eq!(third.slots.len(), 3);
+    }
+
+    fn config_with_aliases(models: &[(&str, u16, &[&str])]) -> Config {
+        let mut text = String::from("models:\n");
+        for (name, port, aliases) in models {
+            let aliases = aliases.join(", ");
+            text.push_str(&format!("  {name}: {{port: {port}, wake: w, sleep: s, alive: a, aliases: [{aliases}]}}\n"));
+        }
+        Config::parse(&text, crate::config::Format::Yaml, ".".into()).expect("a test config")
+    }
+
+    #[test]
+    fn aliases_name_their_models_slot() {
+        let first = Catalog::new(config_with_aliases(&[("a", 1, &["x", "y"]), ("b", 2, &[])]));
+        assert_eq!((first.lookup("a"), first.lookup("x"), first.lookup("y")), (Some(0), Some(0), Some(0)));
+        assert_eq!((first.model_slot("x"), first.model_slot("a")), (None, Some(0)));
+        // A reload that turns an alias into a model of its own adds it
+        // (it does not take the old owner's slot), and the old owner keeps
+        // its slot.
+        let (second, changes) = first.reload(config_with_aliases(&[("a", 1, &["y"]), ("x", 3, &[])]));
+        assert_eq!(changes.added, ["x"]);
+        assert_eq!(changes.removed, ["b"]);
+        assert_eq!(changes.changed, ["a"], "a lost an alias");
+        assert_eq!((second.lookup("a"), second.lookup("y"), second.lookup("x")), (Some(0), Some(0), Some(2)));
+        assert_eq!(second.name(2), "x");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! Models keep the order they have in the file: `/v1/models` lists them in
 //! that order and adoption at start-up prefers the first.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -58,6 +58,8 @@ pub struct Config {
     /// The environment variables `${VAR}` read while loading, with their
     /// values (so `--check --print` can mask secret ones).
     pub env_used: Vec<crate::substitute::Used>,
+    /// `/v1/models` lists each alias as a model of its own.
+    pub list_aliases: bool,
 }
 
 /// One model: its backend and its three hooks.
@@ -94,6 +96,31 @@ pub struct ModelConfig {
     /// The directory its hooks run in (`dir`, relative to the config
     /// file's; default: the config file's directory).
     pub dir: PathBuf,
+    /// Other names clients may send for it (same queue, same metrics).
+    pub aliases: Vec<String>,
+    /// The name the backend is sent in place of the client's `model`.
+    pub upstream_model: Option<UpstreamModel>,
+    /// At most this many of its requests reach the backend at once; the
+    /// rest wait in llmux's queue (`None`: no limit).
+    pub max_in_flight: Option<usize>,
+}
+
+/// `models.<name>.upstream_model`: the name, and the same as a JSON string
+/// body (escaped, without its quotes) ready to be spliced into a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamModel {
+    /// The name as configured.
+    pub name: String,
+    /// `name` JSON-escaped, without the surrounding quotes.
+    pub json: String,
+}
+
+impl UpstreamModel {
+    fn new(name: String) -> UpstreamModel {
+        let quoted = serde_json::to_string(&name).unwrap_or_else(|_| String::from("\"\""));
+        let json = quoted.get(1..quoted.len().saturating_sub(1)).unwrap_or_default().to_owned();
+        UpstreamModel { name, json }
+    }
 }
 
 /// A hook: a script run with `sh -c`, bounded by a timeout.
@@ -265,6 +292,7 @@ struct RawConfig {
     metrics_public: bool,
     access_log: Option<bool>,
     capacity: Option<f64>,
+    list_aliases: Option<bool>,
 }
 
 /// Bounds on clients, backends and the queue; each has a safe default.
@@ -414,6 +442,10 @@ struct RawModel {
     #[serde(default)]
     env: RawEnv,
     dir: Option<String>,
+    #[serde(default)]
+    aliases: Vec<String>,
+    upstream_model: Option<String>,
+    max_in_flight: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -728,8 +760,10 @@ fn validate(raw: RawConfig, base_dir: PathBuf) -> Result<Config, ConfigError> {
     let capacity = validate_capacity(raw.capacity, &models)?;
     let shutdown_grace = duration("shutdown_grace_secs", raw.shutdown_grace_secs)?;
     let upstream_idle_timeout = duration("upstream_idle_timeout_secs", raw.upstream_idle_timeout_secs)?;
+    check_names(&models)?;
     Ok(Config {
         capacity,
+        list_aliases: raw.list_aliases.unwrap_or(true),
         models,
         policy,
         limits,
@@ -832,6 +866,12 @@ fn validate_model(
             .then_some(d.stream_wait_feedback_every),
         env: model_env(&name, m.env)?,
         dir: model_dir(&name, m.dir, base_dir)?,
+        upstream_model: upstream_model(&name, m.upstream_model)?,
+        max_in_flight: match m.max_in_flight {
+            Some(0) => return Err(err(format!("models.{name}.max_in_flight: must be at least 1"))),
+            n => n,
+        },
+        aliases: m.aliases,
         backend,
         name,
     })
@@ -906,6 +946,40 @@ fn model_backend(
         return Err(err(format!("models.{name}.{key}: port {port} on {host} is already used by model `{other}`")));
     }
     Ok(backend)
+}
+
+/// `models.<name>.upstream_model`: non-empty text.
+fn upstream_model(name: &str, upstream: Option<String>) -> Result<Option<UpstreamModel>, ConfigError> {
+    match upstream {
+        Some(u) if u.trim().is_empty() || u.chars().any(char::is_control) => {
+            Err(err(format!("models.{name}.upstream_model: must be non-empty text")))
+        }
+        u => Ok(u.map(UpstreamModel::new)),
+    }
+}
+
+/// Every name a client may send, model or alias, names one model: a name
+/// used twice is an error naming both uses.
+fn check_names(models: &[ModelConfig]) -> Result<(), ConfigError> {
+    let mut seen: HashMap<&str, (&str, bool)> = HashMap::new();
+    for m in models {
+        seen.insert(&m.name, (&m.name, false));
+    }
+    for m in models {
+        for (i, alias) in m.aliases.iter().enumerate() {
+            if alias.trim().is_empty() || alias.chars().any(char::is_control) {
+                return Err(err(format!("models.{}.aliases[{i}]: an alias must be non-empty text", m.name)));
+            }
+            if let Some((owner, is_alias)) = seen.insert(alias, (&m.name, true)) {
+                let first = if is_alias { format!("an alias of model `{owner}`") } else { format!("model `{owner}`") };
+                return Err(err(format!(
+                    "models.{}.aliases[{i}]: `{alias}` is already the name of {first}; a name may be used once",
+                    m.name
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `models.<name>.weight`: a finite number above 0; 1 if absent.
@@ -1489,6 +1563,38 @@ mod tests {
             let e = yaml(&text).expect_err(bad).to_string();
             assert!(e.contains("policy.stream_wait_feedback_secs"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn a_name_used_twice_as_a_model_or_an_alias_is_an_error_naming_both() {
+        let c = sized("aliases: [x, y]", "aliases: ['org/z']", "").expect("valid");
+        assert_eq!(c.models[0].aliases, ["x", "y"]);
+        assert!(c.list_aliases);
+        for (a, b, needles) in [
+            ("aliases: [x]", "aliases: [x]", &["models.b.aliases[0]", "`x`", "alias of model `a`"][..]),
+            ("aliases: [b]", "", &["models.a.aliases[0]", "`b`", "model `b`"]),
+            ("", "aliases: [c]", &["models.b.aliases[0]", "`c`", "model `c`"]),
+            ("aliases: [x, x]", "", &["models.a.aliases[1]", "alias of model `a`"]),
+            ("aliases: [a]", "", &["models.a.aliases[0]", "model `a`"]),
+            ("aliases: ['']", "", &["models.a.aliases[0]", "non-empty"]),
+        ] {
+            let msg = sized(a, b, "").expect_err(a).to_string();
+            assert!(needles.iter().all(|n| msg.contains(n)), "{a} / {b}: {msg}");
+        }
+        let c = sized("", "", "list_aliases: false\n").expect("valid");
+        assert!(!c.list_aliases);
+    }
+
+    #[test]
+    fn upstream_model_is_kept_escaped_and_max_in_flight_is_at_least_one() {
+        let c = sized("upstream_model: 'org/m \"q\"'", "max_in_flight: 2", "").expect("valid");
+        let up = c.models[0].upstream_model.clone().expect("upstream_model");
+        assert_eq!((up.name.as_str(), up.json.as_str()), ("org/m \"q\"", "org/m \\\"q\\\""));
+        assert_eq!((c.models[0].max_in_flight, c.models[1].max_in_flight), (None, Some(2)));
+        let e = sized("", "max_in_flight: 0", "").expect_err("0");
+        assert!(e.to_string().contains("models.b.max_in_flight"), "{e}");
+        let e = sized("upstream_model: ' '", "", "").expect_err("blank");
+        assert!(e.to_string().contains("models.a.upstream_model"), "{e}");
     }
 
     #[test]

@@ -97,7 +97,7 @@ fn status(shared: &Shared) -> Value {
     let resident: Vec<String> = shared.resident_models().into_iter().map(name).collect();
     let last_hook_error = shared.last_hook_error.lock().as_ref().map(|e| {
         let ago = Duration::from_micros(crate::metrics::now_micros().saturating_sub(e.at_micros));
-        json!({ "model": &*e.model, "hook": e.hook, "error": e.error, "secs_ago": ago.as_secs() })
+        json!({ "model": &*e.model, "hook": e.hook, "error": e.error, "stderr": e.stderr, "secs_ago": ago.as_secs() })
     });
     let mut costs: Vec<((Option<usize>, usize), Duration)> =
         shared.switch_costs.lock().iter().map(|(k, v)| (*k, *v)).collect();

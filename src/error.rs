@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use hyper::StatusCode;
 
-use crate::metrics::Limit;
+use crate::metrics::{Limit, Rejection};
 
 /// Who caused an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +69,17 @@ impl Error {
     /// The body names a model that is not configured.
     pub fn unknown_model(name: &str) -> Error {
         Error::new(Kind::UnknownModel, format!("The model `{name}` does not exist"))
+    }
+
+    /// An empty body where the API needs one (`POST /v1/chat/completions`).
+    pub fn body_required(method: &hyper::Method, path: &str) -> Error {
+        let msg = format!("request body required: {method} {path} takes a body naming a `model`");
+        Error::new(Kind::InvalidBody, msg)
+    }
+
+    /// True for a body that names no usable model (400 `invalid_body`).
+    pub fn is_invalid_body(&self) -> bool {
+        self.kind == Kind::InvalidBody
     }
 
     /// A request without a body model on a path llmux does not serve.
@@ -128,6 +139,23 @@ impl Error {
             Kind::QueueFull(false) => Some(Limit::MaxQueuedBodyBytes),
             Kind::Overloaded => Some(Limit::MaxBodyBytesInMemory),
             Kind::InvalidApiKey | Kind::Forbidden => Some(Limit::ApiKey),
+            _ => None,
+        }
+    }
+
+    /// Why the request was turned away before a model's queue, for
+    /// `llmux_requests_rejected_total`; `None` for every other error.
+    pub fn rejection(&self) -> Option<Rejection> {
+        match self.kind {
+            Kind::InvalidApiKey => Some(Rejection::Unauthorized),
+            Kind::Forbidden => Some(Rejection::Forbidden),
+            Kind::InvalidBody => Some(Rejection::BadBody),
+            Kind::UnknownModel => Some(Rejection::UnknownModel),
+            Kind::UnknownRoute => Some(Rejection::UnknownRoute),
+            Kind::BodyTooLarge => Some(Rejection::BodyTooLarge),
+            Kind::BodyTimeout => Some(Rejection::BodyReadTimeout),
+            Kind::Overloaded => Some(Rejection::Overloaded),
+            Kind::UpgradeUnsupported => Some(Rejection::Upgrade),
             _ => None,
         }
     }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use crate::catalog::Catalog;
 use crate::config::HookKind;
 use crate::machine::{ModelState, SwitchResult};
-use crate::metrics::{HookMetrics, SwitchStats, CLASSES, LIMITS, SWITCH_REASONS};
+use crate::metrics::{HookMetrics, SwitchStats, CLASSES, LIMITS, REJECTIONS, SWITCH_REASONS};
 use crate::state::Shared;
 
 /// The `/metrics` page.
@@ -177,6 +177,10 @@ fn render_process(out: &mut String, shared: &Shared) {
     family(out, "llmux_rejected_total", "counter", "Requests or connections turned away, by limit.");
     for (limit, name) in LIMITS {
         let _ = writeln!(out, "llmux_rejected_total{{limit=\"{name}\"}} {}", m.rejected(limit));
+    }
+    family(out, "llmux_requests_rejected_total", "counter", "Requests turned away before a model's queue, by reason.");
+    for (reason, name) in REJECTIONS {
+        let _ = writeln!(out, "llmux_requests_rejected_total{{reason=\"{name}\"}} {}", m.rejections(reason));
     }
     family(out, "llmux_requests_cut_total", "counter", "Requests cut by a drain timeout.");
     let _ = writeln!(out, "llmux_requests_cut_total {}", m.cut_requests.load(Relaxed));

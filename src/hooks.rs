@@ -41,6 +41,14 @@ use crate::shutdown::Shutdown;
 
 pub use crate::config::HookKind;
 
+mod tail;
+
+pub use tail::{StderrTail, TAIL_BYTES, TAIL_LINES};
+
+/// How long a failed hook's runner waits for the last of its stderr (what
+/// the hook wrote is in the pipe when it exits: read at once).
+const TAIL_PATIENCE: Duration = Duration::from_millis(500);
+
 /// How a hook run ended.
 #[derive(Debug)]
 pub enum Outcome {
@@ -65,6 +73,8 @@ pub struct HookRun {
     pub started: Instant,
     /// From spawn to reap.
     pub duration: Duration,
+    /// A failed run's last stderr lines (bounded; empty on success).
+    pub stderr: Vec<String>,
 }
 
 impl HookRun {
@@ -118,16 +128,29 @@ pub async fn run(
     // is dropped): the orphan reaper leaves its exit status to tokio.
     let (mut child, _registered) = match spawn(&hook.script, model, dir) {
         Ok(spawned) => spawned,
-        Err(e) => return HookRun { outcome: Outcome::SpawnFailed(e), started, duration: started.elapsed() },
+        Err(e) => {
+            return HookRun {
+                outcome: Outcome::SpawnFailed(e),
+                started,
+                duration: started.elapsed(),
+                stderr: Vec::new(),
+            }
+        }
     };
     let group = GroupKiller::new(child.id());
-    let exited = forward_output(&mut child, &model.name, kind, events);
+    let tail = StderrTail::default();
+    let exited = forward_output(&mut child, &model.name, kind, events, &tail);
     tracing::debug!(model = %model.name, hook = %kind, "hook started");
     let (outcome, stopped) = wait(&mut child, &group, hook, shutdown, grace).await;
     // Exited (or already stopped): a server it started in the background lives on.
     group.disarm();
     exited.send_replace(true);
-    let run = HookRun { outcome, started, duration: started.elapsed() };
+    let duration = started.elapsed();
+    let stderr = match outcome {
+        Outcome::Success => Vec::new(),
+        _ => tail.lines(TAIL_PATIENCE).await,
+    };
+    let run = HookRun { outcome, started, duration, stderr };
     log_finished(&model.name, kind, &run, stopped);
     run
 }
@@ -347,14 +370,21 @@ const MAX_EXIT_DRAIN: usize = 1 << 20;
 
 /// Starts reading the hook's stdout and stderr; returns the sender that
 /// tells the readers the hook has exited (dropping it says the same).
-fn forward_output(child: &mut Child, model: &str, kind: HookKind, events: &Events) -> watch::Sender<bool> {
+fn forward_output(
+    child: &mut Child,
+    model: &str,
+    kind: HookKind,
+    events: &Events,
+    tail: &StderrTail,
+) -> watch::Sender<bool> {
     let (exited, rx) = watch::channel(false);
-    let sink = |stream| LineSink { model: model.to_owned(), kind, stream, events: events.clone() };
+    let sink = |stream, tail| LineSink { model: model.to_owned(), kind, stream, events: events.clone(), tail };
     if let Some(out) = child.stdout.take() {
-        tokio::spawn(log_lines(out, rx.clone(), sink("stdout")));
+        tokio::spawn(log_lines(out, rx.clone(), sink("stdout", None)));
     }
-    if let Some(err) = child.stderr.take() {
-        tokio::spawn(log_lines(err, rx, sink("stderr")));
+    match child.stderr.take() {
+        Some(err) => drop(tokio::spawn(log_lines(err, rx, sink("stderr", Some(tail.clone()))))),
+        None => tail.complete(),
     }
     exited
 }
@@ -365,6 +395,8 @@ struct LineSink {
     kind: HookKind,
     stream: &'static str,
     events: Events,
+    /// Where the hook's own stderr lines are kept (stderr only).
+    tail: Option<StderrTail>,
 }
 
 /// Reads `pipe` to EOF, logging each line (rate-limited, truncated).
@@ -449,11 +481,17 @@ impl LineSplitter {
             self.emit();
         }
         self.late = true;
+        if let Some(tail) = &self.to.tail {
+            tail.complete();
+        }
     }
 
     fn finish(&mut self) {
         if !self.line.is_empty() {
             self.emit();
+        }
+        if let Some(tail) = &self.to.tail {
+            tail.complete();
         }
         if self.limiter.dropped > 0 {
             let LineSink { ref model, kind, stream, .. } = self.to;
@@ -462,6 +500,10 @@ impl LineSplitter {
     }
 
     fn emit(&mut self) {
+        // The tail keeps the hook's last lines, rate limit or not.
+        if let Some(tail) = self.to.tail.as_ref().filter(|_| !self.late) {
+            tail.push(String::from_utf8_lossy(&self.line).trim_end_matches('\r'));
+        }
         if self.limiter.allow(Instant::now()) {
             let text = String::from_utf8_lossy(&self.line);
             let text = text.trim_end_matches('\r');
@@ -540,6 +582,9 @@ mod tests {
             stream_wait_feedback: None,
             env: Vec::new(),
             dir: std::path::PathBuf::from("."),
+            aliases: Vec::new(),
+            upstream_model: None,
+            max_in_flight: None,
         }
     }
 

@@ -12,11 +12,17 @@
 //!    body read whole ([`body`]), bounded by `max_body_bytes` and, with
 //!    every other body held, by `limits.max_body_bytes_in_memory`
 //!    ([`budget`]: one atomic each way), and its top-level `model` found by
-//!    a simd-json scan ([`model`]) and looked up in the [`catalog`] (one
-//!    `ArcSwap` load).
+//!    a simd-json scan ([`model`]), or a `multipart/form-data` body's
+//!    `model` field ([`multipart`]), and looked up, model names and aliases
+//!    alike, in the [`catalog`] (one `ArcSwap` load, one hash lookup);
+//!    [`target`] decides which and gives the body to forward (only the
+//!    name's bytes replaced for an `upstream_model`). `/upstream/{model}/...`
+//!    names its model in the path instead.
 //! 3. [`queue::admit`] admits it. If its model is the active one, that
 //!    is [`routing::try_admit`]: one `ArcSwap` load and two atomics, no
-//!    lock, no channel, no allocation. Otherwise (a *miss*) the request
+//!    lock, no channel, no allocation (with a `max_in_flight`, a compare
+//!    and swap bounded by it; past it the request queues, and each release
+//!    wakes the longest waiting). Otherwise (a *miss*) the request
 //!    queues for its model and tells the switch task through the
 //!    [`inbox`]. With `stream_wait_feedback` on, a miss whose body asks
 //!    for a stream is answered at once with an SSE body that comments
@@ -65,13 +71,13 @@
 //! # Layers
 //!
 //! Each module imports only from the layers above it in this list (no
-//! import cycle): leaves ([`config`], [`backend`], [`cli`], [`model`],
+//! import cycle): leaves ([`config`], [`backend`], [`cli`], [`model`], [`multipart`],
 //! [`clock`], [`machine`], [`events`], [`shutdown`], [`detect`],
 //! [`procfs`], [`budget`], [`pool`], [`resolve`], [`systemd`], [`access`],
 //! [`substitute`], [`resolved`], [`check`]); [`metrics`] primitives and
 //! the recent [`history`]; [`inbox`], [`reaper`],
 //! [`hooks`], [`error`], [`auth`], [`body`]; the [`catalog`]; [`proxy`],
-//! [`routing`]; [`state`]; [`queue`], [`switcher`]; [`response`];
+//! [`routing`], [`target`]; [`state`]; [`queue`], [`switcher`]; [`response`];
 //! [`exposition`], [`api`], [`control`]; [`service`]; [`server`].
 
 // `deny`, not `forbid`: one function, `systemd::adopt_fd3`, takes
@@ -101,6 +107,7 @@ pub mod inbox;
 pub mod machine;
 pub mod metrics;
 pub mod model;
+pub mod multipart;
 pub mod pool;
 pub mod procfs;
 pub mod proxy;
@@ -118,6 +125,7 @@ pub mod state;
 pub mod substitute;
 pub mod switcher;
 pub mod systemd;
+pub mod target;
 
 use std::ffi::OsString;
 use std::io::Write;

@@ -189,6 +189,46 @@ pub const LIMITS: [(Limit, &str); 8] = [
     (Limit::MaxBodyBytesInMemory, "max_body_bytes_in_memory"),
 ];
 
+/// Why a request was turned away before it reached a model's queue: a
+/// fixed set (the label values of `llmux_requests_rejected_total`), so a
+/// client's unknown name never makes a series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Rejection {
+    /// 401: no valid API key.
+    Unauthorized,
+    /// 403: the control API refused the client.
+    Forbidden,
+    /// 400: the body names no usable model (empty, not JSON, a malformed
+    /// form, no `model`, two of them).
+    BadBody,
+    /// 404: the body names a model that is not configured.
+    UnknownModel,
+    /// 404: no body model and a path llmux does not serve.
+    UnknownRoute,
+    /// 413: over `max_body_bytes`.
+    BodyTooLarge,
+    /// 408: the body did not arrive within `limits.body_read_timeout_secs`.
+    BodyReadTimeout,
+    /// 503: request bodies in memory at `limits.max_body_bytes_in_memory`.
+    Overloaded,
+    /// 501: an upgrade (WebSocket) request.
+    Upgrade,
+}
+
+/// Every rejection reason with its label value.
+pub const REJECTIONS: [(Rejection, &str); 9] = [
+    (Rejection::Unauthorized, "unauthorized"),
+    (Rejection::Forbidden, "forbidden"),
+    (Rejection::BadBody, "bad_body"),
+    (Rejection::UnknownModel, "unknown_model"),
+    (Rejection::UnknownRoute, "unknown_route"),
+    (Rejection::BodyTooLarge, "body_too_large"),
+    (Rejection::BodyReadTimeout, "body_read_timeout"),
+    (Rejection::Overloaded, "overloaded"),
+    (Rejection::Upgrade, "upgrade"),
+];
+
 /// Statistics of the switches from one model (or nothing) to another.
 #[derive(Default)]
 pub struct SwitchStats {
@@ -206,6 +246,8 @@ pub struct ProcessMetrics {
     pub open_connections: AtomicI64,
     /// Rejections by [`Limit`]; read with [`ProcessMetrics::rejected`].
     rejected: [AtomicU64; LIMITS.len()],
+    /// Requests turned away before a model's queue, by [`Rejection`].
+    rejections: [AtomicU64; REJECTIONS.len()],
     /// Requests cut by a drain timeout. Written by the switch task.
     pub cut_requests: AtomicU64,
     /// Per (from, to) slot indices. Written by the switch task, read by
@@ -226,6 +268,16 @@ impl ProcessMetrics {
     #[inline]
     pub fn reject(&self, limit: Limit) {
         self.rejected[limit as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Requests turned away for `reason` so far.
+    pub fn rejections(&self, reason: Rejection) -> u64 {
+        self.rejections[reason as usize].load(Relaxed)
+    }
+
+    /// Counts a request turned away for `reason`.
+    pub fn reject_request(&self, reason: Rejection) {
+        self.rejections[reason as usize].fetch_add(1, Relaxed);
     }
 
     /// Counts the victims a switch to `to` put to sleep.

@@ -86,7 +86,20 @@ pub fn with_model<R>(body: &[u8], f: impl FnOnce(&str) -> R) -> Result<R, Extrac
 /// arrived in): they are copied, back to back, into the scan's own buffer,
 /// which is the one copy the scan needs anyway.
 pub fn with_model_in_parts<R>(parts: &[impl AsRef<[u8]>], f: impl FnOnce(&str) -> R) -> Result<R, ExtractError> {
-    with_tape(parts, |nodes| find_model(nodes).map(f))
+    with_model_at_in_parts(parts, |name, _| f(name))
+}
+
+/// [`with_model_in_parts`], also handing `f` where the model's string
+/// value starts in the body: the offset of its first byte after the
+/// opening quote (see [`value_span`] for its end).
+pub fn with_model_at_in_parts<R>(
+    parts: &[impl AsRef<[u8]>],
+    f: impl FnOnce(&str, usize) -> R,
+) -> Result<R, ExtractError> {
+    // simd-json decodes a string in place, from the byte after its opening
+    // quote: where the decoded name starts in the copy is where its raw
+    // value starts in the body.
+    with_tape(parts, |nodes, base| find_model(nodes).map(|name| f(name, (name.as_ptr() as usize).wrapping_sub(base))))
 }
 
 /// True if the body (as consecutive parts) is a JSON object whose
@@ -94,14 +107,14 @@ pub fn with_model_in_parts<R>(parts: &[impl AsRef<[u8]>], f: impl FnOnce(&str) -
 /// answer. A second scan of the body: meant for the cold path only (a
 /// request that has to wait for its model), never for every request.
 pub fn is_streaming_in_parts(parts: &[impl AsRef<[u8]>]) -> bool {
-    with_tape(parts, |nodes| Ok(top_level_true(nodes, "stream"))).unwrap_or(false)
+    with_tape(parts, |nodes, _| Ok(top_level_true(nodes, "stream"))).unwrap_or(false)
 }
 
 /// Runs `g` on the tape of the body held as `parts`, in this thread's
-/// reused scratch.
+/// reused scratch, with the address the scan's copy of the body starts at.
 fn with_tape<R>(
     parts: &[impl AsRef<[u8]>],
-    g: impl FnOnce(&[Node<'_>]) -> Result<R, ExtractError>,
+    g: impl FnOnce(&[Node<'_>], usize) -> Result<R, ExtractError>,
 ) -> Result<R, ExtractError> {
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
         Ok(mut scratch) => scan(&mut scratch, parts, g),
@@ -118,7 +131,7 @@ pub fn extract(body: &[u8]) -> Result<String, ExtractError> {
 fn scan<R>(
     scratch: &mut Scratch,
     parts: &[impl AsRef<[u8]>],
-    g: impl FnOnce(&[Node<'_>]) -> Result<R, ExtractError>,
+    g: impl FnOnce(&[Node<'_>], usize) -> Result<R, ExtractError>,
 ) -> Result<R, ExtractError> {
     let Scratch { input, buffers, tape } = scratch;
     // The copy carries simd-json's padding itself, so simd-json reads it in
@@ -131,15 +144,102 @@ fn scan<R>(
     }
     input.resize(len + simd_json::INPUT_PADDING, b' ');
     let mut nodes = tape.take().unwrap_or_else(Tape::null).reset();
+    let base = input.as_ptr() as usize;
     let result = match simd_json::fill_tape_padded(input, len, buffers, &mut nodes) {
-        Ok(()) => g(&nodes.0),
-        Err(e) => Err(ExtractError::InvalidJson(e.to_string())),
+        Ok(()) => g(&nodes.0, base),
+        Err(_) => Err(ExtractError::InvalidJson(crate::model::describe_invalid(parts))),
     };
     *tape = Some(nodes.reset());
     if input.capacity() > KEEP_SCRATCH_BYTES {
         *scratch = Scratch::new();
     }
     result
+}
+
+/// Why `parts` (which simd-json rejected) are not JSON, in plain words
+/// with the byte offset: serde_json's account, read on this cold path only
+/// (simd-json's error names and positions are its internals).
+pub fn describe_invalid(parts: &[impl AsRef<[u8]>]) -> String {
+    let joined;
+    let body: &[u8] = match parts {
+        [one] => one.as_ref(),
+        _ => {
+            joined = parts.iter().flat_map(|p| p.as_ref().iter().copied()).collect::<Vec<u8>>();
+            &joined
+        }
+    };
+    let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(body) else {
+        // serde_json takes what simd-json refused: only numbers at the edge
+        // of f64's range come here.
+        return "a number is out of range".to_owned();
+    };
+    let text = e.to_string();
+    let what = text.rfind(" at line ").map_or(text.as_str(), |i| &text[..i]);
+    let offset = byte_offset(body, e.line(), e.column());
+    match offset >= body.len() || e.is_eof() {
+        true => format!("{what}: the body ends at byte {}", body.len()),
+        false => format!("{what} at byte {offset} (line {}, column {})", e.line(), e.column()),
+    }
+}
+
+/// The byte offset of serde_json's (1-based) line and column in `body`.
+fn byte_offset(body: &[u8], line: usize, column: usize) -> usize {
+    let line_start = if line <= 1 {
+        0
+    } else {
+        body.iter().enumerate().filter(|(_, &b)| b == b'\n').nth(line - 2).map_or(body.len(), |(i, _)| i + 1)
+    };
+    (line_start + column.saturating_sub(1)).min(body.len())
+}
+
+/// The byte range of the raw string value (between its quotes, escapes
+/// as sent) that starts at `start` in the body made of `parts`: its end is
+/// the first quote not escaped by a backslash. `None` if there is none.
+pub fn value_span(parts: &[impl AsRef<[u8]>], start: usize) -> Option<std::ops::Range<usize>> {
+    let mut offset = 0;
+    let mut escaped = false;
+    for part in parts {
+        let part = part.as_ref();
+        let from = start.saturating_sub(offset);
+        if from < part.len() {
+            for (i, &b) in part[from..].iter().enumerate() {
+                match b {
+                    _ if escaped => escaped = false,
+                    b'\\' => escaped = true,
+                    b'"' => return Some(start..offset + from + i),
+                    _ => {}
+                }
+            }
+        }
+        offset += part.len();
+    }
+    None
+}
+
+/// The body made of `parts` with the bytes of `span` replaced by
+/// `replacement`: everything else byte for byte, in one allocation.
+pub fn splice(parts: &[impl AsRef<[u8]>], span: std::ops::Range<usize>, replacement: &[u8]) -> Vec<u8> {
+    let len: usize = parts.iter().map(|p| p.as_ref().len()).sum();
+    let (start, end) = (span.start.min(len), span.end.clamp(span.start.min(len), len));
+    let mut out = Vec::with_capacity(len - (end - start) + replacement.len());
+    let (mut offset, mut inserted) = (0, false);
+    for part in parts {
+        let part = part.as_ref();
+        let (lo, hi) = (offset, offset + part.len());
+        let before = start.clamp(lo, hi) - lo;
+        out.extend_from_slice(&part[..before]);
+        if !inserted && start < hi {
+            out.extend_from_slice(replacement);
+            inserted = true;
+        }
+        let after = (end.clamp(lo, hi) - lo).max(before);
+        out.extend_from_slice(&part[after..]);
+        offset = hi;
+    }
+    if !inserted {
+        out.extend_from_slice(replacement);
+    }
+    out
 }
 
 /// Steps over the top-level object's keys and returns the one `model`.
@@ -317,6 +417,48 @@ mod tests {
         assert_eq!(extract(br#"{"model":2}"#), Err(ExtractError::NotAString));
         assert_eq!(extract(br#"{"model":"a","model":"a"}"#), Err(ExtractError::Duplicate));
         assert!(matches!(extract(b"{"), Err(ExtractError::InvalidJson(_))));
+    }
+
+    /// The span `with_model_at_in_parts` and `value_span` give, as text.
+    fn span_of(parts: &[&str]) -> Option<String> {
+        let start = with_model_at_in_parts(parts, |_, at| at).ok()?;
+        let span = value_span(parts, start)?;
+        Some(parts.concat()[span].to_owned())
+    }
+
+    #[test]
+    fn the_span_is_the_raw_value_between_its_quotes() {
+        assert_eq!(span_of(&[r#"{"model":"a"}"#]).as_deref(), Some("a"));
+        assert_eq!(span_of(&[r#"{"x":"\"model\"","model" : "b\"\\c\u00e9"}"#]).as_deref(), Some(r#"b\"\\c\u00e9"#));
+        assert_eq!(span_of(&[r#"{"model":""}"#]).as_deref(), Some(""));
+        assert_eq!(
+            span_of(&[r#"{"messages":[{"model":"no"}],"mo"#, r#"del":"ye"#, r#"s\""#, r#""}"#]).as_deref(),
+            Some(r#"yes\""#)
+        );
+    }
+
+    #[test]
+    fn splice_replaces_the_span_only() {
+        let parts = ["{\"model\":\"", "abc", "\",\"x\":1}"];
+        let body = parts.concat();
+        for (start, end) in [(0, 0), (10, 13), (9, 14), (5, 20), (body.len(), body.len()), (3, 3)] {
+            let want = format!("{}XY{}", &body[..start], &body[end..]);
+            assert_eq!(String::from_utf8(splice(&parts, start..end, b"XY")).ok().as_deref(), Some(want.as_str()));
+        }
+        assert_eq!(splice(&[] as &[&[u8]], 0..0, b"z"), b"z");
+    }
+
+    #[test]
+    fn invalid_json_is_described_in_words_with_the_byte_offset() {
+        for (body, words) in [
+            (r#"{"model":"a",}"#, "key must be a string at byte 13"),
+            (r#"{"model":"a""#, "EOF while parsing an object: the body ends at byte 12"),
+            ("{\n\"model\" \"a\"}", "expected `:` at byte 10 (line 2, column 9)"),
+            (r#"{"model":"a"} x"#, "trailing characters at byte 14"),
+        ] {
+            let Err(ExtractError::InvalidJson(msg)) = extract(body.as_bytes()) else { panic!("{body} was accepted") };
+            assert!(msg.contains(words), "{body}: {msg}");
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::catalog::ModelSlot;
 use crate::error::Error;
 use crate::inbox::Input;
 use crate::machine::ModelState;
-use crate::routing::{try_admit, InFlight};
+use crate::routing::{try_admit, try_admit_waiting, InFlight};
 use crate::state::Shared;
 
 /// Admits a request for `model`: at once if it is active, else after
@@ -53,7 +53,7 @@ async fn wait_for(shared: &Shared, model: usize, body_len: usize) -> Result<InFl
         if shared.shutdown.is_started() {
             return Err(Error::shutting_down());
         }
-        if let Some(guard) = try_admit(&shared.routing, model) {
+        if let Some(guard) = try_admit_waiting(&shared.routing, model) {
             return Ok(guard);
         }
         if shared.catalog().is_removed(model) {
@@ -135,9 +135,11 @@ impl<'a> Ticket<'a> {
             return Err(Error::queue_full(requests > limits.max_queued_requests));
         }
         {
-            let mut queue = catalog.slot(model).queue.lock();
+            let slot = catalog.slot(model);
+            let mut queue = slot.queue.lock();
             queue.waiting += 1;
             queue.since.get_or_insert(at);
+            slot.queue_joined();
         }
         let number = shared.inbox.ticket();
         shared.inbox.push(Input::Queued { model, ticket: number, at });
@@ -151,11 +153,13 @@ impl Drop for Ticket<'_> {
         self.shared.queued_body_bytes.fetch_sub(self.body_len, SeqCst);
         {
             let catalog = self.shared.catalog();
-            let mut queue = catalog.slot(self.model).queue.lock();
+            let slot = catalog.slot(self.model);
+            let mut queue = slot.queue.lock();
             queue.waiting = queue.waiting.saturating_sub(1);
             if queue.waiting == 0 {
                 queue.since = None;
             }
+            slot.queue_left();
         }
         // A drain towards this model may now be abandoned.
         self.shared.inbox.push(Input::Left { model: self.model, ticket: self.number });
@@ -209,4 +213,89 @@ pub fn wake_in_background(shared: &Arc<Shared>, model: usize) {
             tracing::warn!(model = %shared.catalog().name(model), "wake failed: {e}");
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::{Config, Format};
+    use crate::proxy::{Upstream, UpstreamOptions};
+    use crate::routing::{Incarnation, Routing};
+
+    /// Shared state with model `m` published under `max_in_flight: limit`.
+    fn limited(limit: usize) -> Arc<Shared> {
+        let text = "models:\n  m: {port: 1, wake: w, sleep: s, alive: a}\n";
+        let shared = Arc::new(Shared::new(Config::parse(text, Format::Yaml, ".".into()).expect("config"), None));
+        let slot = Arc::clone(shared.catalog().slot(0));
+        let upstream = Upstream::new(1, UpstreamOptions::with_idle_timeout(Duration::from_secs(1)));
+        let inc = Incarnation::new(0, slot, upstream).with_max_in_flight(limit);
+        shared.routing.store(Arc::new(Routing::with_active(Arc::new(inc))));
+        shared
+    }
+
+    /// An admission counted in `now` while it lasts.
+    struct Held<'a>(Option<InFlight>, &'a AtomicUsize);
+
+    impl<'a> Held<'a> {
+        fn new(guard: InFlight, now: &'a AtomicUsize) -> Held<'a> {
+            now.fetch_add(1, SeqCst);
+            Held(Some(guard), now)
+        }
+    }
+
+    impl Drop for Held<'_> {
+        fn drop(&mut self) {
+            self.1.fetch_sub(1, SeqCst);
+            self.0.take();
+        }
+    }
+
+    /// Many requests at once under `max_in_flight: 3`, a third of them
+    /// leaving (their task aborted) while they wait or while admitted:
+    /// never more than 3 admitted at once, and every request that stays
+    /// is admitted (no wake-up lost), on a multi-threaded runtime.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn max_in_flight_admits_every_waiter_and_never_more_than_the_limit() {
+        let shared = limited(3);
+        let (now, most, done) =
+            (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let tasks: Vec<_> = (0..300)
+            .map(|i| {
+                let (shared, now, most, done) =
+                    (Arc::clone(&shared), Arc::clone(&now), Arc::clone(&most), Arc::clone(&done));
+                tokio::spawn(async move {
+                    let guard = admit(&shared, 0, 0).await.expect("admitted");
+                    // Counted out before the admission ends, aborted or not.
+                    let held = Held::new(guard, &now);
+                    most.fetch_max(now.load(SeqCst), SeqCst);
+                    tokio::time::sleep(Duration::from_micros(200 + (i % 7) * 100)).await;
+                    drop(held);
+                    done.fetch_add(1, SeqCst);
+                })
+            })
+            .collect();
+        let mut kept = Vec::new();
+        for (i, task) in tasks.into_iter().enumerate() {
+            if i % 3 == 1 {
+                tokio::time::sleep(Duration::from_micros(50)).await;
+                task.abort();
+            } else {
+                kept.push(task);
+            }
+        }
+        for task in kept {
+            tokio::time::timeout(Duration::from_secs(20), task)
+                .await
+                .expect("a waiter was never admitted")
+                .expect("task");
+        }
+        assert!(most.load(SeqCst) <= 3, "{} admitted at once", most.load(SeqCst));
+        assert!(done.load(SeqCst) >= 200, "{} finished", done.load(SeqCst));
+        assert_eq!(shared.catalog().slot(0).queued(), 0);
+        assert_eq!(shared.routing.load().resident(0).map(|i| i.in_flight()), Some(0));
+    }
 }

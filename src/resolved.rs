@@ -123,6 +123,7 @@ pub fn tree(c: &Config) -> Value {
         ("shutdown_grace_secs", secs(c.shutdown_grace)),
         ("upstream_idle_timeout_secs", secs(c.upstream_idle_timeout)),
         ("access_log", Value::from(c.access_log)),
+        ("list_aliases", Value::from(c.list_aliases)),
         ("metrics_public", Value::from(c.metrics_public)),
         ("capacity", c.capacity.map_or(Value::Null, Value::from)),
         ("api_keys", keys(&c.api_keys)),
@@ -202,6 +203,9 @@ fn model(m: &ModelConfig) -> Value {
         ("weight", Value::from(m.weight)),
         ("max_wait_secs", secs(m.max_wait)),
         ("stream_wait_feedback", Value::from(m.stream_wait_feedback.is_some())),
+        ("aliases", Value::Sequence(m.aliases.iter().map(|a| Value::from(a.as_str())).collect())),
+        ("upstream_model", m.upstream_model.as_ref().map_or(Value::Null, |u| Value::from(u.name.as_str()))),
+        ("max_in_flight", m.max_in_flight.map_or(Value::Null, |n| Value::from(n as u64))),
     ])
 }
 
@@ -248,7 +252,7 @@ mod tests {
         Config::parse_with_env(text, Format::Yaml, PathBuf::from("/etc/llmux"), &lookup).expect("valid")
     }
 
-    const FULL: &str = "host: localhost\nport: 0\ncapacity: 2\nworkers: 3\nmodels:\n  b:\n    port: 2\n    wake: ./w.sh\n    sleep: s\n    alive: a\n    dir: hooks\n    env: {THREADS: 4, FLAGS: --jinja}\n    alive_timeout_secs: 0.5\n    idle_sleep_secs: 0\n    pinned: true\n  a: {port: 1, wake: w, sleep: s, alive: a, size: 0.5, weight: 2}\npolicy: {idle_sleep_secs: 30, scheduler: fifo, sleep_on_shutdown: true, request_timeout_secs: 2.5, stream_wait_feedback: true, stream_wait_feedback_secs: 0.5}\nlimits: {max_connections: 7, upstream_first_byte_timeout_secs: 9}\n";
+    const FULL: &str = "host: localhost\nport: 0\ncapacity: 2\nworkers: 3\nmodels:\n  b:\n    port: 2\n    wake: ./w.sh\n    sleep: s\n    alive: a\n    dir: hooks\n    env: {THREADS: 4, FLAGS: --jinja}\n    alive_timeout_secs: 0.5\n    idle_sleep_secs: 0\n    pinned: true\n    aliases: [bee, 'org/b']\n    upstream_model: b-q4\n    max_in_flight: 4\n  a: {port: 1, wake: w, sleep: s, alive: a, size: 0.5, weight: 2}\nlist_aliases: false\npolicy: {idle_sleep_secs: 30, scheduler: fifo, sleep_on_shutdown: true, request_timeout_secs: 2.5, stream_wait_feedback: true, stream_wait_feedback_secs: 0.5}\nlimits: {max_connections: 7, upstream_first_byte_timeout_secs: 9}\n";
 
     /// What `--check --print` writes reads back as the same config.
     #[test]
@@ -259,6 +263,7 @@ mod tests {
         assert_eq!(again.models, config.models, "{printed}");
         assert_eq!((again.policy, again.limits), (config.policy.clone(), config.limits.clone()), "{printed}");
         assert_eq!((again.host, again.capacity, again.workers), (config.host.clone(), config.capacity, 3));
+        assert!(!again.list_aliases);
         let resolved = tree(&config);
         let names: Vec<&str> =
             resolved["models"].as_mapping().expect("models").keys().filter_map(Value::as_str).collect();

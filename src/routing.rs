@@ -106,6 +106,10 @@ pub struct Incarnation {
     /// True if the model has an idle timeout: only then is `last_done`
     /// kept (it costs a clock read when the count falls to zero).
     track_idle: bool,
+    /// `max_in_flight`: at most this many requests admitted at once
+    /// (`usize::MAX`: no limit). Requests past it wait in the model's queue;
+    /// each one that finishes wakes the longest waiting (`slot.ready`).
+    limit: usize,
     /// Set by the switch task when it starts to drain or retire this
     /// incarnation; cleared only if a drain is abandoned.
     draining: AtomicBool,
@@ -132,6 +136,7 @@ impl Incarnation {
             in_flight: CachePadded::new(AtomicUsize::new(0)),
             last_done: CachePadded::new(AtomicU64::new(0)),
             track_idle: false,
+            limit: usize::MAX,
             draining: AtomicBool::new(false),
             drained: Notify::new(),
             cut: AtomicBool::new(false),
@@ -149,6 +154,12 @@ impl Incarnation {
     /// [`Incarnation::idle_for`] (set before publishing).
     pub fn with_idle_tracking(mut self) -> Incarnation {
         self.track_idle = true;
+        self
+    }
+
+    /// Admits at most `limit` requests at once (`max_in_flight`).
+    pub fn with_max_in_flight(mut self, limit: usize) -> Incarnation {
+        self.limit = limit.max(1);
         self
     }
 
@@ -277,23 +288,68 @@ impl Drop for InFlight {
             // waiting yet still sees this.
             inc.drained.notify_one();
         }
+        if inc.limit != usize::MAX {
+            // A place under `max_in_flight` is free: the longest waiting
+            // request tries for it (a waiter that left passes it on).
+            inc.slot.ready.notify_one();
+        }
     }
 }
 
-/// Admits a request for `model` if it is resident and not draining.
+/// Admits a request for `model` if it is resident and not draining, and,
+/// with a `max_in_flight`, if a place is free and nobody waits for one
+/// (arrival order: a newcomer does not pass the queue).
 ///
 /// The hot path: no lock, no channel, no allocation.
 #[inline]
 pub fn try_admit(routing: &ArcSwap<Routing>, model: usize) -> Option<InFlight> {
+    admit_if(routing, model, true)
+}
+
+/// [`try_admit`] for a request already waiting in the model's queue: it
+/// may take a free place whoever else waits.
+#[inline]
+pub fn try_admit_waiting(routing: &ArcSwap<Routing>, model: usize) -> Option<InFlight> {
+    admit_if(routing, model, false)
+}
+
+#[inline]
+fn admit_if(routing: &ArcSwap<Routing>, model: usize, behind_waiters: bool) -> Option<InFlight> {
     let snapshot = routing.load();
     let inc = snapshot.resident(model)?;
-    inc.in_flight.fetch_add(1, SeqCst);
+    if inc.limit == usize::MAX {
+        inc.in_flight.fetch_add(1, SeqCst);
+    } else if !take_place(inc, behind_waiters) {
+        return None;
+    }
     // From here the guard undoes the increment on every path.
     let guard = InFlight { incarnation: Arc::clone(inc) };
     if inc.draining.load(SeqCst) {
         return None;
     }
     Some(guard)
+}
+
+/// Counts a request in under `max_in_flight`: only while a place is free
+/// (compare and swap, so a refused request never holds one, even for a
+/// moment), not while draining (a waiter that backed out of a drain would
+/// wake itself: see [`InFlight`]'s drop), and, for a newcomer
+/// (`behind_waiters`), only if nobody waits for a place.
+#[inline]
+fn take_place(inc: &Incarnation, behind_waiters: bool) -> bool {
+    if inc.draining.load(SeqCst) || (behind_waiters && inc.slot.queued() > 0) {
+        return false;
+    }
+    let mut now = inc.in_flight.load(SeqCst);
+    loop {
+        if now >= inc.limit {
+            return false;
+        }
+        match inc.in_flight.compare_exchange_weak(now, now + 1, SeqCst, SeqCst) {
+            Ok(_) => return true,
+            Err(actual) => now = actual,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -329,6 +385,32 @@ mod tests {
         assert_eq!(inc.in_flight(), 0);
         inc.stop_draining();
         assert!(try_admit(&routing, 0).is_some());
+    }
+
+    #[test]
+    fn max_in_flight_admits_that_many_and_a_release_frees_a_place() {
+        let inc = Arc::new(
+            Incarnation::new(
+                0,
+                Arc::new(ModelSlot::new("m")),
+                Upstream::new(1, UpstreamOptions::with_idle_timeout(Duration::from_secs(1))),
+            )
+            .with_max_in_flight(2),
+        );
+        let routing = ArcSwap::from_pointee(Routing::with_active(inc.clone()));
+        let a = try_admit(&routing, 0).expect("first");
+        let _b = try_admit(&routing, 0).expect("second");
+        assert!(try_admit(&routing, 0).is_none(), "a third at once");
+        assert_eq!(inc.in_flight(), 2, "the refused one holds no place");
+        drop(a);
+        let _c = try_admit(&routing, 0).expect("a place freed");
+        drop(_c);
+        // With a request waiting for a place, a newcomer does not pass it;
+        // the waiter takes it.
+        inc.slot.queue_joined();
+        assert!(try_admit(&routing, 0).is_none(), "a newcomer passed the queue");
+        assert!(try_admit_waiting(&routing, 0).is_some());
+        inc.slot.queue_left();
     }
 
     #[tokio::test]

@@ -19,7 +19,6 @@ use crate::body::{read_request_body, RequestBody};
 use crate::budget::Reservation;
 use crate::control;
 use crate::error::{Error, Fault};
-use crate::model;
 use crate::proxy::{prepare_request_headers, Forwarded, X_REQUEST_ID};
 use crate::queue;
 use crate::response::waiting::{self, Outcome, Waiting};
@@ -27,6 +26,7 @@ use crate::response::ResponseBody;
 use crate::routing::{try_admit, InFlight};
 use crate::state::Shared;
 use crate::switcher;
+use crate::target;
 
 /// What a request handler knows about its connection.
 #[derive(Clone)]
@@ -53,6 +53,9 @@ pub async fn handle(
         Err(e) => {
             if let Some(limit) = e.limit() {
                 shared.metrics.reject(limit);
+            }
+            if let Some(reason) = e.rejection() {
+                shared.metrics.reject_request(reason);
             }
             log_error(&e, &request_id);
             e.into_response()
@@ -175,9 +178,14 @@ async fn proxy(
     if let Some(access) = access.as_mut() {
         access.bytes_in = body.len() as u64;
     }
-    let model = match target_of(shared, &body, local, &head)? {
-        Target::Model(model) => model,
-        Target::Local(local) => return local.answer(shared, head.uri.path()),
+    let (model, body) = match upstream_route(shared, &head.method, &mut head.uri)? {
+        // `/upstream/{model}/...`: the path names the model; the body is
+        // the backend's business.
+        Some(model) => (model, body),
+        None => match target_of(shared, body, local, &head)? {
+            Target::Model(model, body) => (model, body),
+            Target::Local(local) => return local.answer(shared, head.uri.path()),
+        },
     };
     if let Some(access) = access.as_mut() {
         access.model = Some(model);
@@ -231,7 +239,7 @@ fn count_failure(shared: &Shared, model: usize, e: &Error, started: Instant) {
 /// (`"stream": true`). Called on a miss only: the body is scanned again.
 fn feedback_for(shared: &Shared, model: usize, body: &RequestBody) -> Option<Duration> {
     let every = shared.catalog().model(model)?.stream_wait_feedback?;
-    model::is_streaming_in_parts(body.chunks()).then_some(every)
+    crate::model::is_streaming_in_parts(body.chunks()).then_some(every)
 }
 
 /// A streaming request that waits for its model with feedback: what the
@@ -338,32 +346,95 @@ async fn read_body(
     Ok((head, body, memory))
 }
 
-/// Where a request goes: a model, or an endpoint llmux answers itself.
+/// The prefix of the paths that reach a model's backend directly.
+const UPSTREAM_PREFIX: &str = "/upstream/";
+
+/// For `/upstream/{model}/{rest}` (the name percent-encoded if it holds a
+/// `/`), the model, with `uri` turned into `/{rest}` and the query; `None`
+/// for any other path.
+fn upstream_route(shared: &Shared, method: &Method, uri: &mut hyper::Uri) -> Result<Option<usize>, Error> {
+    let Some(after) = uri.path().strip_prefix(UPSTREAM_PREFIX) else {
+        return Ok(None);
+    };
+    let (name, rest) = after.split_once('/').unwrap_or((after, ""));
+    let name = crate::api::percent_decode(name);
+    if name.is_empty() {
+        return Err(Error::unknown_route(method, uri.path()));
+    }
+    let model = shared.catalog().lookup(&name).ok_or_else(|| Error::unknown_model(&name))?;
+    let target = match uri.query() {
+        Some(query) => format!("/{rest}?{query}"),
+        None => format!("/{rest}"),
+    };
+    *uri = hyper::Uri::try_from(target).map_err(|_| Error::unknown_route(method, uri.path()))?;
+    Ok(Some(model))
+}
+
+/// Where a request goes: a model (and the body to forward), or an
+/// endpoint llmux answers itself.
 enum Target {
-    Model(usize),
+    Model(usize, RequestBody),
     Local(Local),
 }
 
-/// The model the body names, or the local endpoint (`local`) when it
-/// names none.
+/// The model the body names (its JSON `model`, or a form's `model`
+/// field) with the body to forward it (see [`target::forwarded_body`]),
+/// or the local endpoint (`local`) when it names none. One catalog load.
 fn target_of(
     shared: &Shared,
-    body: &RequestBody,
+    body: RequestBody,
     local: Option<Local>,
     head: &hyper::http::request::Parts,
 ) -> Result<Target, Error> {
     if body.is_empty() {
-        return local.map(Target::Local).ok_or_else(|| Error::unknown_route(&head.method, head.uri.path()));
+        return match local {
+            Some(local) => Ok(Target::Local(local)),
+            None if takes_a_body(&head.method, head.uri.path()) => {
+                Err(Error::body_required(&head.method, head.uri.path()))
+            }
+            None => Err(Error::unknown_route(&head.method, head.uri.path())),
+        };
     }
     let catalog = shared.catalog();
-    let found = model::with_model_in_parts(body.chunks(), |name| {
-        catalog.lookup(name).ok_or_else(|| Error::unknown_model(name))
-    });
+    let content_type = head.headers.get(header::CONTENT_TYPE).map(HeaderValue::as_bytes);
+    let found = match target::form_model(&catalog, content_type, &body) {
+        Some(found) => found,
+        None => match target::json_model(&catalog, &body) {
+            Ok(found) => found,
+            Err(e) => target::sniffed_form_model(&catalog, &body, content_type, &e)
+                .unwrap_or_else(|| Err(Error::invalid_body(e.to_string()))),
+        },
+    };
     match (found, local) {
-        (Ok(model), _) => model.map(Target::Model),
-        (Err(_), Some(local)) => Ok(Target::Local(local)),
-        (Err(e), None) => Err(Error::invalid_body(e.to_string())),
+        (Ok((model, at)), _) => Ok(Target::Model(model, target::forwarded_body(&catalog, model, body, &at))),
+        // A body without a model on a local endpoint: it answers.
+        (Err(e), Some(local)) if e.is_invalid_body() => Ok(Target::Local(local)),
+        (Err(e), _) => Err(e),
     }
+}
+
+/// The API paths that take a request body naming a model: an empty body
+/// there is a client's mistake, not an unknown route.
+const BODY_PATHS: [&str; 14] = [
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/audio/transcriptions",
+    "/v1/audio/translations",
+    "/v1/audio/speech",
+    "/v1/images/generations",
+    "/v1/images/edits",
+    "/v1/images/variations",
+    "/v1/moderations",
+    "/v1/rerank",
+    "/v1/score",
+    "/v1/messages",
+];
+
+/// True for a `POST` to one of [`BODY_PATHS`].
+fn takes_a_body(method: &Method, path: &str) -> bool {
+    *method == Method::POST && BODY_PATHS.contains(&path)
 }
 
 /// Admits a request for `model` (queueing if it is not active) and

@@ -122,6 +122,9 @@ pub struct HookError {
     pub hook: &'static str,
     /// How it failed.
     pub error: String,
+    /// The last lines it wrote to stderr (bounded: see
+    /// [`crate::hooks::TAIL_LINES`]).
+    pub stderr: Vec<String>,
     /// When, as [`crate::metrics::now_micros`].
     pub at_micros: u64,
 }

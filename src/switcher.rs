@@ -329,14 +329,17 @@ impl Executor {
             connect_timeout: cfg.limits.upstream_connect_timeout,
             first_byte_timeout: cfg.limits.upstream_first_byte_timeout,
         };
-        let upstream =
-            catalog.hooks_of(model).map_or_else(|| Upstream::new(0, options), |m| Upstream::to(&m.backend, options));
+        let config = catalog.hooks_of(model);
+        let upstream = config.map_or_else(|| Upstream::new(0, options), |m| Upstream::to(&m.backend, options));
         upstream.prefetch();
-        let idle_sleep = catalog.hooks_of(model).and_then(|m| m.idle_sleep);
+        let idle_sleep = config.and_then(|m| m.idle_sleep);
         let slot = Arc::clone(catalog.slot(model));
         let mut incarnation = Incarnation::new(model, Arc::clone(&slot), upstream);
         if idle_sleep.is_some() {
             incarnation = incarnation.with_idle_tracking();
+        }
+        if let Some(limit) = config.and_then(|m| m.max_in_flight) {
+            incarnation = incarnation.with_max_in_flight(limit);
         }
         let incarnation = Arc::new(incarnation);
         tokio::spawn(reap_idle_connections(Arc::downgrade(&incarnation)));
@@ -434,7 +437,8 @@ async fn hook(shared: &Shared, model: usize, kind: HookKind) -> HookRun {
     let catalog = shared.catalog.load_full();
     let Some(config) = catalog.hooks_of(model) else {
         let e = std::io::Error::new(std::io::ErrorKind::NotFound, "the model has no configuration");
-        return HookRun { outcome: Outcome::SpawnFailed(e), started: Instant::now(), duration: Duration::ZERO };
+        let (started, duration, stderr) = (Instant::now(), Duration::ZERO, Vec::new());
+        return HookRun { outcome: Outcome::SpawnFailed(e), started, duration, stderr };
     };
     let cfg = &catalog.config;
     let run = hooks::run(config, kind, &config.dir, &shared.shutdown, cfg.shutdown_grace, &shared.events).await;
@@ -452,6 +456,7 @@ async fn hook(shared: &Shared, model: usize, kind: HookKind) -> HookRun {
                 model: config.name.as_str().into(),
                 hook: kind.as_str(),
                 error,
+                stderr: run.stderr.clone(),
                 at_micros: crate::metrics::now_micros(),
             });
         }

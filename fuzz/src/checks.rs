@@ -12,6 +12,10 @@
 //! - [`check_config`]: `Config::parse` never accepts an invalid config.
 //! - [`check_request`]: raw bytes as one HTTP/1.1 connection to llmux's
 //!   service, in memory, with a recording upstream behind it.
+//! - [`check_rewrite`]: `upstream_model`'s splice changes the model's value
+//!   and no other byte.
+//! - [`check_multipart`]: `llmux::multipart` against `multer` (a
+//!   dev-dependency there).
 //!
 //! # Bugs found
 //!
@@ -53,6 +57,10 @@ pub enum Target {
     Config,
     /// `request`.
     Request,
+    /// `rewrite_model`.
+    RewriteModel,
+    /// `multipart`.
+    Multipart,
 }
 
 // ---------------------------------------------------------------------------
@@ -82,6 +90,161 @@ pub fn check_extract(data: &[u8]) {
     let _ = llmux::model::extract(br#"{"model":"between"}"#);
     let again = llmux::model::with_model(data, str::to_owned);
     assert_eq!(again, ours, "a second scan of the same body differs: {:?}", lossy(data, 2000));
+}
+
+// ---------------------------------------------------------------------------
+// rewrite_model
+// ---------------------------------------------------------------------------
+
+/// Names `upstream_model` may put in place of the client's: plain, with
+/// JSON escapes needed, longer and shorter than most.
+const UPSTREAM_NAMES: [&str; 4] =
+    ["m", "org/Model-7B \"q\" \\ é\n\u{1}", "", "a-much-longer-upstream-model-name-than-the-client-sent"];
+
+/// `upstream_model`'s rewrite of a body, differentially: for every body
+/// llmux routes (one top-level string `model`), held in one to three parts
+/// split where `data` says, the span the scan gives is the raw value
+/// between its quotes (it decodes to the model), and the spliced body has
+/// exactly the bytes outside the span unchanged, and parses (serde_json)
+/// to the original JSON with only `model` changed.
+pub fn check_rewrite(data: &[u8]) {
+    let cut = |k: usize| data.len() * k / 3 + usize::from(data.first().copied().unwrap_or(0) % 3 == 0);
+    let (a, b) = (cut(1).min(data.len()), cut(2).min(data.len()));
+    let parts = [&data[..a], &data[a..b], &data[b..]];
+    let Ok((name, start)) = llmux::model::with_model_at_in_parts(&parts, |name, at| (name.to_owned(), at)) else {
+        return;
+    };
+    let span = llmux::model::value_span(&parts, start)
+        .unwrap_or_else(|| panic!("no end to the value at {start} in {:?}", lossy(data, 2000)));
+    assert!(
+        start >= 1 && data[start - 1] == b'"' && data.get(span.end) == Some(&b'"'),
+        "span {span:?} is not between quotes: {:?}",
+        lossy(data, 2000)
+    );
+    let decoded: String = serde_json::from_slice(&data[start - 1..=span.end])
+        .unwrap_or_else(|e| panic!("span {span:?} is not a JSON string ({e}): {:?}", lossy(data, 2000)));
+    assert_eq!(decoded, name, "the span decodes to another name");
+    let upstream = UPSTREAM_NAMES[data.len() % UPSTREAM_NAMES.len()];
+    let quoted = serde_json::to_string(upstream).expect("a string");
+    let replacement = &quoted.as_bytes()[1..quoted.len() - 1];
+    let out = llmux::model::splice(&parts, span.clone(), replacement);
+    assert_eq!(out.len(), data.len() - span.len() + replacement.len());
+    assert_eq!(&out[..start], &data[..start], "bytes before the value changed");
+    assert_eq!(&out[start..start + replacement.len()], replacement);
+    assert_eq!(&out[start + replacement.len()..], &data[span.end..], "bytes after the value changed");
+    // serde_json's verdict on the original (it may misjudge edge floats,
+    // see check_extract): where it parses, the rewrite parses to the same
+    // with only `model` changed.
+    if let Ok(mut want) = serde_json::from_slice::<Value>(data) {
+        want["model"] = Value::from(upstream);
+        let got: Value = serde_json::from_slice(&out)
+            .unwrap_or_else(|e| panic!("the rewrite is not JSON ({e}): {:?}", lossy(&out, 2000)));
+        assert_eq!(got, want, "the rewrite changed more than `model`: {:?}", lossy(&out, 2000));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// multipart
+// ---------------------------------------------------------------------------
+
+/// `llmux::multipart` against `multer`, on a first line (a Content-Type,
+/// or a bare boundary) and a body (the rest), the body held in one to
+/// three parts split where `data` says:
+///
+/// - where multer reads the whole body without an error and finds exactly
+///   one field named `model`, with value V, llmux's `model_field` returns
+///   V's place; where llmux returns a place, multer agrees so (so llmux
+///   accepts nothing multer refuses, and never picks another value);
+/// - where llmux takes a boundary from the first line as a Content-Type,
+///   multer's `parse_boundary` takes the same one.
+pub fn check_multipart(data: &[u8]) {
+    let (line, body) = match data.iter().position(|&b| b == b'\n') {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (&[][..], data),
+    };
+    let boundary: Vec<u8> = match llmux::multipart::form_data_boundary(line) {
+        Some(Ok(boundary)) => {
+            let text = std::str::from_utf8(line).expect("a Content-Type llmux accepts is ASCII");
+            let theirs = multer::parse_boundary(text).unwrap_or_else(|e| {
+                panic!("llmux took boundary {:?} from {text:?}; multer refused it: {e}", lossy(boundary, 100))
+            });
+            assert_eq!(theirs.as_bytes(), boundary, "different boundaries from {text:?}");
+            boundary.to_vec()
+        }
+        _ if !line.is_empty() && line.len() <= llmux::multipart::MAX_BOUNDARY && std::str::from_utf8(line).is_ok() => {
+            line.to_vec()
+        }
+        _ => b"b".to_vec(),
+    };
+    let (a, b) = (body.len() / 3, body.len() * 2 / 3 + usize::from(data.len() % 2 == 1));
+    let (a, b) = (a.min(body.len()), b.min(body.len()));
+    let parts = [&body[..a], &body[a..b], &body[b..]];
+    let ours = llmux::multipart::model_field(&parts, &boundary);
+    let theirs = multer_models(body, &boundary);
+    match (&ours, &theirs) {
+        (Ok(span), Ok(models)) if models.len() == 1 && body[span.clone()] == models[0][..] => {}
+        (Err(_), Err(_)) => {}
+        (Err(_), Ok(models)) if models.len() != 1 => {}
+        _ => panic!(
+            "llmux::multipart and multer disagree\n  boundary: {:?}\n  body: {:?}\n  llmux: {:?}\n  multer: {:?}",
+            lossy(&boundary, 200),
+            lossy(body, 4000),
+            ours.as_ref().map(|span| lossy(&body[span.clone()], 200)),
+            theirs.as_ref().map(|models| models.iter().map(|m| lossy(m, 200)).collect::<Vec<_>>()),
+        ),
+    }
+}
+
+/// The values of every field multer finds named `model` in `body` (read
+/// whole, as one chunk), or its error.
+fn multer_models(body: &[u8], boundary: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    let boundary = String::from_utf8(boundary.to_vec()).map_err(|e| e.to_string())?;
+    let stream = Full::new(Bytes::copy_from_slice(body)).into_data_stream();
+    let runtime = tokio::runtime::Builder::new_current_thread().build().map_err(|e| e.to_string())?;
+    runtime.block_on(async move {
+        let mut form = multer::Multipart::new(stream, boundary);
+        let mut models = Vec::new();
+        while let Some(field) = form.next_field().await.map_err(|e| e.to_string())? {
+            let is_model = field.name() == Some("model");
+            let value = field.bytes().await.map_err(|e| e.to_string())?;
+            if is_model {
+                models.push(value.to_vec());
+            }
+        }
+        Ok(models)
+    })
+}
+
+/// Large forms: a 6 MB upload with the model first and last, many small
+/// fields, a long preamble, a header block of 100 KB.
+fn generated_forms() -> Vec<(String, Vec<u8>)> {
+    let head = b"multipart/form-data; boundary=----gen7MA4YWxk\n".to_vec();
+    let part = |name: &str, value: &[u8]| {
+        [
+            format!("------gen7MA4YWxk\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes(),
+            value,
+            b"\r\n",
+        ]
+        .concat()
+    };
+    let end = b"------gen7MA4YWxk--\r\n".to_vec();
+    let noise: Vec<u8> = (0..6u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let many: Vec<u8> = (0..20_000).flat_map(|i| part(&format!("f{i}"), b"v")).collect();
+    let long_header = [
+        b"------gen7MA4YWxk\r\nX-Long: ".as_slice(),
+        &vec![b'h'; 100_000],
+        b"\r\nContent-Disposition: form-data; name=model\r\n\r\nm\r\n",
+    ]
+    .concat();
+    let cases = [
+        ("6mb-model-last", [part("file", &noise), part("model", b"whisper-1"), end.clone()].concat()),
+        ("6mb-model-first", [part("model", b"whisper-1"), part("file", &noise), end.clone()].concat()),
+        ("20k-fields-model-last", [many.clone(), part("model", b"m"), end.clone()].concat()),
+        ("20k-fields-no-model", [many, end.clone()].concat()),
+        ("1mb-preamble", [vec![b'-'; 1 << 20], part("model", b"m"), end.clone()].concat()),
+        ("100kb-header", [long_header, end].concat()),
+    ];
+    cases.into_iter().map(|(name, body)| (name.to_owned(), [head.as_slice(), &body].concat())).collect()
 }
 
 /// The model serde_json finds under llmux's rules, or `None` if it finds
@@ -1033,6 +1196,8 @@ pub fn generated_cases(target: Target) -> Vec<(String, Vec<u8>)> {
         Target::ExtractModel => generated_bodies(),
         Target::Config => generated_configs(),
         Target::Request => generated_requests(),
+        Target::RewriteModel => generated_bodies(),
+        Target::Multipart => generated_forms(),
     }
 }
 

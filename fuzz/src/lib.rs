@@ -4,4 +4,4 @@
 
 mod checks;
 
-pub use checks::{check_config, check_extract, check_request, generated_cases, Target};
+pub use checks::{check_config, check_extract, check_multipart, check_request, check_rewrite, generated_cases, Target};

@@ -71,6 +71,29 @@ async fn status_names_the_last_hook_error() {
     assert_eq!(mux.status_of("b").await["state"], "failed");
 }
 
+/// The last hook error carries the end of the hook's stderr, where the
+/// reason is (`CUDA out of memory`): the last 20 lines, in order.
+#[tokio::test]
+async fn the_last_hook_error_carries_the_end_of_its_stderr() {
+    let mux = mux().model("a").model("b").start();
+    mux.hooks.set("fail-wake-b");
+    mux.hooks.set("stderr-wake-b");
+    http::post(&mux.url(CHAT), &chat("b")).await.assert_error(503, "model_unavailable");
+    let status = mux.status().await;
+    let lines: Vec<&str> = status["last_hook_error"]["stderr"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no stderr in {status}"))
+        .iter()
+        .filter_map(|l| l.as_str())
+        .collect();
+    let mut want: Vec<String> = (82..=100).map(|i| format!("loading shard {i}")).collect();
+    want.push("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB".to_owned());
+    assert_eq!(lines, want, "{status}");
+    // The client's 503 does not carry it: hook output never reaches clients.
+    let r = http::post(&mux.url(CHAT), &chat("b")).await;
+    assert!(!r.text().contains("CUDA"), "{}", r.text());
+}
+
 /// A wake request answers once the model is active, with its rank in the
 /// queue; asked again, the model is already active (position 0).
 #[tokio::test]

@@ -64,7 +64,6 @@ async fn requests_without_a_model_are_unknown_routes_or_invalid_bodies() {
     for (method, path) in [
         (Method::GET, "/nope"),
         (Method::GET, "/v1/chat/completions"),
-        (Method::POST, CHAT),
         (Method::DELETE, "/v1/files/x"),
         (Method::POST, "/health"),
         (Method::PUT, "/v1/models"),
@@ -77,6 +76,47 @@ async fn requests_without_a_model_are_unknown_routes_or_invalid_bodies() {
     for (method, path) in [(Method::POST, "/anything"), (Method::PUT, "/v1/x")] {
         let r = http::request(method, &mux.url(path), &[], r#"{"prompt":"hi"}"#).await;
         check(&r, 400, "invalid_body");
+    }
+    assert_untouched(mux.backend("a")).await;
+}
+
+/// A POST to an API path that takes a body, sent without one (no
+/// `Content-Length`, `Content-Length: 0`, an empty chunked body), is 400
+/// "request body required", not 404.
+#[tokio::test]
+async fn an_empty_body_on_an_api_path_is_400_request_body_required() {
+    let mux = mux().model("a").start();
+    for path in [CHAT, "/v1/embeddings", "/v1/audio/transcriptions", "/v1/completions"] {
+        for framing in ["", "Content-Length: 0\r\n", "Transfer-Encoding: chunked\r\n"] {
+            let chunked_end = if framing.contains("chunked") { "0\r\n\r\n" } else { "" };
+            let raw = format!("POST {path} HTTP/1.1\r\nHost: x\r\n{framing}Connection: close\r\n\r\n{chunked_end}");
+            let reply = http::raw(&mux.llmux.addr, raw.as_bytes(), std::time::Duration::from_secs(5)).await;
+            assert!(reply.starts_with("HTTP/1.1 400"), "{path} {framing:?}: {reply}");
+            assert!(reply.contains("\"code\":\"invalid_body\"") && reply.contains("request body required"), "{reply}");
+            assert!(reply.contains(&format!("POST {path}")), "the message names the request: {reply}");
+        }
+    }
+    assert_untouched(mux.backend("a")).await;
+}
+
+/// An invalid JSON body gets a message in plain words with the byte
+/// offset, never simd-json's internal error names.
+#[tokio::test]
+async fn invalid_json_is_described_in_plain_words_with_its_byte_offset() {
+    let mux = mux().model("a").start();
+    for (body, words) in [
+        ("{\"model\":\"a\",\n \"messages\" []}", "expected `:` at byte 26 (line 2, column 13)"),
+        (r#"{"model":"a""#, "EOF while parsing an object: the body ends at byte 12"),
+        (r#"{"model":"a"} trailing"#, "trailing characters at byte 14"),
+        (r#"{"model":"a\q"}"#, "invalid escape at byte 12"),
+    ] {
+        let r = http::post(&mux.url(CHAT), body).await;
+        check(&r, 400, "invalid_body");
+        let message = r.json()["error"]["message"].as_str().unwrap_or("").to_owned();
+        assert!(message.contains("not valid JSON") && message.contains(words), "{body}: {message}");
+        for internal in ["ExpectedObjectColon", "InternalError", "Syntax", "at character"] {
+            assert!(!message.contains(internal), "{body}: {message}");
+        }
     }
     assert_untouched(mux.backend("a")).await;
 }

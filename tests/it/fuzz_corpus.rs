@@ -52,3 +52,13 @@ fn config_corpus() {
 fn request_corpus() {
     replay(Target::Request, "request", checks::check_request);
 }
+
+#[test]
+fn rewrite_model_corpus() {
+    replay(Target::RewriteModel, "rewrite_model", checks::check_rewrite);
+}
+
+#[test]
+fn multipart_corpus() {
+    replay(Target::Multipart, "multipart", checks::check_multipart);
+}

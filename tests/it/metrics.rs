@@ -193,3 +193,50 @@ async fn a_refused_body_is_counted_under_its_limit() {
     assert_eq!(m.kind("llmux_rejected_total"), "counter");
     assert_eq!(m.value("llmux_rejected_total", &limit), 1.0);
 }
+
+/// Requests turned away before a model's queue are counted by reason, a
+/// fixed label set: an unknown model's name makes no series. The edge
+/// cases go over raw HTTP.
+#[tokio::test]
+async fn rejections_are_counted_by_reason_with_fixed_labels() {
+    let mux = mux().model("a").config("api_keys: [k]").config("max_body_bytes: 1000").start();
+    let auth = "Authorization: Bearer k\r\n";
+    let send = |head: String, body: &'static str| {
+        let addr = mux.llmux.addr.clone();
+        async move {
+            let raw = format!("{head}Content-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            http::raw(&addr, raw.as_bytes(), std::time::Duration::from_secs(5)).await
+        }
+    };
+    let cases: [(String, &str, &str); 7] = [
+        (format!("POST {CHAT} HTTP/1.1\r\nHost: x\r\n"), r#"{"model":"a"}"#, "401"),
+        (format!("POST {CHAT} HTTP/1.1\r\nHost: x\r\n{auth}"), "", "400"),
+        (format!("POST {CHAT} HTTP/1.1\r\nHost: x\r\n{auth}"), r#"{"model":"a""#, "400"),
+        (format!("POST {CHAT} HTTP/1.1\r\nHost: x\r\n{auth}"), r#"{"model":"secret-name-1"}"#, "404"),
+        (format!("POST {CHAT} HTTP/1.1\r\nHost: x\r\n{auth}"), r#"{"model":"secret-name-2"}"#, "404"),
+        (format!("GET /nope HTTP/1.1\r\nHost: x\r\n{auth}"), "", "404"),
+        (format!("POST {CHAT} HTTP/1.1\r\nHost: x\r\n{auth}"), include_str!("../../LICENSE"), "413"),
+    ];
+    for (head, body, status) in cases {
+        let reply = send(head.clone(), body).await;
+        assert!(reply.starts_with(&format!("HTTP/1.1 {status}")), "{head:?}: {reply}");
+    }
+    let headers = [("authorization", "Bearer k")];
+    let reason = |m: &Metrics, r: &str| m.value("llmux_requests_rejected_total", &[("reason", r)]);
+    let m = mux.metrics_until_with(&headers, "the rejections", |m| reason(m, "body_too_large") == 1.0).await;
+    assert_eq!(m.kind("llmux_requests_rejected_total"), "counter");
+    for (r, n) in [
+        ("unauthorized", 1.0),
+        ("bad_body", 2.0),
+        ("unknown_model", 2.0),
+        ("unknown_route", 1.0),
+        ("body_too_large", 1.0),
+        ("forbidden", 0.0),
+        ("body_read_timeout", 0.0),
+        ("overloaded", 0.0),
+        ("upgrade", 0.0),
+    ] {
+        assert_eq!(reason(&m, r), n, "{r}");
+    }
+    assert!(!m.text.contains("secret-name"), "an unknown name made a series:\n{}", m.text);
+}

@@ -131,9 +131,19 @@ impl Mux {
     /// request bumps may land just after its last byte); returns that
     /// scrape.
     pub async fn metrics_until(&self, what: &str, check: impl Fn(&Metrics) -> bool) -> Metrics {
+        self.metrics_until_with(&[], what, check).await
+    }
+
+    /// [`Mux::metrics_until`], scraping with `headers` (an API key).
+    pub async fn metrics_until_with(
+        &self,
+        headers: &[(&str, &str)],
+        what: &str,
+        check: impl Fn(&Metrics) -> bool,
+    ) -> Metrics {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            let m = self.metrics().await;
+            let m = self.metrics_with(headers).await;
             if check(&m) {
                 return m;
             }

@@ -139,7 +139,9 @@ pub fn standin_at(model: &str, host: &str, port: u16) -> Process {
 /// pid goes to `hang-pid-<hook>-<model>`); `bg-<hook>-<model>` leaves a
 /// background child holding the hook's stdout until the file is removed;
 /// `spam-<hook>-<model>` prints 50 MB of output; `delay-<hook>-<model>`
-/// makes it sleep as many seconds as the file says first.
+/// makes it sleep as many seconds as the file says first;
+/// `stderr-<hook>-<model>` prints 100 numbered lines to stderr, then a
+/// CUDA out-of-memory line.
 ///
 /// Each `hooks.log` line is also written to `hooks.times` after the time it
 /// was taken (`date +%s.%N`), for checks that replay the log in time order.
@@ -162,6 +164,10 @@ if [ -f "delay-$kind-$m" ]; then sleep "$(cat "delay-$kind-$m")"; fi
 if [ -f "hang-$kind-$m" ]; then sleep 300 & echo $! > "hang-pid-$kind-$m"; wait; fi
 if [ -f "spam-$kind-$m" ]; then head -c 50000000 /dev/zero | tr '\0' 'x' | fold -w 100; fi
 if [ -f "bg-$kind-$m" ]; then (while [ -f "bg-$kind-$m" ]; do sleep 0.05; done; echo bg done) & fi
+if [ -f "stderr-$kind-$m" ]; then
+  i=1; while [ $i -le 100 ]; do echo "loading shard $i" >&2; i=$((i+1)); done
+  echo "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB" >&2
+fi
 if [ -f "fail-$kind-$m" ]; then log "$kind-fail"; exit 1; fi
 if [ "$kind" = wake ]; then touch "awake-$m"; else rm -f "awake-$m" "up-$m"; fi
 log "$kind-end"
@@ -180,9 +186,17 @@ pub struct Builder {
     /// Models reached by `url`: (model, host its stand-in binds, the URL's
     /// host, base path).
     remote: Vec<(String, String, String, String)>,
+    backend_args: Vec<(String, Vec<String>)>,
 }
 
 impl Builder {
+    /// Starts `model`'s stand-in with extra arguments, e.g.
+    /// `["--concurrency", "2"]`.
+    pub fn backend_args(mut self, model: &str, args: &[&str]) -> Builder {
+        self.backend_args.push((model.to_owned(), args.iter().map(|a| (*a).to_owned()).collect()));
+        self
+    }
+
     /// Adds a model (and a stand-in backend for it).
     pub fn model(mut self, name: &str) -> Builder {
         self.models.push(name.to_owned());
@@ -254,7 +268,10 @@ impl Builder {
             .iter()
             .map(|m| match self.remote.iter().find(|r| r.0 == *m) {
                 Some((_, bind, _, _)) => standin_at(m, bind, 0),
-                None => standin(m),
+                None => match self.backend_args.iter().find(|(model, _)| model == m) {
+                    Some((_, args)) => standin_with(m, &args.iter().map(String::as_str).collect::<Vec<_>>()),
+                    None => standin(m),
+                },
             })
             .collect();
         let config = if self.format_json { self.json_config(&backends) } else { self.yaml_config(&backends) };
@@ -419,6 +436,7 @@ pub fn mux() -> Builder {
         args: Vec::new(),
         env: Vec::new(),
         remote: Vec::new(),
+        backend_args: Vec::new(),
     }
 }
 

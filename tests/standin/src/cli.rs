@@ -28,7 +28,14 @@ ENDPOINTS:
     POST /v1/chat/completions  (\"stream\": true for SSE)
     POST /v1/completions
     POST /v1/embeddings
-    GET  /standin/stats        {\"requests\",\"cancelled\",\"in_flight\",\"connections\"}
+    POST /v1/audio/transcriptions, /v1/audio/translations
+                               a multipart/form-data upload: answers
+                               {\"model\",\"fields\":[{\"name\",\"filename\",\"size\",\"value\"}],
+                               \"body_len\",\"body_fnv64\"} (404 if its model field is
+                               not this backend's model)
+    GET  /standin/stats        {\"requests\",\"cancelled\",\"in_flight\",\"max_held\",\"connections\"}
+                               (max_held: the most requests held at once,
+                               those waiting for a --concurrency slot included)
     GET  /standin/requests     the last 256 requests
 
 FAULT HEADERS (per request, not on /standin/*):

@@ -25,6 +25,7 @@
 mod cli;
 mod conn;
 mod faults;
+mod form;
 mod http;
 mod reply;
 mod responses;

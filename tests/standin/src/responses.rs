@@ -226,7 +226,7 @@ pub fn embeddings_json(state: &State, req: &Request) -> String {
 
 // ------------------------------------------------------ echo and stand-in
 
-fn fnv1a64(bytes: &[u8]) -> u64 {
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in bytes {
         h ^= u64::from(b);
@@ -259,6 +259,7 @@ pub fn stats_json(state: &State) -> Vec<u8> {
         "requests": state.requests.load(SeqCst),
         "cancelled": state.cancelled.load(SeqCst),
         "in_flight": state.in_flight.load(SeqCst),
+        "max_held": state.max_held.load(SeqCst),
         "connections": state.connections.load(SeqCst),
     }))
 }

@@ -7,6 +7,7 @@
 
 use crate::conn::{After, Conn};
 use crate::faults::{Faults, Phase, StreamFault, MALFORMED};
+use crate::form;
 use crate::http::Request;
 use crate::reply::Responder;
 use crate::responses::{self, BodyInfo, Completion, Kind};
@@ -26,12 +27,13 @@ pub async fn handle(state: &State, conn: &mut Conn, req: &Request) -> After {
     let info = BodyInfo::parse(&req.body);
     // Held until the answer is done: the slot (`--concurrency`) covers the
     // whole service time, delay and streaming included.
-    let (_slot, _in_flight) = if path == "/health" {
-        (None, None)
+    let (_held, _slot, _in_flight) = if path == "/health" {
+        (None, None, None)
     } else {
         rsp.counted = true;
+        let held = state.hold();
         let slot = state.slot().await;
-        (slot, Some(state.begin(record(req, path, info.as_ref()))))
+        (Some(held), slot, Some(state.begin(record(req, path, info.as_ref()))))
     };
     let faults = match Faults::parse(req, info.as_ref()) {
         Ok(f) => f,
@@ -106,6 +108,7 @@ impl Call<'_> {
             "/health" => self.health(conn, loading).await,
             "/v1/models" => self.get(conn, &state.models_body).await,
             "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings" => self.inference(conn).await,
+            "/v1/audio/transcriptions" | "/v1/audio/translations" => self.audio(conn).await,
             p if p.starts_with("/v1/models/") => self.model(conn, &p["/v1/models/".len()..]).await,
             p => rsp.json(conn, 404, &responses::unknown_path(p)).await,
         }
@@ -135,6 +138,34 @@ impl Call<'_> {
             return self.rsp.json(conn, 404, &responses::model_not_found(id)).await;
         }
         self.get(conn, &responses::model_json(&self.state.model)).await
+    }
+
+    /// A form upload: its fields echoed (names, sizes, text values).
+    async fn audio(&self, conn: &mut Conn) -> After {
+        let rsp = &self.rsp;
+        if self.req.method() != "POST" {
+            return rsp.method_not_allowed(conn, "POST").await;
+        }
+        let fields = match form::parse(self.req) {
+            Ok(fields) => fields,
+            Err(e) => {
+                return rsp.json(conn, 400, &responses::error_json(&e, "invalid_request_error", None, None)).await
+            }
+        };
+        match form::model(&fields) {
+            Some(m) if m == self.state.model => {
+                rsp.json(conn, 200, &form::echo_json(&self.state.model, &fields, &self.req.body)).await
+            }
+            Some(m) => rsp.json(conn, 404, &responses::model_not_found(m)).await,
+            None => {
+                rsp.json(
+                    conn,
+                    400,
+                    &responses::error_json("no model field", "invalid_request_error", Some("model"), None),
+                )
+                .await
+            }
+        }
     }
 
     async fn inference(&self, conn: &mut Conn) -> After {

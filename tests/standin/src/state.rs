@@ -44,6 +44,11 @@ pub struct State {
     pub requests: AtomicU64,
     pub cancelled: AtomicU64,
     pub in_flight: AtomicU64,
+    /// Counted requests held now, waiting for a `--concurrency` slot
+    /// included, and the most ever held at once (what a client in front
+    /// sent at once).
+    pub held: AtomicU64,
+    pub max_held: AtomicU64,
     pub connections: AtomicU64,
     pub next_id: AtomicU64,
     pub recent: Mutex<VecDeque<Recorded>>,
@@ -69,6 +74,8 @@ impl State {
             requests: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+            max_held: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             recent: Mutex::new(VecDeque::with_capacity(RECENT_CAP)),
@@ -85,6 +92,14 @@ impl State {
             return false;
         }
         true
+    }
+
+    /// Counts a request held (before it waits for a slot) until the guard
+    /// drops, keeping the peak.
+    pub fn hold(&self) -> InFlight<'_> {
+        let now = self.held.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_held.fetch_max(now, Ordering::SeqCst);
+        InFlight(&self.held)
     }
 
     /// Waits for a free service slot (`--concurrency`), held until the
