@@ -24,6 +24,7 @@ use crate::detect::{self, Detected, Protocol};
 use crate::machine::SwitchPolicy;
 use crate::metrics::Limit;
 use crate::service::{self, Peer};
+use crate::shutdown::Shutdown;
 use crate::state::{ConfigFile, Shared};
 use crate::switcher;
 
@@ -251,7 +252,7 @@ impl Conn {
         let service = service_for(Arc::clone(&shared), addr);
         // Held until the connection ends: the graceful shutdown waits for it.
         let _watching = watcher;
-        let shutdown = shared.shutdown.started();
+        let shutdown = &shared.shutdown;
         let result = match protocol {
             Protocol::Http1 => until_shutdown(builders.http1.serve_connection(io, service), shutdown).await,
             Protocol::Http2 => until_shutdown(builders.http2.serve_connection(io, service), shutdown).await,
@@ -263,19 +264,29 @@ impl Conn {
     }
 }
 
-/// Serves `conn`; once `shutdown` resolves, tells it to finish gracefully
-/// (the request in progress is answered, then the connection closes), but
-/// only after it has been polled once. hyper closes a connection told to
-/// shut down before it read a byte, and the bytes detection already read
-/// reach it on its first poll: a request accepted just before a shutdown
-/// is answered, not dropped.
-async fn until_shutdown<C: GracefulConnection>(conn: C, shutdown: impl Future<Output = ()>) -> C::Output {
+/// Serves `conn`; once `shutdown` has started, tells it to finish
+/// gracefully (the request in progress is answered, then the connection
+/// closes), but only after it has been polled once. hyper closes a
+/// connection told to shut down before it read a byte, and the bytes
+/// detection already read reach it on its first poll: a request accepted
+/// just before a shutdown is answered, not dropped.
+///
+/// The shutdown's notification is polled once, to register this task's
+/// waker, and again only when the flag says it fired: polling a pending
+/// `Notified` takes the `Notify`'s lock, and the connection is polled for
+/// every request.
+async fn until_shutdown<C: GracefulConnection>(conn: C, shutdown: &Shutdown) -> C::Output {
     tokio::pin!(conn);
-    tokio::pin!(shutdown);
-    let mut told = false;
+    let started = shutdown.started();
+    tokio::pin!(started);
+    let (mut registered, mut told) = (false, false);
     std::future::poll_fn(|cx| loop {
         let out = conn.as_mut().poll(cx);
-        if out.is_ready() || told || shutdown.as_mut().poll(cx).is_pending() {
+        if out.is_ready() || told || (registered && !shutdown.is_started()) {
+            return out;
+        }
+        registered = true;
+        if started.as_mut().poll(cx).is_pending() {
             return out;
         }
         told = true;
@@ -385,7 +396,9 @@ mod tests {
             Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(Bytes::from("hi"))))
         });
         let conn = http1::Builder::new().serve_connection(io, service);
-        let served = until_shutdown(conn, std::future::ready(()));
+        let shutdown = Shutdown::default();
+        shutdown.trigger();
+        let served = until_shutdown(conn, &shutdown);
         let ((), result) = tokio::join!(
             async {
                 let mut answer = Vec::new();
@@ -396,5 +409,30 @@ mod tests {
             served
         );
         result.expect("served");
+    }
+
+    /// An idle keep-alive connection whose task is asleep is woken by the
+    /// shutdown and closed: the notification keeps the waker it was first
+    /// polled with, though it is not polled again until the flag is set.
+    #[tokio::test]
+    async fn an_idle_connection_ends_when_the_shutdown_starts() {
+        let (mut client, server) = duplex(4096);
+        let service = service_fn(|_req| async {
+            Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(Bytes::from("hi"))))
+        });
+        let conn = http1::Builder::new().serve_connection(TokioIo::new(server), service);
+        let shutdown = Arc::new(Shutdown::default());
+        let serving = tokio::spawn({
+            let shutdown = Arc::clone(&shutdown);
+            async move { until_shutdown(conn, &shutdown).await }
+        });
+        // One request answered: the connection is up, idle, its task parked.
+        client.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await.expect("write");
+        let mut answer = [0u8; 64];
+        let n = client.read(&mut answer).await.expect("read");
+        assert!(answer[..n].starts_with(b"HTTP/1.1 200 OK"));
+        shutdown.trigger();
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(10), serving).await;
+        assert!(matches!(ended, Ok(Ok(Ok(())))), "the idle connection did not end: {ended:?}");
     }
 }

@@ -92,8 +92,7 @@ impl CostAware {
     /// So it lingers while `elsewhere < 2 × cost × rate`.
     fn linger_until(ctx: &PolicyContext<'_>, active: &ModelView, cheapest: Duration, elsewhere: f64) -> Option<Time> {
         let last = active.last_done?;
-        let rate = active.weight * active.recent_done as f64 / super::policy::RECENT.as_secs_f64();
-        if elsewhere >= 2.0 * cheapest.as_secs_f64() * rate {
+        if elsewhere >= 2.0 * cheapest.as_secs_f64() * per_sec(active, active.recent_done) {
             return None;
         }
         let until = last + (cheapest / 4).min(MAX_LINGER);
@@ -105,8 +104,7 @@ impl CostAware {
     /// those that had queued for it: a backlog it has just cleared says
     /// nothing of what will come next.
     fn demand(view: &ModelView) -> f64 {
-        let arrived_while_serving = view.recent_done.saturating_sub(view.recent_backlog);
-        view.weight * arrived_while_serving as f64 / super::policy::RECENT.as_secs_f64()
+        per_sec(view, view.recent_done.saturating_sub(view.recent_backlog))
     }
 
     /// Rule 4: weighted waiters per second of work.
@@ -116,6 +114,11 @@ impl CostAware {
         let clear = c.viable as f64 * service / view.concurrency.max(1) as f64;
         view.weight * c.viable as f64 / (c.cost.as_secs_f64() + clear).max(0.001)
     }
+}
+
+/// `n` of `view`'s requests over the recent window, weighted, per second.
+fn per_sec(view: &ModelView, n: usize) -> f64 {
+    view.weight * n as f64 / super::policy::RECENT.as_secs_f64()
 }
 
 fn micros(d: Duration) -> u64 {
